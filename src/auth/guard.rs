@@ -1,0 +1,137 @@
+//! The guards: typed extractors that authenticate a request before its
+//! handler runs. A handler states the access it needs in its signature
+//! (`TenantAuth<Admin>`, `DeviceAuth`) and never reads `Authorization` itself.
+
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
+
+use super::device_key;
+use super::token::{Principal, Scopes};
+use crate::devices::{Device, DeviceStatus};
+use crate::error::ApiError;
+use crate::http::blocking;
+use crate::state::AppState;
+
+/// A scope a tenant endpoint requires.
+pub trait RequiredScope {
+    const NAME: &'static str;
+    fn granted(scopes: Scopes) -> bool;
+}
+
+/// `devices:read` (or `admin`, which implies it).
+pub struct DevicesRead;
+/// `admin`.
+pub struct Admin;
+
+impl RequiredScope for DevicesRead {
+    const NAME: &'static str = Scopes::DEVICES_READ;
+    fn granted(scopes: Scopes) -> bool {
+        scopes.can_read()
+    }
+}
+
+impl RequiredScope for Admin {
+    const NAME: &'static str = Scopes::ADMIN;
+    fn granted(scopes: Scopes) -> bool {
+        scopes.is_admin()
+    }
+}
+
+/// A verified access token carrying scope `S`.
+pub struct TenantAuth<S> {
+    pub principal: Principal,
+    scope: PhantomData<S>,
+}
+
+impl<S> TenantAuth<S> {
+    pub fn tenant(&self) -> &str {
+        &self.principal.tenant_id
+    }
+
+    /// Who to name in change logs.
+    pub fn actor(&self) -> &str {
+        self.principal.subject.as_deref().unwrap_or("-")
+    }
+}
+
+impl<S: RequiredScope> FromRequest for TenantAuth<S> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate::<S>(req))
+    }
+}
+
+fn authenticate<S: RequiredScope>(req: &HttpRequest) -> Result<TenantAuth<S>, ApiError> {
+    let token = bearer(req)?;
+    let principal = state(req)?.tokens.verify(token)?;
+    if !S::granted(principal.scopes) {
+        return Err(ApiError::InsufficientScope(S::NAME));
+    }
+    Ok(TenantAuth {
+        principal,
+        scope: PhantomData,
+    })
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("application state missing".into()))
+}
+
+/// The credential of `Authorization: Bearer <credential>`.
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::missing_credentials());
+    };
+    let malformed = || ApiError::unauthorized("the Authorization header must be `Bearer <token>`");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, credential) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    let credential = credential.trim();
+    if credential.is_empty() {
+        return Err(malformed());
+    }
+    Ok(credential)
+}
+
+/// A device authenticated by its API key, active and not revoked.
+pub struct DeviceAuth {
+    pub tenant: String,
+    pub device: Device,
+}
+
+impl FromRequest for DeviceAuth {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let lookup = bearer(req).and_then(|key| {
+            if !device_key::is_well_formed(key) {
+                return Err(ApiError::unauthorized("unknown device key"));
+            }
+            Ok((device_key::hash(key), state(req)?.store.clone()))
+        });
+        Box::pin(async move {
+            let (hash, store) = lookup?;
+            match blocking(move || store.find_by_key(&hash)).await? {
+                None => Err(ApiError::unauthorized("unknown device key")),
+                Some((_, device)) if device.status == DeviceStatus::Revoked => {
+                    Err(ApiError::DeviceRevokedAuth)
+                }
+                Some((_, device)) if device.status == DeviceStatus::Inactive => {
+                    Err(ApiError::DeviceInactive)
+                }
+                Some((tenant, device)) => Ok(DeviceAuth { tenant, device }),
+            }
+        })
+    }
+}

@@ -1,0 +1,45 @@
+//! One function per subcommand.
+
+use std::path::Path;
+
+use crate::auth::{secret, token};
+use crate::config::Settings;
+use crate::error::StartupError;
+
+/// `devicehub serve`.
+pub fn serve(config: Option<&Path>) -> Result<(), StartupError> {
+    let settings = Settings::load(config)?;
+    crate::startup::serve(&settings)
+}
+
+/// `devicehub token`: prints a signed access token on the last line of stdout.
+pub fn token(
+    config: Option<&Path>,
+    tenant: &str,
+    scope: &str,
+    ttl: &str,
+    subject: Option<&str>,
+) -> Result<String, StartupError> {
+    let settings = Settings::load(config)?;
+    if settings.auth.public_key_file.is_some() {
+        return Err(StartupError::new(
+            "auth.public_key_file is set: tokens are signed by your identity provider, devicehub has no private key to sign with",
+        ));
+    }
+    if tenant.trim().is_empty() {
+        return Err(StartupError::new("--tenant: must not be empty"));
+    }
+    let ttl_secs = token::parse_ttl(ttl).map_err(|e| StartupError::new(format!("--ttl: {e}")))?;
+    let secret = secret::load_or_create(&settings)?;
+    token::mint_hs256(
+        &secret,
+        &token::TokenRequest {
+            tenant_id: tenant,
+            scope,
+            ttl_secs,
+            subject,
+            issuer: settings.auth.issuer.as_deref(),
+            audience: settings.auth.audience.as_deref(),
+        },
+    )
+}

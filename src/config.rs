@@ -1,0 +1,224 @@
+//! Layered configuration (API.md §1): embedded defaults, then a file, then
+//! `DEVICEHUB__SECTION__KEY` environment variables. Every problem is reported as
+//! one line naming the key.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat, Map, Value};
+
+use crate::error::StartupError;
+
+/// The built-in defaults, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Every key devicehub knows, by section. Anything else is refused.
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    ("server", &["bind"]),
+    ("storage", &["path"]),
+    (
+        "auth",
+        &["hs256_secret", "public_key_file", "issuer", "audience"],
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub storage_path: PathBuf,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub hs256_secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or `$DEVICEHUB_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, StartupError> {
+        let file = file.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os("DEVICEHUB_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                StartupError::new(format!(
+                    "config file {}: cannot be read: {e}",
+                    path.display()
+                ))
+            })?;
+            // Parse it alone first so that a syntax error names the file.
+            Config::builder()
+                .add_source(File::from_str(&text, FileFormat::Toml))
+                .build()
+                .map_err(|e| {
+                    StartupError::new(format!("config file {}: invalid: {e}", path.display()))
+                })?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        let merged = builder
+            .add_source(
+                Environment::with_prefix("DEVICEHUB")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .map_err(|e| StartupError::new(format!("configuration: {e}")))?;
+        Settings::from_tree(
+            merged
+                .try_deserialize::<Map<String, Value>>()
+                .map_err(|e| StartupError::new(format!("configuration: {e}")))?,
+        )
+    }
+
+    fn from_tree(tree: Map<String, Value>) -> Result<Settings, StartupError> {
+        let mut values = std::collections::HashMap::new();
+        for (section, value) in tree {
+            let Some((_, keys)) = KNOWN_KEYS.iter().find(|(name, _)| *name == section) else {
+                return Err(unknown_key(&section));
+            };
+            let table = value.into_table().map_err(|_| {
+                StartupError::new(format!(
+                    "{section}: must be a section with keys, not a value"
+                ))
+            })?;
+            for (key, value) in table {
+                let name = format!("{section}.{key}");
+                if !keys.contains(&key.as_str()) {
+                    return Err(unknown_key(&name));
+                }
+                let text = value
+                    .into_string()
+                    .map_err(|_| StartupError::new(format!("{name}: must be a string")))?;
+                let text = text.trim().to_string();
+                if !text.is_empty() {
+                    values.insert(name, text);
+                }
+            }
+        }
+        let mut take = |name: &str| values.remove(name);
+
+        let bind_text = take("server.bind").unwrap_or_else(|| "127.0.0.1:8080".to_string());
+        let bind = parse_bind(&bind_text)?;
+        let storage_path = PathBuf::from(
+            take("storage.path").unwrap_or_else(|| "data/devicehub.redb".to_string()),
+        );
+        let auth = AuthSettings {
+            hs256_secret: take("auth.hs256_secret"),
+            public_key_file: take("auth.public_key_file").map(PathBuf::from),
+            issuer: take("auth.issuer"),
+            audience: take("auth.audience"),
+        };
+        if let Some(secret) = &auth.hs256_secret {
+            if secret.len() < crate::auth::secret::MIN_SECRET_BYTES {
+                return Err(StartupError::new(format!(
+                    "auth.hs256_secret: must be at least {} bytes (it has {}); make one with `openssl rand -base64 48`",
+                    crate::auth::secret::MIN_SECRET_BYTES,
+                    secret.len()
+                )));
+            }
+            if auth.public_key_file.is_some() {
+                return Err(StartupError::new(
+                    "auth.hs256_secret and auth.public_key_file are both set: set only one",
+                ));
+            }
+        }
+        Ok(Settings {
+            bind,
+            storage_path,
+            auth,
+        })
+    }
+
+    /// The folder that holds the database file (and the generated secret).
+    pub fn storage_dir(&self) -> PathBuf {
+        match self.storage_path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+fn unknown_key(name: &str) -> StartupError {
+    let env = format!("DEVICEHUB__{}", name.replace('.', "__").to_uppercase());
+    StartupError::new(format!(
+        "{name}: unknown configuration key (from the config file or {env})"
+    ))
+}
+
+fn parse_bind(text: &str) -> Result<SocketAddr, StartupError> {
+    let invalid = || {
+        StartupError::new(format!(
+            "server.bind: `{text}` is not a HOST:PORT address (for example 127.0.0.1:8080)"
+        ))
+    };
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|_| invalid())?
+        .next()
+        .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(toml: &str) -> Map<String, Value> {
+        Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from_str(toml, FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    fn error_of(toml: &str) -> String {
+        Settings::from_tree(tree(toml)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let settings = Settings::from_tree(tree("")).unwrap();
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.storage_path, PathBuf::from("data/devicehub.redb"));
+        assert_eq!(settings.storage_dir(), PathBuf::from("data"));
+        assert!(settings.auth.hs256_secret.is_none());
+        assert!(settings.auth.public_key_file.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(error_of("[server]\nport = \"1\"").starts_with("server.port: unknown"));
+        assert!(error_of("[cache]\nsize = \"1\"").starts_with("cache: unknown"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(error_of("[server]\nbind = \"nonsense\"").starts_with("server.bind:"));
+        let short = error_of("[auth]\nhs256_secret = \"short\"");
+        assert!(short.starts_with("auth.hs256_secret:"), "{short}");
+        assert!(!short.contains("\"short\""));
+        let both = error_of(
+            "[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\npublic_key_file = \"k.pem\"",
+        );
+        assert!(both.contains("both set"));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let settings =
+            Settings::from_tree(tree("[server]\nbind = \"\"\n[auth]\nissuer = \"\"")).unwrap();
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
+        assert!(settings.auth.issuer.is_none());
+    }
+}

@@ -1,0 +1,385 @@
+//! The domain: a device, its fields' rules (API.md §3) and the change a PATCH
+//! asks for. A value of these types that exists is valid.
+
+mod fields;
+
+pub use fields::{is_tag, DeviceName, TagList};
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Active,
+    Inactive,
+    Revoked,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Active => "active",
+            DeviceStatus::Inactive => "inactive",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeviceStatus> {
+        match text {
+            "active" => Some(DeviceStatus::Active),
+            "inactive" => Some(DeviceStatus::Inactive),
+            "revoked" => Some(DeviceStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A device id: `dev_` and a ULID. Ids sort in the order they were assigned.
+pub mod id {
+    pub const PREFIX: &str = "dev_";
+
+    pub fn format(ulid: ulid::Ulid) -> String {
+        format!("{PREFIX}{ulid}")
+    }
+
+    /// The ULID inside a well-formed id, or None.
+    pub fn parse(text: &str) -> Option<ulid::Ulid> {
+        let body = text.strip_prefix(PREFIX)?;
+        if body.len() != ulid::ULID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let ulid = ulid::Ulid::from_string(body).ok()?;
+        // Only the canonical (upper-case) spelling names a device.
+        (ulid.to_string() == body).then_some(ulid)
+    }
+}
+
+/// Milliseconds since the Unix epoch, shown as RFC 3339 UTC with exactly three
+/// fractional digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn now() -> Millis {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Millis(since.as_millis() as u64)
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        let secs = (self.0 / 1000) as i64;
+        let ms = self.0 % 1000;
+        match time::OffsetDateTime::from_unix_timestamp(secs) {
+            Ok(t) => format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
+        }
+    }
+}
+
+fn as_rfc3339<S: Serializer>(value: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&value.to_rfc3339())
+}
+
+fn opt_as_rfc3339<S: Serializer>(value: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(m) => s.serialize_str(&m.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A device as clients see it (the seed's fields plus `updatedAt` and
+/// `lastSeenAt`), with the version its `ETag` is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub id: String,
+    pub name: String,
+    pub status: DeviceStatus,
+    pub location_ids: Vec<String>,
+    pub pim_enabled: bool,
+    pub pim_segment_ids: Vec<String>,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub updated_at: Millis,
+    #[serde(serialize_with = "opt_as_rfc3339")]
+    pub last_seen_at: Option<Millis>,
+    /// Bumped by every write that changes the device; never shown.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+impl Device {
+    /// A strong entity tag: it changes exactly when the stored device does.
+    pub fn etag(&self) -> String {
+        format!("\"{}-{}\"", &self.id[id::PREFIX.len()..], self.version)
+    }
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1, strong comparison).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    Tags(Vec<String>),
+}
+
+impl IfMatch {
+    pub fn parse(header: &str) -> IfMatch {
+        if header.trim() == "*" {
+            return IfMatch::Any;
+        }
+        IfMatch::Tags(
+            header
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, etag: &str) -> bool {
+        match self {
+            IfMatch::Any => true,
+            // Weak tags (W/"...") never match under strong comparison.
+            IfMatch::Tags(tags) => tags.iter().any(|t| t == etag),
+        }
+    }
+}
+
+/// The body of a registration (POST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    pub name: DeviceName,
+    pub status: DeviceStatus,
+    pub location_ids: TagList,
+    pub pim_enabled: bool,
+    pub pim_segment_ids: TagList,
+}
+
+/// The body of a PATCH: each field present is to be set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePatch {
+    pub name: Option<DeviceName>,
+    pub status: Option<DeviceStatus>,
+    pub location_ids: Option<TagList>,
+    pub pim_enabled: Option<bool>,
+    pub pim_segment_ids: Option<TagList>,
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "locationIds",
+    "status",
+    "pimEnabled",
+    "pimSegmentIds",
+];
+
+impl DevicePatch {
+    pub fn parse(body: &Map<String, Value>) -> Result<DevicePatch, ApiError> {
+        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::invalid(unknown, "unknown field"));
+        }
+        let field = |name: &str| -> Result<Option<&Value>, ApiError> {
+            match body.get(name) {
+                Some(Value::Null) => Err(ApiError::invalid(name, "must not be null")),
+                other => Ok(other),
+            }
+        };
+        Ok(DevicePatch {
+            name: field("name")?
+                .map(|v| DeviceName::parse("name", v))
+                .transpose()?,
+            location_ids: field("locationIds")?
+                .map(|v| TagList::parse("locationIds", v))
+                .transpose()?,
+            status: field("status")?.map(parse_settable_status).transpose()?,
+            pim_enabled: field("pimEnabled")?
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or_else(|| ApiError::invalid("pimEnabled", "must be a boolean"))
+                })
+                .transpose()?,
+            pim_segment_ids: field("pimSegmentIds")?
+                .map(|v| TagList::parse("pimSegmentIds", v))
+                .transpose()?,
+        })
+    }
+
+    /// Applies the patch; true when anything actually changed.
+    pub fn apply(&self, device: &mut Device) -> bool {
+        let mut changed = false;
+        fn set<T: PartialEq + Clone>(slot: &mut T, value: Option<&T>, changed: &mut bool) {
+            if let Some(v) = value {
+                if slot != v {
+                    *slot = v.clone();
+                    *changed = true;
+                }
+            }
+        }
+        set(
+            &mut device.name,
+            self.name.as_ref().map(|n| n.as_str().to_string()).as_ref(),
+            &mut changed,
+        );
+        set(&mut device.status, self.status.as_ref(), &mut changed);
+        set(
+            &mut device.location_ids,
+            self.location_ids.as_ref().map(|l| l.to_vec()).as_ref(),
+            &mut changed,
+        );
+        set(
+            &mut device.pim_enabled,
+            self.pim_enabled.as_ref(),
+            &mut changed,
+        );
+        set(
+            &mut device.pim_segment_ids,
+            self.pim_segment_ids.as_ref().map(|l| l.to_vec()).as_ref(),
+            &mut changed,
+        );
+        changed
+    }
+}
+
+impl NewDevice {
+    pub fn parse(body: &Map<String, Value>) -> Result<NewDevice, ApiError> {
+        let patch = DevicePatch::parse(body)?;
+        let name = patch
+            .name
+            .ok_or_else(|| ApiError::invalid("name", "is required"))?;
+        Ok(NewDevice {
+            name,
+            status: patch.status.unwrap_or(DeviceStatus::Active),
+            location_ids: patch.location_ids.unwrap_or_default(),
+            pim_enabled: patch.pim_enabled.unwrap_or(false),
+            pim_segment_ids: patch.pim_segment_ids.unwrap_or_default(),
+        })
+    }
+}
+
+fn parse_settable_status(value: &Value) -> Result<DeviceStatus, ApiError> {
+    match value.as_str().map(DeviceStatus::parse) {
+        Some(Some(DeviceStatus::Revoked)) => Err(ApiError::invalid(
+            "status",
+            "\"revoked\" can only be set by DELETE",
+        )),
+        Some(Some(status)) => Ok(status),
+        _ => Err(ApiError::invalid(
+            "status",
+            "must be \"active\" or \"inactive\"",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn message(err: ApiError) -> String {
+        match err {
+            ApiError::InvalidRequest(m) => m,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timestamps_have_three_fraction_digits_and_z() {
+        assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Millis(1_705_312_800_007).to_rfc3339(),
+            "2024-01-15T10:00:00.007Z"
+        );
+    }
+
+    #[test]
+    fn ids_are_dev_and_a_canonical_ulid() {
+        let u = ulid::Ulid::new();
+        let text = id::format(u);
+        assert!(text.starts_with("dev_"));
+        assert_eq!(id::parse(&text), Some(u));
+        assert_eq!(id::parse(&text.to_lowercase()), None);
+        assert_eq!(id::parse("dev_abc123"), None);
+        assert_eq!(id::parse(&text[4..]), None);
+    }
+
+    #[test]
+    fn registration_defaults_and_requires_a_name() {
+        let new = NewDevice::parse(&obj(json!({"name": "  Scanner 1 "}))).unwrap();
+        assert_eq!(new.name.as_str(), "Scanner 1");
+        assert_eq!(new.status, DeviceStatus::Active);
+        assert!(!new.pim_enabled);
+        assert!(new.location_ids.is_empty());
+        assert_eq!(
+            message(NewDevice::parse(&obj(json!({}))).unwrap_err()),
+            "name: is required"
+        );
+    }
+
+    #[test]
+    fn patch_refuses_unknown_null_wrong_type_and_revoked() {
+        let err = |v| message(DevicePatch::parse(&obj(v)).unwrap_err());
+        assert_eq!(err(json!({"colour": "red"})), "colour: unknown field");
+        assert_eq!(err(json!({"id": "dev_x"})), "id: unknown field");
+        assert_eq!(err(json!({"name": null})), "name: must not be null");
+        assert_eq!(
+            err(json!({"pimEnabled": "yes"})),
+            "pimEnabled: must be a boolean"
+        );
+        assert!(err(json!({"status": "revoked"})).starts_with("status:"));
+        assert!(err(json!({"status": "ACTIVE"})).starts_with("status:"));
+        assert_eq!(
+            DevicePatch::parse(&Map::new()).unwrap(),
+            DevicePatch::default()
+        );
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        assert!(IfMatch::parse("*").matches("\"x-1\""));
+        assert!(IfMatch::parse("\"a-1\", \"x-1\"").matches("\"x-1\""));
+        assert!(!IfMatch::parse("W/\"x-1\"").matches("\"x-1\""));
+        assert!(!IfMatch::parse("x-1").matches("\"x-1\""));
+    }
+
+    #[test]
+    fn apply_reports_only_real_changes() {
+        let mut device = Device {
+            id: id::format(ulid::Ulid::new()),
+            name: "A".into(),
+            status: DeviceStatus::Active,
+            location_ids: vec!["loc_1".into()],
+            pim_enabled: false,
+            pim_segment_ids: vec![],
+            created_at: Millis(1),
+            updated_at: Millis(1),
+            last_seen_at: None,
+            version: 1,
+        };
+        let same = DevicePatch::parse(&obj(
+            json!({"name": "A", "locationIds": ["loc_1", "loc_1"]}),
+        ))
+        .unwrap();
+        assert!(!same.apply(&mut device));
+        let change = DevicePatch::parse(&obj(json!({"pimEnabled": true}))).unwrap();
+        assert!(change.apply(&mut device));
+        assert!(device.pim_enabled);
+    }
+}

@@ -1,0 +1,59 @@
+//! The JSON body of a write: `application/json` (else 415), at most 64 KiB
+//! (else 413), a JSON object (else 400).
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
+
+pub struct JsonObject(pub Map<String, Value>);
+
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl FromRequest for JsonObject {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let checked = if !is_json(req) {
+            Err(ApiError::UnsupportedMediaType)
+        } else if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES))
+        } else {
+            web::Payload::from_request(req, payload)
+                .into_inner()
+                .map_err(|_| ApiError::invalid("body", "could not be read"))
+        };
+        Box::pin(async move {
+            let bytes = checked?
+                .to_bytes_limited(MAX_BODY_BYTES)
+                .await
+                .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?
+                .map_err(|_| ApiError::invalid("body", "could not be read"))?;
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) => Ok(JsonObject(map)),
+                Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+                Err(e) => Err(ApiError::invalid("body", format!("malformed JSON ({e})"))),
+            }
+        })
+    }
+}

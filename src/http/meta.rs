@@ -1,0 +1,25 @@
+//! Endpoints about the service itself, open without a token.
+
+use actix_web::{web, HttpResponse};
+
+use super::resource;
+
+/// The OpenAPI 3.1 description of the whole API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/openapi.json").route(web::get().to(openapi)));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI_JSON)
+}

@@ -1,0 +1,67 @@
+//! The HTTP API: one module per resource, each registering its own routes.
+
+mod body;
+mod device_api;
+mod devices;
+mod meta;
+
+pub use body::{JsonObject, MAX_BODY_BYTES};
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResult};
+
+/// Every route: its path and the methods it answers (the `Allow` of its 405).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/api/tenant/devices", "GET, POST"),
+    ("/api/tenant/devices/{id}", "GET, PATCH, DELETE"),
+    ("/api/tenant/devices/{id}/api-key", "POST"),
+    ("/api/device/me", "GET"),
+    ("/healthz", "GET"),
+    ("/openapi.json", "GET"),
+];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    devices::configure(cfg);
+    device_api::configure(cfg);
+    meta::configure(cfg);
+}
+
+/// Answers every path no route claims.
+pub async fn not_found() -> ApiResult<HttpResponse> {
+    Err(ApiError::NotFound)
+}
+
+/// A resource at `path` whose wrong methods answer 405 with its `Allow`.
+fn resource(path: &'static str) -> actix_web::Resource {
+    let allow = ROUTES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, allow)| *allow)
+        .unwrap_or("");
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
+}
+
+/// Runs a blocking store operation off the async workers.
+pub async fn blocking<T, E, F>(f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match web::block(f).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => Err(ApiError::Internal(format!("blocking task failed: {e}"))),
+    }
+}
+
+/// A JSON response of `body`.
+fn json<T: Serialize>(status: actix_web::http::StatusCode, body: &T) -> ApiResult<HttpResponse> {
+    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::build(status)
+        .content_type("application/json")
+        .body(bytes))
+}

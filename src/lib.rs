@@ -1,0 +1,12 @@
+//! devicehub: a device registry serving the Devices API over an embedded redb
+//! database. `main.rs` only parses the command line; everything else is here.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod http;
+pub mod startup;
+pub mod state;
+pub mod store;

@@ -1,0 +1,72 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A device registry serving the Devices API from one embedded database file.
+#[derive(Parser)]
+#[command(name = "devicehub", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Print a signed access token for a tenant.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The tenant whose devices the token reaches.
+    #[arg(long)]
+    tenant: String,
+    /// Space-separated scopes: `devices:read`, `admin`.
+    #[arg(long)]
+    scope: String,
+    /// Lifetime: 90s, 30m, 12h, 7d or plain seconds.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Who the token names (`sub`), shown in change logs.
+    #[arg(long)]
+    sub: Option<String>,
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => devicehub::cli::serve(cli.serve.config.as_deref()),
+        Some(Command::Serve(args)) => devicehub::cli::serve(args.config.as_deref()),
+        Some(Command::Token(args)) => devicehub::cli::token(
+            args.config.as_deref(),
+            &args.tenant,
+            &args.scope,
+            &args.ttl,
+            args.sub.as_deref(),
+        )
+        .map(|token| println!("{token}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("devicehub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

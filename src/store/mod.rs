@@ -1,0 +1,516 @@
+//! The embedded database: whole operations, each one redb transaction.
+//! Every write commits with `Durability::Immediate` before it returns, so a
+//! caller that answers 2xx afterwards has its change on disk.
+//!
+//! These calls block: the HTTP layer runs them on actix's blocking pool.
+
+mod last_seen;
+pub mod tables;
+
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::device_key::{self, KeyHash};
+use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
+use crate::error::{ApiError, StartupError};
+use last_seen::LastSeen;
+use tables::{DEVICES, KEY_INDEX, LAST_SEEN, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such device")]
+    NotFound,
+    #[error("the device is revoked")]
+    Revoked,
+    #[error("the If-Match precondition failed")]
+    PreconditionFailed,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                redb::Error::from(e).into()
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Revoked => ApiError::DeviceRevokedConflict,
+            StoreError::PreconditionFailed => ApiError::PreconditionFailed,
+            StoreError::Unavailable(detail) => {
+                log::warn!("storage unavailable: {detail}");
+                ApiError::StorageUnavailable
+            }
+            StoreError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+/// A device as stored (value of `DEVICES`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeviceRecord {
+    name: String,
+    status: DeviceStatus,
+    location_ids: Vec<String>,
+    pim_enabled: bool,
+    pim_segment_ids: Vec<String>,
+    created_ms: u64,
+    updated_ms: u64,
+    version: u64,
+    /// Hex SHA-256 of the current API key.
+    key_hash: String,
+}
+
+impl DeviceRecord {
+    fn decode(bytes: &[u8]) -> StoreResult<DeviceRecord> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Internal(format!("undecodable device record: {e}")))
+    }
+
+    fn encode(&self) -> StoreResult<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn into_device(self, id: &str, last_seen: Option<Millis>) -> Device {
+        Device {
+            id: id.to_string(),
+            name: self.name,
+            status: self.status,
+            location_ids: self.location_ids,
+            pim_enabled: self.pim_enabled,
+            pim_segment_ids: self.pim_segment_ids,
+            created_at: Millis(self.created_ms),
+            updated_at: Millis(self.updated_ms),
+            last_seen_at: last_seen,
+            version: self.version,
+        }
+    }
+
+    fn from_device(device: &Device, key_hash: String) -> DeviceRecord {
+        DeviceRecord {
+            name: device.name.clone(),
+            status: device.status,
+            location_ids: device.location_ids.clone(),
+            pim_enabled: device.pim_enabled,
+            pim_segment_ids: device.pim_segment_ids.clone(),
+            created_ms: device.created_at.0,
+            updated_ms: device.updated_at.0,
+            version: device.version,
+            key_hash,
+        }
+    }
+}
+
+/// What a read-modify-write did to a device.
+enum Change {
+    None,
+    Fields,
+    Key(KeyHash),
+}
+
+/// What a list asks for (already validated).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<DeviceStatus>,
+    pub location_id: Option<String>,
+    pub limit: Option<usize>,
+    pub starting_after: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Page {
+    pub devices: Vec<Device>,
+    pub has_more: bool,
+}
+
+pub struct Store {
+    db: Database,
+    seen: LastSeen,
+}
+
+impl Store {
+    /// Opens (or creates) the database file, refusing one of another layout
+    /// version, a damaged one, or one another process holds.
+    pub fn open(path: &Path) -> Result<Store, StartupError> {
+        let shown = path.display();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StartupError::new(format!(
+                    "storage.path: cannot create the folder {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let db = Database::builder().create(path).map_err(|e| {
+            StartupError::new(match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    format!("storage.path: {shown} is locked by another running devicehub process")
+                }
+                redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                    format!("storage.path: cannot open {shown}: {io}")
+                }
+                other => {
+                    format!("storage.path: {shown} is not a readable devicehub database ({other})")
+                }
+            })
+        })?;
+        let store = Store {
+            db,
+            seen: LastSeen::default(),
+        };
+        store
+            .check_schema()
+            .map_err(|e| StartupError::new(format!("storage.path: {shown}: {e}")))?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> StoreResult<()> {
+        let txn = self.write_txn()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
+            match found {
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::Internal(format!(
+                        "layout version {other} is not supported by this build (it reads version {SCHEMA_VERSION})"
+                    )))
+                }
+                None => {
+                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                }
+            }
+            txn.open_table(DEVICES)?;
+            txn.open_table(KEY_INDEX)?;
+            txn.open_table(LAST_SEEN)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn write_txn(&self) -> StoreResult<WriteTransaction> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(txn)
+    }
+
+    fn read_txn(&self) -> StoreResult<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// The check-in time to show: the newer of memory and disk.
+    fn last_seen(&self, tenant: &str, device_id: &str, stored: Option<u64>) -> Option<Millis> {
+        let remembered = self.seen.get(tenant, device_id);
+        remembered.max(stored.map(Millis))
+    }
+
+    pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
+        let txn = self.read_txn()?;
+        let devices = txn.open_table(DEVICES)?;
+        let seen = txn.open_table(LAST_SEEN)?;
+        let start = match &query.starting_after {
+            Some(after) => Bound::Excluded((tenant, after.as_str())),
+            None => Bound::Included((tenant, "")),
+        };
+        let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
+        let mut page = Vec::new();
+        let mut has_more = false;
+        for entry in range {
+            let (key, value) = entry?;
+            let (row_tenant, device_id) = key.value();
+            if row_tenant != tenant {
+                break;
+            }
+            let record = DeviceRecord::decode(value.value())?;
+            if query.status.is_some_and(|s| s != record.status) {
+                continue;
+            }
+            if let Some(location) = &query.location_id {
+                if !record.location_ids.iter().any(|l| l == location) {
+                    continue;
+                }
+            }
+            if query.limit.is_some_and(|limit| page.len() == limit) {
+                has_more = true;
+                break;
+            }
+            let stored = seen.get((tenant, device_id))?.map(|v| v.value());
+            let last_seen = self.last_seen(tenant, device_id, stored);
+            page.push(record.into_device(device_id, last_seen));
+        }
+        Ok(Page {
+            devices: page,
+            has_more,
+        })
+    }
+
+    pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
+        let txn = self.read_txn()?;
+        let devices = txn.open_table(DEVICES)?;
+        let record = match devices.get((tenant, device_id))? {
+            Some(v) => DeviceRecord::decode(v.value())?,
+            None => return Err(StoreError::NotFound),
+        };
+        let stored = txn
+            .open_table(LAST_SEEN)?
+            .get((tenant, device_id))?
+            .map(|v| v.value());
+        Ok(record.into_device(device_id, self.last_seen(tenant, device_id, stored)))
+    }
+
+    /// Registers a device whose key hashes to `key_hash`. Its id is assigned
+    /// inside the write, after every id already committed for the tenant.
+    pub fn create(
+        &self,
+        tenant: &str,
+        new: NewDevice,
+        key_hash: KeyHash,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        let txn = self.write_txn()?;
+        let device = {
+            let mut devices = txn.open_table(DEVICES)?;
+            let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
+            let last = devices
+                .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
+                .next_back()
+                .transpose()?
+                .and_then(|(key, _)| id::parse(key.value().1));
+            if let Some(last) = last {
+                if ulid <= last {
+                    ulid = last
+                        .increment()
+                        .ok_or_else(|| StoreError::Internal("device id space exhausted".into()))?;
+                }
+            }
+            let device = Device {
+                id: id::format(ulid),
+                name: new.name.as_str().to_string(),
+                status: new.status,
+                location_ids: new.location_ids.into_vec(),
+                pim_enabled: new.pim_enabled,
+                pim_segment_ids: new.pim_segment_ids.into_vec(),
+                created_at: now,
+                updated_at: now,
+                last_seen_at: None,
+                version: 1,
+            };
+            let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
+            devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
+            txn.open_table(KEY_INDEX)?
+                .insert(&key_hash, (tenant, device.id.as_str()))?;
+            device
+        };
+        txn.commit()?;
+        Ok(device)
+    }
+
+    /// Applies `patch` unless the device is revoked (409) or `if_match` fails
+    /// (412). A patch that changes nothing writes nothing.
+    pub fn update(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        patch: &DevicePatch,
+        if_match: Option<&IfMatch>,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Err(StoreError::Revoked);
+            }
+            if if_match.is_some_and(|m| !m.matches(&device.etag())) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            Ok(if patch.apply(device) {
+                Change::Fields
+            } else {
+                Change::None
+            })
+        })
+    }
+
+    /// Marks the device revoked; revoking it again changes nothing.
+    pub fn revoke(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Ok(Change::None);
+            }
+            device.status = DeviceStatus::Revoked;
+            Ok(Change::Fields)
+        })
+    }
+
+    /// Replaces the device's key: the old one stops working in the same commit.
+    pub fn rotate_key(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        new_hash: KeyHash,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Err(StoreError::Revoked);
+            }
+            Ok(Change::Key(new_hash))
+        })
+    }
+
+    /// One read-modify-write of a device: `change` edits it in place and says
+    /// what it changed; a change bumps the version and `updatedAt`.
+    fn modify<F>(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        now: Millis,
+        change: F,
+    ) -> StoreResult<Device>
+    where
+        F: FnOnce(&mut Device) -> StoreResult<Change>,
+    {
+        let txn = self.write_txn()?;
+        let device = {
+            let mut devices = txn.open_table(DEVICES)?;
+            let record = match devices.get((tenant, device_id))? {
+                Some(v) => DeviceRecord::decode(v.value())?,
+                None => return Err(StoreError::NotFound),
+            };
+            let mut key_hash = record.key_hash.clone();
+            let stored_seen = txn
+                .open_table(LAST_SEEN)?
+                .get((tenant, device_id))?
+                .map(|v| v.value());
+            let mut device =
+                record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
+            let change = change(&mut device)?;
+            match change {
+                Change::None => return Ok(device),
+                Change::Fields | Change::Key(_) => {
+                    device.version += 1;
+                    device.updated_at = now.max(device.updated_at);
+                    if let Change::Key(new_hash) = change {
+                        let mut index = txn.open_table(KEY_INDEX)?;
+                        if let Some(old) = device_key::from_hex(&key_hash) {
+                            index.remove(&old)?;
+                        }
+                        index.insert(&new_hash, (tenant, device_id))?;
+                        key_hash = device_key::to_hex(&new_hash);
+                    }
+                    let record = DeviceRecord::from_device(&device, key_hash);
+                    devices.insert((tenant, device_id), record.encode()?.as_slice())?;
+                }
+            }
+            device
+        };
+        txn.commit()?;
+        Ok(device)
+    }
+
+    /// The device a key belongs to, with its tenant.
+    pub fn find_by_key(&self, hash: &KeyHash) -> StoreResult<Option<(String, Device)>> {
+        let txn = self.read_txn()?;
+        let index = txn.open_table(KEY_INDEX)?;
+        let Some(entry) = index.get(hash)? else {
+            return Ok(None);
+        };
+        let (tenant, device_id) = entry.value();
+        let devices = txn.open_table(DEVICES)?;
+        let Some(value) = devices.get((tenant, device_id))? else {
+            return Err(StoreError::Internal(format!(
+                "key index names a missing device {device_id}"
+            )));
+        };
+        let record = DeviceRecord::decode(value.value())?;
+        let stored = txn
+            .open_table(LAST_SEEN)?
+            .get((tenant, device_id))?
+            .map(|v| v.value());
+        let device = record.into_device(device_id, self.last_seen(tenant, device_id, stored));
+        Ok(Some((tenant.to_string(), device)))
+    }
+
+    /// Records a check-in: shown at once, written to disk at most once a
+    /// minute per device. Never changes `updatedAt` or the ETag.
+    pub fn touch(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Millis> {
+        let shown = self.seen.record(tenant, device_id, now);
+        if let Some(due) = shown.persist_due {
+            let txn = self.write_txn()?;
+            txn.open_table(LAST_SEEN)?
+                .insert((tenant, device_id), due.0)?;
+            txn.commit()?;
+        }
+        Ok(shown.at)
+    }
+
+    /// Every (tenant, device id, key hash) kept, for consistency checks.
+    pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
+        let txn = self.read_txn()?;
+        let index = txn.open_table(KEY_INDEX)?;
+        let mut out = Vec::new();
+        for entry in index.iter()? {
+            let (hash, owner) = entry?;
+            let (tenant, device) = owner.value();
+            out.push((tenant.to_string(), device.to_string(), *hash.value()));
+        }
+        Ok(out)
+    }
+
+    /// Every device's stored key hash, for consistency checks.
+    pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
+        let txn = self.read_txn()?;
+        let devices = txn.open_table(DEVICES)?;
+        let mut out = Vec::new();
+        for entry in devices.iter()? {
+            let (key, value) = entry?;
+            let (tenant, device) = key.value();
+            let record = DeviceRecord::decode(value.value())?;
+            let hash = device_key::from_hex(&record.key_hash)
+                .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
+            out.push((tenant.to_string(), device.to_string(), hash));
+        }
+        Ok(out)
+    }
+}
+
+fn random_u128() -> StoreResult<u128> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
+    // A ULID has 80 random bits.
+    Ok(u128::from_le_bytes(bytes) & ((1u128 << 80) - 1))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+use super::*;
+use crate::auth::device_key::{hash, NewDeviceKey};
+use serde_json::json;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("sub/devicehub.redb")).unwrap();
+    (dir, store)
+}
+
+fn new_device(body: serde_json::Value) -> NewDevice {
+    NewDevice::parse(body.as_object().unwrap()).unwrap()
+}
+
+fn patch(body: serde_json::Value) -> DevicePatch {
+    DevicePatch::parse(body.as_object().unwrap()).unwrap()
+}
+
+fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, String) {
+    let key = NewDeviceKey::generate().unwrap();
+    let device = store
+        .create(
+            tenant,
+            new_device(json!({"name": name})),
+            key.hash,
+            Millis(now),
+        )
+        .unwrap();
+    (device, key.key)
+}
+
+#[test]
+fn ids_increase_in_commit_order_even_when_the_clock_steps_back() {
+    let (_dir, store) = open();
+    let (a, _) = add(&store, "t", "a", 5_000);
+    let (b, _) = add(&store, "t", "b", 1_000);
+    let (c, _) = add(&store, "t", "c", 1_000);
+    assert!(a.id < b.id && b.id < c.id, "{} {} {}", a.id, b.id, c.id);
+    let all = store.list("t", &ListQuery::default()).unwrap();
+    let names: Vec<_> = all.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(!all.has_more);
+}
+
+#[test]
+fn pages_filter_and_know_whether_more_exist() {
+    let (_dir, store) = open();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let key = NewDeviceKey::generate().unwrap();
+        let status = if i % 2 == 0 { "active" } else { "inactive" };
+        let d = store
+            .create(
+                "t",
+                new_device(json!({"name": format!("d{i}"), "status": status, "locationIds": [format!("loc{}", i % 2)]})),
+                key.hash,
+                Millis(1_000 + i),
+            )
+            .unwrap();
+        ids.push(d.id);
+    }
+    let q = |limit, after: Option<&String>| ListQuery {
+        limit,
+        starting_after: after.cloned(),
+        ..Default::default()
+    };
+    let first = store.list("t", &q(Some(2), None)).unwrap();
+    assert_eq!(first.devices.len(), 2);
+    assert!(first.has_more);
+    let last = store.list("t", &q(Some(3), Some(&ids[1]))).unwrap();
+    assert_eq!(
+        last.devices.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        ids[2..].iter().collect::<Vec<_>>()
+    );
+    assert!(!last.has_more, "exactly three remain");
+    let active = store
+        .list(
+            "t",
+            &ListQuery {
+                status: Some(DeviceStatus::Active),
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(active.devices.len(), 3);
+    assert!(!active.has_more, "no fourth active device exists");
+    let at_loc1 = store
+        .list(
+            "t",
+            &ListQuery {
+                location_id: Some("loc1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(at_loc1.devices.len(), 2);
+    // A position that names no device still works as a cursor.
+    let ghost = format!("{}0", &ids[4][..ids[4].len() - 1]);
+    let after_ghost = store.list("t", &q(None, Some(&ghost))).unwrap();
+    assert!(after_ghost.devices.iter().all(|d| d.id > ghost));
+}
+
+#[test]
+fn tenants_never_see_each_other() {
+    let (_dir, store) = open();
+    let (a, _) = add(&store, "tenant-a", "a", 1);
+    add(&store, "tenant-ab", "ab", 2);
+    add(&store, "tenant", "t", 3);
+    let list = store.list("tenant-a", &ListQuery::default()).unwrap();
+    assert_eq!(list.devices.len(), 1);
+    assert!(matches!(
+        store.get("tenant-ab", &a.id),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update(
+            "tenant",
+            &a.id,
+            &patch(json!({"name": "x"})),
+            None,
+            Millis(9)
+        ),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.revoke("tenant-ab", &a.id, Millis(9)),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.get("tenant-a", &a.id).unwrap().status,
+        DeviceStatus::Active
+    );
+}
+
+#[test]
+fn updates_change_version_only_when_something_changes() {
+    let (_dir, store) = open();
+    let (d, _) = add(&store, "t", "a", 1_000);
+    let same = store
+        .update(
+            "t",
+            &d.id,
+            &patch(json!({"name": " a "})),
+            None,
+            Millis(2_000),
+        )
+        .unwrap();
+    assert_eq!(same.etag(), d.etag());
+    assert_eq!(same.updated_at, Millis(1_000));
+    let stale = IfMatch::parse("\"nope\"");
+    assert!(matches!(
+        store.update(
+            "t",
+            &d.id,
+            &patch(json!({"name": "b"})),
+            Some(&stale),
+            Millis(3_000)
+        ),
+        Err(StoreError::PreconditionFailed)
+    ));
+    let fresh = IfMatch::parse(&d.etag());
+    let changed = store
+        .update(
+            "t",
+            &d.id,
+            &patch(json!({"name": "b"})),
+            Some(&fresh),
+            Millis(3_000),
+        )
+        .unwrap();
+    assert_ne!(changed.etag(), d.etag());
+    assert_eq!(changed.updated_at, Millis(3_000));
+    assert_eq!(store.get("t", &d.id).unwrap(), changed);
+}
+
+#[test]
+fn revocation_is_final_and_idempotent() {
+    let (_dir, store) = open();
+    let (d, key) = add(&store, "t", "a", 1_000);
+    let revoked = store.revoke("t", &d.id, Millis(2_000)).unwrap();
+    assert_eq!(revoked.status, DeviceStatus::Revoked);
+    let again = store.revoke("t", &d.id, Millis(3_000)).unwrap();
+    assert_eq!(again.etag(), revoked.etag());
+    assert!(matches!(
+        store.update("t", &d.id, &DevicePatch::default(), None, Millis(4_000)),
+        Err(StoreError::Revoked)
+    ));
+    assert!(matches!(
+        store.rotate_key("t", &d.id, hash("dhk_new"), Millis(4_000)),
+        Err(StoreError::Revoked)
+    ));
+    // The key still finds the device, so it can be told it is revoked.
+    let (_, found) = store.find_by_key(&hash(&key)).unwrap().unwrap();
+    assert_eq!(found.status, DeviceStatus::Revoked);
+}
+
+#[test]
+fn rotation_swaps_the_index_entry_in_one_commit() {
+    let (_dir, store) = open();
+    let (d, old) = add(&store, "t", "a", 1_000);
+    let new = NewDeviceKey::generate().unwrap();
+    let rotated = store
+        .rotate_key("t", &d.id, new.hash, Millis(2_000))
+        .unwrap();
+    assert_ne!(rotated.etag(), d.etag());
+    assert!(store.find_by_key(&hash(&old)).unwrap().is_none());
+    let (tenant, found) = store.find_by_key(&new.hash).unwrap().unwrap();
+    assert_eq!((tenant.as_str(), found.id.as_str()), ("t", d.id.as_str()));
+    let mut index = store.key_index_entries().unwrap();
+    let mut hashes = store.device_key_hashes().unwrap();
+    index.sort();
+    hashes.sort();
+    assert_eq!(index, hashes);
+}
+
+#[test]
+fn check_ins_show_at_once_and_never_touch_the_etag() {
+    let (_dir, store) = open();
+    let (d, _) = add(&store, "t", "a", 1_000);
+    store.touch("t", &d.id, Millis(5_000)).unwrap();
+    store.touch("t", &d.id, Millis(6_000)).unwrap();
+    let seen = store.get("t", &d.id).unwrap();
+    assert_eq!(seen.last_seen_at, Some(Millis(6_000)));
+    assert_eq!(seen.etag(), d.etag());
+    assert_eq!(seen.updated_at, d.updated_at);
+}
+
+#[test]
+fn data_survives_reopening_and_the_file_is_locked_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let id = {
+        let store = Store::open(&path).unwrap();
+        let (d, _) = add(&store, "t", "kept", 1_000);
+        store.touch("t", &d.id, Millis(7_000)).unwrap();
+        let err = Store::open(&path).err().expect("second open must fail");
+        assert!(err.to_string().contains("locked"), "{err}");
+        d.id
+    };
+    let store = Store::open(&path).unwrap();
+    let d = store.get("t", &id).unwrap();
+    assert_eq!(d.name, "kept");
+    assert_eq!(d.last_seen_at, Some(Millis(7_000)));
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = Store::open(&path).err().expect("garbage must not open");
+    assert!(err.to_string().starts_with("storage.path:"), "{err}");
+}
+
+#[test]
+fn a_newer_layout_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let txn = store.write_txn().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path).err().expect("must refuse");
+    assert!(err.to_string().contains("layout version 2"), "{err}");
+}
