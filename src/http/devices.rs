@@ -136,11 +136,11 @@ async fn update(
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let patch = DevicePatch::parse(&body.0)?;
-    let if_match = match req.headers().get(header::IF_MATCH) {
-        None => None,
-        // A header that is not text cannot name our ETag.
-        Some(v) => Some(IfMatch::parse(v.to_str().unwrap_or("\u{0}"))),
-    };
+    // A header that is not text cannot name our ETag, so it never matches.
+    let if_match = req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| IfMatch::parse(v.to_str().unwrap_or("\u{0}")));
     let (tenant, id) = (auth.tenant().to_string(), device_id(&req));
     let store = state.store.clone();
     let device =
