@@ -1,0 +1,273 @@
+//! Shared by the integration tests: a real server on 127.0.0.1 and a free
+//! port over a temporary database, and a small HTTP/1.1 client that sends
+//! exactly the bytes a test asks for.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devicehub::auth::token::{mint_hs256, TokenRequest};
+use devicehub::config::{AuthSettings, Settings};
+use devicehub::store::Store;
+use serde_json::Value;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub dir: tempfile::TempDir,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub fn settings_in(dir: &std::path::Path) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        storage_path: dir.join("devicehub.redb"),
+        auth: AuthSettings {
+            hs256_secret: Some(SECRET.to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+pub fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {})
+}
+
+pub fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_in(dir.path());
+    adjust(&mut settings);
+    spawn_app_in(dir, settings).unwrap_or_else(|e| panic!("server did not start: {e}"))
+}
+
+pub fn spawn_app_in(dir: tempfile::TempDir, settings: Settings) -> Result<TestApp, String> {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            match devicehub::startup::start(&settings) {
+                Ok(running) => {
+                    let _ = tx.send(Ok((running.addr, running.server.handle(), running.store)));
+                    let _ = running.server.await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        })
+    });
+    let (addr, handle, store) = rx.recv().unwrap()?;
+    Ok(TestApp {
+        addr,
+        store,
+        dir,
+        handle,
+        thread: Some(thread),
+    })
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        // The stop future must be driven by a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(handle.stop(false));
+        })
+        .join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn token_for(tenant: &str, scope: &str) -> String {
+    mint_hs256(
+        SECRET.as_bytes(),
+        &TokenRequest {
+            tenant_id: tenant,
+            scope,
+            ttl_secs: 3600,
+            subject: Some("tester"),
+            issuer: None,
+            audience: None,
+        },
+    )
+    .unwrap()
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The error code of an error envelope, checking the envelope's shape.
+    pub fn error_code(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "errors are JSON"
+        );
+        let body = self.json();
+        let error = body["error"].as_object().expect("an error envelope");
+        assert!(error["message"].is_string());
+        assert_eq!(error.len(), 2, "exactly code and message: {body}");
+        error["code"].as_str().unwrap().to_string()
+    }
+
+    pub fn error_message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Sends one raw request and reads the whole response.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    parse_response(&bytes)
+}
+
+fn parse_response(bytes: &[u8]) -> Response {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = bytes[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+}
+
+impl TestApp {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        if let Some(body) = body {
+            bytes.extend_from_slice(body);
+        }
+        raw(self.addr, &bytes)
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        self.request("GET", path, &[("Authorization", &auth)], None)
+    }
+
+    pub fn send_json(&self, method: &str, path: &str, token: &str, body: &Value) -> Response {
+        let auth = format!("Bearer {token}");
+        self.request(
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    pub fn send(&self, method: &str, path: &str, token: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        self.request(method, path, &[("Authorization", &auth)], None)
+    }
+
+    /// Registers a device and returns it with its key.
+    pub fn register(&self, token: &str, body: Value) -> (Value, String) {
+        let response = self.send_json("POST", "/api/tenant/devices", token, &body);
+        assert_eq!(
+            response.status,
+            201,
+            "{:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let json = response.json();
+        (
+            json["data"].clone(),
+            json["apiKey"].as_str().unwrap().to_string(),
+        )
+    }
+}
