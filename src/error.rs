@@ -168,8 +168,19 @@ impl ResponseError for ApiError {
 pub struct StartupError(pub String);
 
 impl StartupError {
+    /// Folds a multi-line cause (a TOML parser's excerpt, say) into one line:
+    /// its first and last lines.
     pub fn new(message: impl Into<String>) -> Self {
-        StartupError(message.into())
+        let message = message.into();
+        let lines: Vec<&str> = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        match lines.as_slice() {
+            [] | [_] => StartupError(message.trim().to_string()),
+            [first, .., last] => StartupError(format!("{first}: {last}")),
+        }
     }
 }
 
@@ -207,6 +218,15 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("error=\"insufficient_scope\", scope=\"admin\""));
+    }
+
+    #[test]
+    fn startup_errors_are_one_line() {
+        let err = StartupError::new("config file x: invalid: TOML parse error at line 1\n  |\n1 | [server\n  |  ^\nunclosed table\n");
+        assert_eq!(
+            err.to_string(),
+            "config file x: invalid: TOML parse error at line 1: unclosed table"
+        );
     }
 
     #[test]

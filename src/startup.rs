@@ -1,7 +1,10 @@
 //! Builds and runs the HTTP server from validated settings.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -21,8 +24,8 @@ pub struct Running {
     pub store: Arc<Store>,
 }
 
-/// Opens the database, loads the token key, binds the listener and logs
-/// `listening on http://HOST:PORT`. Must be called inside an actix system.
+/// Opens the database, loads the token key and binds the listener. Must be
+/// called inside an actix system.
 pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     let tokens = TokenVerifier::from_settings(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
@@ -50,7 +53,6 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     .listen(listener)
     .map_err(|e| StartupError::new(format!("server.bind: {e}")))?
     .run();
-    log::info!("listening on http://{addr}");
     Ok(Running {
         server,
         addr,
@@ -58,12 +60,28 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     })
 }
 
+impl Running {
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    ///
+    /// `listening on` is logged only after the server's first poll, which is
+    /// when it installs its signal handlers: whoever waits for that line may
+    /// signal at once.
+    pub async fn run(self) -> std::io::Result<()> {
+        let mut server = self.server;
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut server).poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
+        log::info!("listening on http://{}", self.addr);
+        server.await
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM, then drains and returns.
 pub fn serve(settings: &Settings) -> Result<(), StartupError> {
     actix_web::rt::System::new().block_on(async {
-        let running = start(settings)?;
-        running
-            .server
+        start(settings)?
+            .run()
             .await
             .map_err(|e| StartupError::new(format!("server stopped: {e}")))?;
         log::info!("stopped");

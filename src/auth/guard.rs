@@ -85,6 +85,10 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal("application state missing".into()))
 }
 
+/// Longer credentials are refused before any decoding: real access tokens are
+/// well under 2 KiB, device keys 47 bytes.
+pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
 /// The credential of `Authorization: Bearer <credential>`.
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -99,6 +103,9 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let credential = credential.trim();
     if credential.is_empty() {
         return Err(malformed());
+    }
+    if credential.len() > MAX_CREDENTIAL_BYTES {
+        return Err(ApiError::unauthorized("the token is too large"));
     }
     Ok(credential)
 }

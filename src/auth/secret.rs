@@ -43,7 +43,7 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StartupError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StartupError::new(format!(
-            "auth.hs256_secret: cannot read {}: {e}",
+            "storage.path: cannot read the kept secret {}: {e}",
             path.display()
         ))),
     }

@@ -1,0 +1,523 @@
+//! The built binary, started as a user would: commands, configuration
+//! errors, signals, and crash durability under SIGKILL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_devicehub");
+
+/// A command with a clean DEVICEHUB_* environment and storage in `dir`.
+fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DEVICEHUB") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(dir)
+        .env("DEVICEHUB__SERVER__BIND", "127.0.0.1:0")
+        .env("DEVICEHUB__STORAGE__PATH", dir.join("data/devicehub.redb"))
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on http://".len()..].trim().to_string();
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no listening line; log: {:?}", log.lock().unwrap()));
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn app(&self) -> Client {
+        Client(self.addr)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests over loopback, with the common test client.
+#[derive(Clone, Copy)]
+struct Client(SocketAddr);
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> common::Response {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
+        );
+        let body = body.map(Value::to_string).unwrap_or_default();
+        if !body.is_empty() {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(&body);
+        common::raw(self.0, request.as_bytes())
+    }
+
+    /// Like `call`, but a dropped connection is None instead of a panic.
+    fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Option<common::Response> {
+        let client = *self;
+        let (method, path, token, body) = (
+            method.to_string(),
+            path.to_string(),
+            token.to_string(),
+            body.cloned(),
+        );
+        std::thread::spawn(move || client.call(&method, &path, &token, body.as_ref()))
+            .join()
+            .ok()
+    }
+}
+
+fn token(dir: &Path, tenant: &str, scope: &str) -> String {
+    let out = command(dir)
+        .args([
+            "token", "--tenant", tenant, "--scope", scope, "--ttl", "30m", "--sub", "ops",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().last().unwrap().trim().to_string()
+}
+
+#[test]
+fn a_new_user_runs_the_server_mints_a_token_and_registers_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(command(dir.path()));
+    // The server made the secret; `token` signs with the same one.
+    assert!(dir.path().join("data/jwt-secret").exists());
+    let admin = token(dir.path(), "acme", "admin");
+    let app = server.app();
+    let created = app.call(
+        "POST",
+        "/api/tenant/devices",
+        &admin,
+        Some(&json!({"name": "Store Scanner 1"})),
+    );
+    assert_eq!(created.status, 201);
+    let key = created.json()["apiKey"].as_str().unwrap().to_string();
+    let me = app.call("GET", "/api/device/me", &key, None);
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["data"]["name"], "Store Scanner 1");
+    assert_eq!(app.call("GET", "/healthz", "", None).status, 200);
+
+    // No key, secret or token in the log.
+    let secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("device registered"), "{log}");
+    for needle in [key.as_str(), admin.as_str(), secret.trim()] {
+        assert!(!log.contains(needle), "the log leaks a credential");
+    }
+
+    server.signal("TERM");
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends with exit 0, got {status}");
+}
+
+#[test]
+fn sigint_also_stops_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(command(dir.path()));
+    server.signal("INT");
+    assert!(server.child.wait().unwrap().success());
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+fn assert_refused(out: Output, key: &str) {
+    assert!(!out.status.success(), "should fail for {key}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(key), "the error names {key}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_refused(
+        run(command(d).env("DEVICEHUB__SERVER__BIND", "not-an-address")),
+        "server.bind",
+    );
+    assert_refused(
+        run(command(d).env("DEVICEHUB__SERVER__PORT", "80")),
+        "server.port",
+    );
+    assert_refused(
+        run(command(d).env("DEVICEHUB__AUTH__HS256_SECRET", "too-short")),
+        "auth.hs256_secret",
+    );
+    let key = format!(
+        "{}/tests/fixtures/rsa-public.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert_refused(
+        run(command(d)
+            .env("DEVICEHUB__AUTH__HS256_SECRET", "x".repeat(40))
+            .env("DEVICEHUB__AUTH__PUBLIC_KEY_FILE", &key)),
+        "auth.public_key_file",
+    );
+    assert_refused(
+        run(command(d).env("DEVICEHUB__AUTH__PUBLIC_KEY_FILE", d.join("nope.pem"))),
+        "auth.public_key_file",
+    );
+
+    let file = d.join("devicehub.toml");
+    std::fs::write(&file, "[server]\nbind = \"127.0.0.1:0\"\nworkers = \"4\"\n").unwrap();
+    assert_refused(run(command(d).arg("--config").arg(&file)), "server.workers");
+    std::fs::write(&file, "[server\n").unwrap();
+    assert_refused(
+        run(command(d).arg("serve").arg("--config").arg(&file)),
+        "devicehub.toml",
+    );
+    assert_refused(
+        run(command(d).env("DEVICEHUB_CONFIG", d.join("missing.toml"))),
+        "missing.toml",
+    );
+
+    // A storage path that cannot be written: its folder is a file.
+    std::fs::write(d.join("blocker"), "").unwrap();
+    assert_refused(
+        run(command(d).env("DEVICEHUB__STORAGE__PATH", d.join("blocker/db.redb"))),
+        "storage.path",
+    );
+}
+
+#[test]
+fn the_config_file_and_environment_layer_over_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("devicehub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nbind = \"127.0.0.1:1\"\n[storage]\npath = \"{}\"\n[auth]\nhs256_secret = \"{}\"\n",
+            dir.path().join("custom/db.redb").display(),
+            "s".repeat(32)
+        ),
+    )
+    .unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env_remove("DEVICEHUB__STORAGE__PATH")
+        .env("DEVICEHUB_CONFIG", &file);
+    // The environment (127.0.0.1:0) wins over the file's bind.
+    let server = Server::start(cmd);
+    assert_ne!(server.addr.port(), 1);
+    assert!(dir.path().join("custom/db.redb").exists());
+    assert!(
+        !dir.path().join("custom/jwt-secret").exists(),
+        "a configured secret makes no file"
+    );
+    let minted = devicehub::auth::token::mint_hs256(
+        "s".repeat(32).as_bytes(),
+        &devicehub::auth::token::TokenRequest {
+            tenant_id: "t",
+            scope: "devices:read",
+            ttl_secs: 60,
+            subject: None,
+            issuer: None,
+            audience: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        server
+            .app()
+            .call("GET", "/api/tenant/devices", &minted, None)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn token_refuses_to_sign_in_public_key_mode_and_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!(
+        "{}/tests/fixtures/rsa-public.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = run(command(dir.path())
+        .env("DEVICEHUB__AUTH__PUBLIC_KEY_FILE", &key)
+        .args(["token", "--tenant", "t", "--scope", "admin"]));
+    assert_refused(out, "auth.public_key_file");
+    assert_refused(
+        run(command(dir.path()).args(["token", "--tenant", "t", "--scope", "admin", "--ttl", "5w"])),
+        "--ttl",
+    );
+    let help = run(command(dir.path()).arg("--help"));
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("token"));
+}
+
+#[test]
+fn a_second_server_on_the_same_file_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Server::start(command(dir.path()));
+    assert_refused(run(&mut command(dir.path())), "storage.path");
+}
+
+/// One worker's view of its own device: what was acknowledged, and what was
+/// in flight when the connection broke.
+#[derive(Default, Clone)]
+struct Ledger {
+    id: Option<String>,
+    acked_name: Option<String>,
+    inflight_name: Option<String>,
+    acked_key: Option<String>,
+    inflight_key: Option<String>,
+    revoked_acked: bool,
+    register_inflight: Option<String>,
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // (round, worker, ledger), each worker's ledgers in the order it wrote.
+    let mut all: Vec<(u64, usize, Ledger)> = Vec::new();
+    for round in 0..3 {
+        let server = Server::start(command(dir.path()));
+        let admin = token(dir.path(), "acme", "admin");
+        let app = server.app();
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..6)
+            .map(|w| {
+                let (stop, admin) = (stop.clone(), admin.clone());
+                std::thread::spawn(move || {
+                    let mut ledgers = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) && n < 200 {
+                        let mut ledger = Ledger::default();
+                        let name = format!("r{round}-w{w}-d{n}");
+                        ledger.register_inflight = Some(name.clone());
+                        let Some(created) = app.try_call(
+                            "POST",
+                            "/api/tenant/devices",
+                            &admin,
+                            Some(&json!({"name": name})),
+                        ) else {
+                            ledgers.push(ledger);
+                            break;
+                        };
+                        assert_eq!(created.status, 201);
+                        let body = created.json();
+                        ledger.id = Some(body["data"]["id"].as_str().unwrap().to_string());
+                        ledger.acked_name = Some(name.clone());
+                        ledger.acked_key = Some(body["apiKey"].as_str().unwrap().to_string());
+                        let path = format!("/api/tenant/devices/{}", ledger.id.as_ref().unwrap());
+                        let mut alive = true;
+                        for step in 0..4 {
+                            let new_name = format!("{name}-p{step}");
+                            ledger.inflight_name = Some(new_name.clone());
+                            match app.try_call(
+                                "PATCH",
+                                &path,
+                                &admin,
+                                Some(&json!({"name": new_name})),
+                            ) {
+                                Some(r) => {
+                                    assert_eq!(r.status, 200);
+                                    ledger.acked_name = ledger.inflight_name.take();
+                                }
+                                None => {
+                                    alive = false;
+                                    break;
+                                }
+                            }
+                        }
+                        if alive && n % 2 == 0 {
+                            ledger.inflight_key = Some("not yet known".into());
+                            match app.try_call("POST", &format!("{path}/api-key"), &admin, None) {
+                                Some(r) => {
+                                    assert_eq!(r.status, 200);
+                                    ledger.acked_key =
+                                        Some(r.json()["apiKey"].as_str().unwrap().to_string());
+                                    ledger.inflight_key = None;
+                                }
+                                None => alive = false,
+                            }
+                        }
+                        if alive && n % 3 == 0 {
+                            match app.try_call("DELETE", &path, &admin, None) {
+                                Some(r) => {
+                                    assert_eq!(r.status, 200);
+                                    ledger.revoked_acked = true;
+                                }
+                                None => alive = false,
+                            }
+                        }
+                        ledger.register_inflight = None;
+                        ledgers.push(ledger);
+                        if !alive {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    ledgers
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
+        let mut server = server;
+        server.child.kill().unwrap(); // SIGKILL, mid-write
+        server.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for (w, worker) in workers.into_iter().enumerate() {
+            all.extend(worker.join().unwrap().into_iter().map(|l| (round, w, l)));
+        }
+    }
+
+    let server = Server::start(command(dir.path()));
+    let app = server.app();
+    let reader = token(dir.path(), "acme", "devices:read");
+    let listed = app.call("GET", "/api/tenant/devices", &reader, None).json();
+    let stored: Vec<Value> = listed["data"].as_array().unwrap().clone();
+    let acknowledged = all.iter().filter(|(_, _, l)| l.id.is_some()).count();
+    assert!(
+        acknowledged >= 30,
+        "the test made too few writes to mean much: {acknowledged}"
+    );
+    for (_, _, ledger) in &all {
+        let Some(id) = &ledger.id else {
+            continue;
+        };
+        let device = stored
+            .iter()
+            .find(|d| d["id"] == json!(id))
+            .unwrap_or_else(|| panic!("acknowledged device {id} is lost"));
+        let name = device["name"].as_str().unwrap();
+        let acked = ledger.acked_name.as_deref().unwrap();
+        assert!(
+            name == acked || Some(name) == ledger.inflight_name.as_deref(),
+            "{id}: stored name {name}, acknowledged {acked}"
+        );
+        if ledger.revoked_acked {
+            assert_eq!(
+                device["status"], "revoked",
+                "{id}: acknowledged revocation lost"
+            );
+        }
+        if !ledger.revoked_acked && device["status"] == "active" {
+            let key = ledger.acked_key.as_deref().unwrap();
+            let me = app.call("GET", "/api/device/me", key, None);
+            let inflight_rotation = ledger.inflight_key.is_some();
+            assert!(
+                me.status == 200 || inflight_rotation,
+                "{id}: acknowledged key refused"
+            );
+        }
+    }
+    // Ids follow commit order: within a worker, and from one run to the next.
+    let id_of = |l: &Ledger| l.id.clone();
+    for round in 0..3u64 {
+        for w in 0..6 {
+            let ids: Vec<String> = all
+                .iter()
+                .filter(|(r, x, _)| *r == round && *x == w)
+                .filter_map(|(_, _, l)| id_of(l))
+                .collect();
+            assert!(
+                ids.windows(2).all(|p| p[0] < p[1]),
+                "round {round} worker {w}: {ids:?}"
+            );
+        }
+        let later_min = all
+            .iter()
+            .filter(|(r, _, _)| *r > round)
+            .filter_map(|(_, _, l)| id_of(l))
+            .min();
+        let this_max = all
+            .iter()
+            .filter(|(r, _, _)| *r == round)
+            .filter_map(|(_, _, l)| id_of(l))
+            .max();
+        if let (Some(max), Some(min)) = (this_max, later_min) {
+            assert!(max < min, "ids after a restart sort after earlier ones");
+        }
+    }
+    drop(server);
+
+    // The key index matches the devices exactly.
+    let store = devicehub::store::Store::open(&dir.path().join("data/devicehub.redb")).unwrap();
+    let mut index = store.key_index_entries().unwrap();
+    let mut keys = store.device_key_hashes().unwrap();
+    index.sort();
+    keys.sort();
+    assert_eq!(index, keys);
+}
