@@ -6,10 +6,10 @@ use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
 
-/// `devicehub serve`.
-pub fn serve(config: Option<&Path>) -> Result<(), StartupError> {
+/// `devicehub serve [--demo]`.
+pub fn serve(config: Option<&Path>, demo: bool) -> Result<(), StartupError> {
     let settings = Settings::load(config)?;
-    crate::startup::serve(&settings)
+    crate::startup::serve(&settings, demo)
 }
 
 /// `devicehub token`: prints a signed access token on the last line of stdout.

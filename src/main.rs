@@ -26,6 +26,10 @@ struct ServeArgs {
     /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Seed a demo tenant (only into an empty database) and print a
+    /// dashboard URL with ready admin and read-only tokens.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Args)]
@@ -51,8 +55,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => devicehub::cli::serve(cli.serve.config.as_deref()),
-        Some(Command::Serve(args)) => devicehub::cli::serve(args.config.as_deref()),
+        None => devicehub::cli::serve(cli.serve.config.as_deref(), cli.serve.demo),
+        Some(Command::Serve(args)) => devicehub::cli::serve(args.config.as_deref(), args.demo),
         Some(Command::Token(args)) => devicehub::cli::token(
             args.config.as_deref(),
             &args.tenant,

@@ -66,22 +66,38 @@ impl Running {
     /// `listening on` is logged only after the server's first poll, which is
     /// when it installs its signal handlers: whoever waits for that line may
     /// signal at once.
-    pub async fn run(self) -> std::io::Result<()> {
+    /// `banner`, when given, goes to stdout right after that line.
+    pub async fn run(self, banner: Option<String>) -> std::io::Result<()> {
         let mut server = self.server;
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut server).poll(cx))).await;
         if let Poll::Ready(result) = first {
             return result;
         }
         log::info!("listening on http://{}", self.addr);
+        if let Some(banner) = banner {
+            println!("{banner}");
+        }
         server.await
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM, then drains and returns.
-pub fn serve(settings: &Settings) -> Result<(), StartupError> {
+/// Runs the server until SIGINT or SIGTERM, then drains and returns. With
+/// `demo`, seeds the demo tenant into an empty database and prints its banner.
+pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
     actix_web::rt::System::new().block_on(async {
-        start(settings)?
-            .run()
+        let running = start(settings)?;
+        let banner = if demo {
+            if crate::demo::seed(&running.store)? {
+                log::info!("seeded the demo tenant {:?}", crate::demo::TENANT);
+            } else {
+                log::info!("the database already holds devices: nothing seeded");
+            }
+            Some(crate::demo::banner(settings, running.addr)?)
+        } else {
+            None
+        };
+        running
+            .run(banner)
             .await
             .map_err(|e| StartupError::new(format!("server stopped: {e}")))?;
         log::info!("stopped");

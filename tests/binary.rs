@@ -34,15 +34,24 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     fn start(mut cmd: Command) -> Server {
         let mut child = cmd
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_lines = stdout.clone();
+        let child_stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_stdout).lines().map_while(Result::ok) {
+                out_lines.lock().unwrap().push(line);
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -63,7 +72,27 @@ impl Server {
             child,
             addr: addr.parse().unwrap(),
             log,
+            stdout,
         }
+    }
+
+    /// The line after `heading` on stdout, waiting for it to be printed.
+    fn stdout_after(&self, heading: &str) -> String {
+        for _ in 0..300 {
+            {
+                let lines = self.stdout.lock().unwrap();
+                if let Some(i) = lines.iter().position(|l| l.contains(heading)) {
+                    if let Some(next) = lines.get(i + 1) {
+                        return next.trim().to_string();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no {heading:?} on stdout: {:?}",
+            self.stdout.lock().unwrap()
+        );
     }
 
     fn app(&self) -> Client {
@@ -184,6 +213,102 @@ fn a_new_user_runs_the_server_mints_a_token_and_registers_a_device() {
     let mut server = server;
     let status = server.child.wait().unwrap();
     assert!(status.success(), "SIGTERM ends with exit 0, got {status}");
+}
+
+#[test]
+fn demo_mode_seeds_an_empty_database_once_and_prints_working_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_count;
+    {
+        let server = Server::start({
+            let mut c = command(dir.path());
+            c.arg("serve").arg("--demo");
+            c
+        });
+        let url = server.stdout_after("Dashboard");
+        let admin = server.stdout_after("Admin token");
+        let reader = server.stdout_after("Read-only token");
+        assert_eq!(url, format!("http://{}/#token={admin}", server.addr));
+        let app = server.app();
+        let list = app.call("GET", "/api/tenant/devices", &reader, None).json();
+        let devices = list["data"].as_array().unwrap();
+        first_count = devices.len();
+        assert!((10..=20).contains(&first_count), "{first_count}");
+        let count = |status: &str| devices.iter().filter(|d| d["status"] == status).count();
+        assert!(count("active") > 0 && count("inactive") > 0 && count("revoked") == 1);
+        let mut locations: Vec<&str> = devices
+            .iter()
+            .flat_map(|d| {
+                d["locationIds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l.as_str().unwrap())
+            })
+            .collect();
+        locations.sort_unstable();
+        locations.dedup();
+        assert!(locations.len() >= 3, "{locations:?}");
+        assert!(
+            devices
+                .iter()
+                .any(|d| d["pimEnabled"] == true
+                    && !d["pimSegmentIds"].as_array().unwrap().is_empty())
+        );
+        assert!(devices.iter().any(|d| d["lastSeenAt"].is_string()));
+        // The read-only token reads; only the admin one writes.
+        assert_eq!(
+            app.call(
+                "POST",
+                "/api/tenant/devices",
+                &reader,
+                Some(&json!({"name": "x"}))
+            )
+            .status,
+            403
+        );
+        assert_eq!(
+            app.call(
+                "POST",
+                "/api/tenant/devices",
+                &admin,
+                Some(&json!({"name": "Extra"}))
+            )
+            .status,
+            201
+        );
+        let page = app.call("GET", "/", "", None);
+        assert_eq!(page.status, 200);
+        // The tokens are printed, never logged.
+        let log = server.log.lock().unwrap().join("\n");
+        assert!(!log.contains(&admin) && !log.contains(&reader));
+    }
+    // Started again with --demo on a database that holds devices: no reseeding.
+    let server = Server::start({
+        let mut c = command(dir.path());
+        c.arg("--demo");
+        c
+    });
+    let reader = server.stdout_after("Read-only token");
+    let list = server
+        .app()
+        .call("GET", "/api/tenant/devices", &reader, None)
+        .json();
+    assert_eq!(list["data"].as_array().unwrap().len(), first_count + 1);
+}
+
+#[test]
+fn without_demo_nothing_is_seeded_and_no_token_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(command(dir.path()));
+    let reader = token(dir.path(), "demo", "devices:read");
+    let list = server
+        .app()
+        .call("GET", "/api/tenant/devices", &reader, None)
+        .json();
+    assert_eq!(list["data"], json!([]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.stdout.lock().unwrap().is_empty());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, each registering its own routes.
 
 mod body;
+mod dashboard;
 mod device_api;
 mod devices;
 mod meta;
@@ -22,10 +23,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/openapi.json", "GET"),
 ];
 
+/// The dashboard's pages and assets (not part of the API description).
+pub const PAGE_ROUTES: &[(&str, &str)] = &[("/", "GET"), ("/app.js", "GET"), ("/app.css", "GET")];
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     devices::configure(cfg);
     device_api::configure(cfg);
     meta::configure(cfg);
+    dashboard::configure(cfg);
 }
 
 /// Answers every path no route claims.
@@ -37,6 +42,7 @@ pub async fn not_found() -> ApiResult<HttpResponse> {
 fn resource(path: &'static str) -> actix_web::Resource {
     let allow = ROUTES
         .iter()
+        .chain(PAGE_ROUTES)
         .find(|(p, _)| *p == path)
         .map(|(_, allow)| *allow)
         .unwrap_or("");

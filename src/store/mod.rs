@@ -11,7 +11,8 @@ use std::ops::Bound;
 use std::path::Path;
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -234,6 +235,12 @@ impl Store {
     fn last_seen(&self, tenant: &str, device_id: &str, stored: Option<u64>) -> Option<Millis> {
         let remembered = self.seen.get(tenant, device_id);
         remembered.max(stored.map(Millis))
+    }
+
+    /// Whether no device of any tenant is stored.
+    pub fn is_empty(&self) -> StoreResult<bool> {
+        let txn = self.read_txn()?;
+        Ok(txn.open_table(DEVICES)?.is_empty()?)
     }
 
     pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
