@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{blocking, json, resource};
 use crate::auth::guard::DeviceAuth;
 use crate::devices::Millis;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -19,7 +19,8 @@ async fn me(auth: DeviceAuth, state: web::Data<AppState>) -> ApiResult<HttpRespo
     let DeviceAuth { tenant, mut device } = auth;
     let store = state.store.clone();
     let id = device.id.clone();
-    let seen = blocking(move || store.touch(&tenant, &id, Millis::now())).await?;
+    let seen =
+        blocking(move || Ok::<_, ApiError>(store.touch(&tenant, &id, Millis::now()))).await?;
     device.last_seen_at = Some(seen);
     json(StatusCode::OK, &json!({ "data": device }))
 }

@@ -34,6 +34,14 @@ impl LastSeen {
         map.get(tenant)?.get(device_id).map(|s| s.at)
     }
 
+    /// The last check-in could not be written: write the next one.
+    pub fn persist_failed(&self, tenant: &str, device_id: &str) {
+        let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = map.get_mut(tenant).and_then(|m| m.get_mut(device_id)) {
+            seen.persisted = None;
+        }
+    }
+
     pub fn record(&self, tenant: &str, device_id: &str, now: Millis) -> Recorded {
         let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
         let seen = map

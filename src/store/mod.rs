@@ -4,6 +4,7 @@
 //!
 //! These calls block: the HTTP layer runs them on actix's blocking pool.
 
+mod handle;
 mod last_seen;
 pub mod tables;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::device_key::{self, KeyHash};
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
 use crate::error::{ApiError, StartupError};
+use handle::DbHandle;
 use last_seen::LastSeen;
 use tables::{DEVICES, KEY_INDEX, LAST_SEEN, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 
@@ -32,6 +34,9 @@ pub enum StoreError {
     PreconditionFailed,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// An earlier I/O failure left the open database refusing all work.
+    #[error("storage: a previous I/O failure needs the database reopened")]
+    Latched,
     #[error("storage: {0}")]
     Internal(String),
 }
@@ -41,7 +46,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
         match e {
-            redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Unavailable(e.to_string()),
+            redb::Error::PreviousIo => StoreError::Latched,
+            redb::Error::Io(_) => StoreError::Unavailable(e.to_string()),
             other => StoreError::Internal(other.to_string()),
         }
     }
@@ -74,6 +80,7 @@ impl From<StoreError> for ApiError {
                 log::warn!("storage unavailable: {detail}");
                 ApiError::StorageUnavailable
             }
+            StoreError::Latched => ApiError::StorageUnavailable,
             StoreError::Internal(detail) => ApiError::Internal(detail),
         }
     }
@@ -157,7 +164,7 @@ pub struct Page {
 }
 
 pub struct Store {
-    db: Database,
+    db: DbHandle,
     seen: LastSeen,
 }
 
@@ -188,7 +195,7 @@ impl Store {
             })
         })?;
         let store = Store {
-            db,
+            db: DbHandle::new(path.to_path_buf(), db),
             seen: LastSeen::default(),
         };
         store
@@ -198,37 +205,29 @@ impl Store {
     }
 
     fn check_schema(&self) -> StoreResult<()> {
-        let txn = self.write_txn()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
-            match found {
-                Some(SCHEMA_VERSION) => {}
-                Some(other) => {
-                    return Err(StoreError::Internal(format!(
-                        "layout version {other} is not supported by this build (it reads version {SCHEMA_VERSION})"
-                    )))
+        self.db.run(|db| {
+            let txn = write_txn(db)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let found = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
+                match found {
+                    Some(SCHEMA_VERSION) => {}
+                    Some(other) => {
+                        return Err(StoreError::Internal(format!(
+                            "layout version {other} is not supported by this build (it reads version {SCHEMA_VERSION})"
+                        )))
+                    }
+                    None => {
+                        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                    }
                 }
-                None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-                }
+                txn.open_table(DEVICES)?;
+                txn.open_table(KEY_INDEX)?;
+                txn.open_table(LAST_SEEN)?;
             }
-            txn.open_table(DEVICES)?;
-            txn.open_table(KEY_INDEX)?;
-            txn.open_table(LAST_SEEN)?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    fn write_txn(&self) -> StoreResult<WriteTransaction> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        Ok(txn)
-    }
-
-    fn read_txn(&self) -> StoreResult<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The check-in time to show: the newer of memory and disk.
@@ -239,62 +238,68 @@ impl Store {
 
     /// Whether no device of any tenant is stored.
     pub fn is_empty(&self) -> StoreResult<bool> {
-        let txn = self.read_txn()?;
-        Ok(txn.open_table(DEVICES)?.is_empty()?)
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            Ok(txn.open_table(DEVICES)?.is_empty()?)
+        })
     }
 
     pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
-        let txn = self.read_txn()?;
-        let devices = txn.open_table(DEVICES)?;
-        let seen = txn.open_table(LAST_SEEN)?;
-        let start = match &query.starting_after {
-            Some(after) => Bound::Excluded((tenant, after.as_str())),
-            None => Bound::Included((tenant, "")),
-        };
-        let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
-        let mut page = Vec::new();
-        let mut has_more = false;
-        for entry in range {
-            let (key, value) = entry?;
-            let (row_tenant, device_id) = key.value();
-            if row_tenant != tenant {
-                break;
-            }
-            let record = DeviceRecord::decode(value.value())?;
-            if query.status.is_some_and(|s| s != record.status) {
-                continue;
-            }
-            if let Some(location) = &query.location_id {
-                if !record.location_ids.iter().any(|l| l == location) {
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let seen = txn.open_table(LAST_SEEN)?;
+            let start = match &query.starting_after {
+                Some(after) => Bound::Excluded((tenant, after.as_str())),
+                None => Bound::Included((tenant, "")),
+            };
+            let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
+            let mut page = Vec::new();
+            let mut has_more = false;
+            for entry in range {
+                let (key, value) = entry?;
+                let (row_tenant, device_id) = key.value();
+                if row_tenant != tenant {
+                    break;
+                }
+                let record = DeviceRecord::decode(value.value())?;
+                if query.status.is_some_and(|s| s != record.status) {
                     continue;
                 }
+                if let Some(location) = &query.location_id {
+                    if !record.location_ids.iter().any(|l| l == location) {
+                        continue;
+                    }
+                }
+                if query.limit.is_some_and(|limit| page.len() == limit) {
+                    has_more = true;
+                    break;
+                }
+                let stored = seen.get((tenant, device_id))?.map(|v| v.value());
+                let last_seen = self.last_seen(tenant, device_id, stored);
+                page.push(record.into_device(device_id, last_seen));
             }
-            if query.limit.is_some_and(|limit| page.len() == limit) {
-                has_more = true;
-                break;
-            }
-            let stored = seen.get((tenant, device_id))?.map(|v| v.value());
-            let last_seen = self.last_seen(tenant, device_id, stored);
-            page.push(record.into_device(device_id, last_seen));
-        }
-        Ok(Page {
-            devices: page,
-            has_more,
+            Ok(Page {
+                devices: page,
+                has_more,
+            })
         })
     }
 
     pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
-        let txn = self.read_txn()?;
-        let devices = txn.open_table(DEVICES)?;
-        let record = match devices.get((tenant, device_id))? {
-            Some(v) => DeviceRecord::decode(v.value())?,
-            None => return Err(StoreError::NotFound),
-        };
-        let stored = txn
-            .open_table(LAST_SEEN)?
-            .get((tenant, device_id))?
-            .map(|v| v.value());
-        Ok(record.into_device(device_id, self.last_seen(tenant, device_id, stored)))
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let record = match devices.get((tenant, device_id))? {
+                Some(v) => DeviceRecord::decode(v.value())?,
+                None => return Err(StoreError::NotFound),
+            };
+            let stored = txn
+                .open_table(LAST_SEEN)?
+                .get((tenant, device_id))?
+                .map(|v| v.value());
+            Ok(record.into_device(device_id, self.last_seen(tenant, device_id, stored)))
+        })
     }
 
     /// Registers a device whose key hashes to `key_hash`. Its id is assigned
@@ -306,42 +311,44 @@ impl Store {
         key_hash: KeyHash,
         now: Millis,
     ) -> StoreResult<Device> {
-        let txn = self.write_txn()?;
-        let device = {
-            let mut devices = txn.open_table(DEVICES)?;
-            let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
-            let last = devices
-                .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
-                .next_back()
-                .transpose()?
-                .and_then(|(key, _)| id::parse(key.value().1));
-            if let Some(last) = last {
-                if ulid <= last {
-                    ulid = last
-                        .increment()
-                        .ok_or_else(|| StoreError::Internal("device id space exhausted".into()))?;
+        self.db.run(|db| {
+            let txn = write_txn(db)?;
+            let device = {
+                let mut devices = txn.open_table(DEVICES)?;
+                let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
+                let last = devices
+                    .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
+                    .next_back()
+                    .transpose()?
+                    .and_then(|(key, _)| id::parse(key.value().1));
+                if let Some(last) = last {
+                    if ulid <= last {
+                        ulid = last.increment().ok_or_else(|| {
+                            StoreError::Internal("device id space exhausted".into())
+                        })?;
+                    }
                 }
-            }
-            let device = Device {
-                id: id::format(ulid),
-                name: new.name.as_str().to_string(),
-                status: new.status,
-                location_ids: new.location_ids.into_vec(),
-                pim_enabled: new.pim_enabled,
-                pim_segment_ids: new.pim_segment_ids.into_vec(),
-                created_at: now,
-                updated_at: now,
-                last_seen_at: None,
-                version: 1,
+                let device = Device {
+                    id: id::format(ulid),
+                    name: new.name.as_str().to_string(),
+                    status: new.status,
+                    location_ids: new.location_ids.to_vec(),
+                    pim_enabled: new.pim_enabled,
+                    pim_segment_ids: new.pim_segment_ids.to_vec(),
+                    created_at: now,
+                    updated_at: now,
+                    last_seen_at: None,
+                    version: 1,
+                };
+                let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
+                devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
+                txn.open_table(KEY_INDEX)?
+                    .insert(&key_hash, (tenant, device.id.as_str()))?;
+                device
             };
-            let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
-            devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
-            txn.open_table(KEY_INDEX)?
-                .insert(&key_hash, (tenant, device.id.as_str()))?;
-            device
-        };
-        txn.commit()?;
-        Ok(device)
+            txn.commit()?;
+            Ok(device)
+        })
     }
 
     /// Applies `patch` unless the device is revoked (409) or `if_match` fails
@@ -406,109 +413,126 @@ impl Store {
         change: F,
     ) -> StoreResult<Device>
     where
-        F: FnOnce(&mut Device) -> StoreResult<Change>,
+        F: Fn(&mut Device) -> StoreResult<Change>,
     {
-        let txn = self.write_txn()?;
-        let device = {
-            let mut devices = txn.open_table(DEVICES)?;
-            let record = match devices.get((tenant, device_id))? {
-                Some(v) => DeviceRecord::decode(v.value())?,
-                None => return Err(StoreError::NotFound),
-            };
-            let mut key_hash = record.key_hash.clone();
-            let stored_seen = txn
-                .open_table(LAST_SEEN)?
-                .get((tenant, device_id))?
-                .map(|v| v.value());
-            let mut device =
-                record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
-            let change = change(&mut device)?;
-            match change {
-                Change::None => return Ok(device),
-                Change::Fields | Change::Key(_) => {
-                    device.version += 1;
-                    device.updated_at = now.max(device.updated_at);
-                    if let Change::Key(new_hash) = change {
-                        let mut index = txn.open_table(KEY_INDEX)?;
-                        if let Some(old) = device_key::from_hex(&key_hash) {
-                            index.remove(&old)?;
+        self.db.run(|db| {
+            let txn = write_txn(db)?;
+            let device = {
+                let mut devices = txn.open_table(DEVICES)?;
+                let record = match devices.get((tenant, device_id))? {
+                    Some(v) => DeviceRecord::decode(v.value())?,
+                    None => return Err(StoreError::NotFound),
+                };
+                let mut key_hash = record.key_hash.clone();
+                let stored_seen = txn
+                    .open_table(LAST_SEEN)?
+                    .get((tenant, device_id))?
+                    .map(|v| v.value());
+                let mut device =
+                    record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
+                let change = change(&mut device)?;
+                match change {
+                    Change::None => return Ok(device),
+                    Change::Fields | Change::Key(_) => {
+                        device.version += 1;
+                        device.updated_at = now.max(device.updated_at);
+                        if let Change::Key(new_hash) = change {
+                            let mut index = txn.open_table(KEY_INDEX)?;
+                            if let Some(old) = device_key::from_hex(&key_hash) {
+                                index.remove(&old)?;
+                            }
+                            index.insert(&new_hash, (tenant, device_id))?;
+                            key_hash = device_key::to_hex(&new_hash);
                         }
-                        index.insert(&new_hash, (tenant, device_id))?;
-                        key_hash = device_key::to_hex(&new_hash);
+                        let record = DeviceRecord::from_device(&device, key_hash);
+                        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
                     }
-                    let record = DeviceRecord::from_device(&device, key_hash);
-                    devices.insert((tenant, device_id), record.encode()?.as_slice())?;
                 }
-            }
-            device
-        };
-        txn.commit()?;
-        Ok(device)
+                device
+            };
+            txn.commit()?;
+            Ok(device)
+        })
     }
 
     /// The device a key belongs to, with its tenant.
     pub fn find_by_key(&self, hash: &KeyHash) -> StoreResult<Option<(String, Device)>> {
-        let txn = self.read_txn()?;
-        let index = txn.open_table(KEY_INDEX)?;
-        let Some(entry) = index.get(hash)? else {
-            return Ok(None);
-        };
-        let (tenant, device_id) = entry.value();
-        let devices = txn.open_table(DEVICES)?;
-        let Some(value) = devices.get((tenant, device_id))? else {
-            return Err(StoreError::Internal(format!(
-                "key index names a missing device {device_id}"
-            )));
-        };
-        let record = DeviceRecord::decode(value.value())?;
-        let stored = txn
-            .open_table(LAST_SEEN)?
-            .get((tenant, device_id))?
-            .map(|v| v.value());
-        let device = record.into_device(device_id, self.last_seen(tenant, device_id, stored));
-        Ok(Some((tenant.to_string(), device)))
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            let index = txn.open_table(KEY_INDEX)?;
+            let Some(entry) = index.get(hash)? else {
+                return Ok(None);
+            };
+            let (tenant, device_id) = entry.value();
+            let devices = txn.open_table(DEVICES)?;
+            let Some(value) = devices.get((tenant, device_id))? else {
+                return Err(StoreError::Internal(format!(
+                    "key index names a missing device {device_id}"
+                )));
+            };
+            let record = DeviceRecord::decode(value.value())?;
+            let stored = txn
+                .open_table(LAST_SEEN)?
+                .get((tenant, device_id))?
+                .map(|v| v.value());
+            let device = record.into_device(device_id, self.last_seen(tenant, device_id, stored));
+            Ok(Some((tenant.to_string(), device)))
+        })
     }
 
     /// Records a check-in: shown at once, written to disk at most once a
-    /// minute per device. Never changes `updatedAt` or the ETag.
-    pub fn touch(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Millis> {
+    /// minute per device. Never changes `updatedAt` or the ETag. A check-in
+    /// that cannot be written is kept in memory and written with a later one:
+    /// the device's call still succeeds.
+    pub fn touch(&self, tenant: &str, device_id: &str, now: Millis) -> Millis {
         let shown = self.seen.record(tenant, device_id, now);
         if let Some(due) = shown.persist_due {
-            let txn = self.write_txn()?;
-            txn.open_table(LAST_SEEN)?
-                .insert((tenant, device_id), due.0)?;
-            txn.commit()?;
+            let written = self.db.run(|db| {
+                let txn = write_txn(db)?;
+                txn.open_table(LAST_SEEN)?
+                    .insert((tenant, device_id), due.0)?;
+                txn.commit()?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                log::warn!("check-in of device {device_id} kept in memory only: {e}");
+                self.seen.persist_failed(tenant, device_id);
+            }
         }
-        Ok(shown.at)
+        shown.at
     }
 
     /// Every (tenant, device id, key hash) kept, for consistency checks.
     pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        let txn = self.read_txn()?;
-        let index = txn.open_table(KEY_INDEX)?;
-        let mut out = Vec::new();
-        for entry in index.iter()? {
-            let (hash, owner) = entry?;
-            let (tenant, device) = owner.value();
-            out.push((tenant.to_string(), device.to_string(), *hash.value()));
-        }
-        Ok(out)
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            let index = txn.open_table(KEY_INDEX)?;
+            let mut out = Vec::new();
+            for entry in index.iter()? {
+                let (hash, owner) = entry?;
+                let (tenant, device) = owner.value();
+                out.push((tenant.to_string(), device.to_string(), *hash.value()));
+            }
+            Ok(out)
+        })
     }
 
     /// Every device's stored key hash, for consistency checks.
     pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        let txn = self.read_txn()?;
-        let devices = txn.open_table(DEVICES)?;
-        let mut out = Vec::new();
-        for entry in devices.iter()? {
-            let (key, value) = entry?;
-            let (tenant, device) = key.value();
-            let record = DeviceRecord::decode(value.value())?;
-            let hash = device_key::from_hex(&record.key_hash)
-                .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
-            out.push((tenant.to_string(), device.to_string(), hash));
-        }
-        Ok(out)
+        self.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let mut out = Vec::new();
+            for entry in devices.iter()? {
+                let (key, value) = entry?;
+                let (tenant, device) = key.value();
+                let record = DeviceRecord::decode(value.value())?;
+                let hash = device_key::from_hex(&record.key_hash)
+                    .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
+                out.push((tenant.to_string(), device.to_string(), hash));
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -521,3 +545,13 @@ fn random_u128() -> StoreResult<u128> {
 
 #[cfg(test)]
 mod tests;
+
+fn write_txn(db: &Database) -> StoreResult<WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn)
+}
+
+fn read_txn(db: &Database) -> StoreResult<ReadTransaction> {
+    Ok(db.begin_read()?)
+}
