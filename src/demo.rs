@@ -95,7 +95,7 @@ const FLEET: &[(&str, &str, &str, &[&str])] = &[
 const REVOKED: &str = "Old Handheld (lost)";
 
 /// Seeds the demo fleet if no device exists yet; says whether it did.
-pub fn seed(store: &Store) -> Result<bool, StartupError> {
+pub async fn seed(store: &Store) -> Result<bool, StartupError> {
     let fail = |e: crate::store::StoreError| StartupError::new(format!("demo: cannot seed: {e}"));
     if !store.is_empty().map_err(fail)? {
         return Ok(false);
@@ -120,10 +120,14 @@ pub fn seed(store: &Store) -> Result<bool, StartupError> {
             .map_err(|e| StartupError::new(format!("demo: no randomness: {e}")))?;
         // Registered over the past weeks, in fleet order.
         let created = Millis(now - (40 - i as u64) * day + (i as u64 * 3_600_000));
-        let device = store.create(TENANT, new, key.hash, created).map_err(fail)?;
+        let device = store
+            .create(TENANT, new, key.hash, created)
+            .await
+            .map_err(fail)?;
         if *name == REVOKED {
             store
                 .revoke(TENANT, &device.id, Millis(now - 3 * day))
+                .await
                 .map_err(fail)?;
         } else if *status == "active" {
             // Recent check-ins, a few minutes to a few hours ago.

@@ -87,7 +87,7 @@ pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
     actix_web::rt::System::new().block_on(async {
         let running = start(settings)?;
         let banner = if demo {
-            if crate::demo::seed(&running.store)? {
+            if crate::demo::seed(&running.store).await? {
                 log::info!("seeded the demo tenant {:?}", crate::demo::TENANT);
             } else {
                 log::info!("the database already holds devices: nothing seeded");

@@ -121,7 +121,7 @@ fn register_eventually(app: &TestApp, name: &str) -> Value {
 }
 
 #[test]
-fn a_full_or_read_only_disk_refuses_writes_keeps_reads_and_recovers() {
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     let disk = Tmpfs::mount("4m");
     let app = common::spawn_app_with(|s| s.storage_path = disk.path().join("devicehub.redb"));
     let auth_key = {

@@ -105,10 +105,10 @@ async fn register(
 ) -> ApiResult<HttpResponse> {
     let new = NewDevice::parse(&body.0)?;
     let key = new_key()?;
-    let tenant = auth.tenant().to_string();
-    let store = state.store.clone();
-    let hash = key.hash;
-    let device = blocking(move || store.create(&tenant, new, hash, Millis::now())).await?;
+    let device = state
+        .store
+        .create(auth.tenant(), new, key.hash, Millis::now())
+        .await?;
     log::info!(
         "device registered tenant={:?} device={} actor={:?}",
         auth.tenant(),
@@ -141,11 +141,16 @@ async fn update(
         .headers()
         .get(header::IF_MATCH)
         .map(|v| IfMatch::parse(v.to_str().unwrap_or("\u{0}")));
-    let (tenant, id) = (auth.tenant().to_string(), device_id(&req));
-    let store = state.store.clone();
-    let device =
-        blocking(move || store.update(&tenant, &id, &patch, if_match.as_ref(), Millis::now()))
-            .await?;
+    let device = state
+        .store
+        .update(
+            auth.tenant(),
+            &device_id(&req),
+            patch,
+            if_match,
+            Millis::now(),
+        )
+        .await?;
     log::info!(
         "device updated tenant={:?} device={} version={} actor={:?}",
         auth.tenant(),
@@ -161,9 +166,10 @@ async fn revoke(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let (tenant, id) = (auth.tenant().to_string(), device_id(&req));
-    let store = state.store.clone();
-    let device = blocking(move || store.revoke(&tenant, &id, Millis::now())).await?;
+    let device = state
+        .store
+        .revoke(auth.tenant(), &device_id(&req), Millis::now())
+        .await?;
     log::info!(
         "device revoked tenant={:?} device={} actor={:?}",
         auth.tenant(),
@@ -179,10 +185,10 @@ async fn rotate_key(
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let key = new_key()?;
-    let (tenant, id) = (auth.tenant().to_string(), device_id(&req));
-    let store = state.store.clone();
-    let hash = key.hash;
-    let device = blocking(move || store.rotate_key(&tenant, &id, hash, Millis::now())).await?;
+    let device = state
+        .store
+        .rotate_key(auth.tenant(), &device_id(&req), key.hash, Millis::now())
+        .await?;
     log::info!(
         "device key rotated tenant={:?} device={} actor={:?}",
         auth.tenant(),

@@ -1,15 +1,17 @@
-//! The embedded database: whole operations, each one redb transaction.
-//! Every write commits with `Durability::Immediate` before it returns, so a
-//! caller that answers 2xx afterwards has its change on disk.
-//!
-//! These calls block: the HTTP layer runs them on actix's blocking pool.
+//! The embedded database: whole operations, each in one redb transaction.
+//! Reads block briefly (the HTTP layer runs them on actix's blocking pool).
+//! Writes are async: they go to the group-commit writer (`commit.rs`) and
+//! return once the commit holding them is on disk (`Durability::Immediate`),
+//! so a caller that answers 2xx afterwards has its change on disk.
 
+mod commit;
 mod handle;
 mod last_seen;
 pub mod tables;
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -20,11 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::auth::device_key::{self, KeyHash};
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
 use crate::error::{ApiError, StartupError};
+use commit::Writer;
 use handle::DbHandle;
 use last_seen::LastSeen;
 use tables::{DEVICES, KEY_INDEX, LAST_SEEN, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("no such device")]
     NotFound,
@@ -164,6 +167,12 @@ pub struct Page {
 }
 
 pub struct Store {
+    inner: Arc<Inner>,
+    writer: Writer,
+}
+
+/// What readers and the writer thread share.
+struct Inner {
     db: DbHandle,
     seen: LastSeen,
 }
@@ -194,16 +203,263 @@ impl Store {
                 }
             })
         })?;
-        let store = Store {
+        let inner = Arc::new(Inner {
             db: DbHandle::new(path.to_path_buf(), db),
             seen: LastSeen::default(),
-        };
-        store
+        });
+        inner
             .check_schema()
             .map_err(|e| StartupError::new(format!("storage.path: {shown}: {e}")))?;
-        Ok(store)
+        let writer = Writer::start(inner.clone())
+            .map_err(|e| StartupError::new(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store { inner, writer })
     }
 
+    /// Whether no device of any tenant is stored.
+    pub fn is_empty(&self) -> StoreResult<bool> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            Ok(txn.open_table(DEVICES)?.is_empty()?)
+        })
+    }
+
+    pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let seen = txn.open_table(LAST_SEEN)?;
+            let start = match &query.starting_after {
+                Some(after) => Bound::Excluded((tenant, after.as_str())),
+                None => Bound::Included((tenant, "")),
+            };
+            let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
+            let mut page = Vec::new();
+            let mut has_more = false;
+            for entry in range {
+                let (key, value) = entry?;
+                let (row_tenant, device_id) = key.value();
+                if row_tenant != tenant {
+                    break;
+                }
+                let record = DeviceRecord::decode(value.value())?;
+                if query.status.is_some_and(|s| s != record.status) {
+                    continue;
+                }
+                if let Some(location) = &query.location_id {
+                    if !record.location_ids.iter().any(|l| l == location) {
+                        continue;
+                    }
+                }
+                if query.limit.is_some_and(|limit| page.len() == limit) {
+                    has_more = true;
+                    break;
+                }
+                let stored = seen.get((tenant, device_id))?.map(|v| v.value());
+                let last_seen = self.inner.last_seen(tenant, device_id, stored);
+                page.push(record.into_device(device_id, last_seen));
+            }
+            Ok(Page {
+                devices: page,
+                has_more,
+            })
+        })
+    }
+
+    pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let record = match devices.get((tenant, device_id))? {
+                Some(v) => DeviceRecord::decode(v.value())?,
+                None => return Err(StoreError::NotFound),
+            };
+            let stored = txn
+                .open_table(LAST_SEEN)?
+                .get((tenant, device_id))?
+                .map(|v| v.value());
+            Ok(record.into_device(device_id, self.inner.last_seen(tenant, device_id, stored)))
+        })
+    }
+
+    /// The device a key belongs to, with its tenant.
+    pub fn find_by_key(&self, hash: &KeyHash) -> StoreResult<Option<(String, Device)>> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let index = txn.open_table(KEY_INDEX)?;
+            let Some(entry) = index.get(hash)? else {
+                return Ok(None);
+            };
+            let (tenant, device_id) = entry.value();
+            let devices = txn.open_table(DEVICES)?;
+            let Some(value) = devices.get((tenant, device_id))? else {
+                return Err(StoreError::Internal(format!(
+                    "key index names a missing device {device_id}"
+                )));
+            };
+            let record = DeviceRecord::decode(value.value())?;
+            let stored = txn
+                .open_table(LAST_SEEN)?
+                .get((tenant, device_id))?
+                .map(|v| v.value());
+            let device =
+                record.into_device(device_id, self.inner.last_seen(tenant, device_id, stored));
+            Ok(Some((tenant.to_string(), device)))
+        })
+    }
+
+    /// Registers a device whose key hashes to `key_hash`. Its id is assigned
+    /// inside the write, after every id already committed for the tenant.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        new: NewDevice,
+        key_hash: KeyHash,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        let tenant = tenant.to_string();
+        self.writer
+            .submit(move |inner, txn| inner.create_in(txn, &tenant, &new, key_hash, now))
+            .await
+    }
+
+    /// Applies `patch` unless the device is revoked (409) or `if_match` fails
+    /// (412). A patch that changes nothing writes nothing.
+    pub async fn update(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        patch: DevicePatch,
+        if_match: Option<IfMatch>,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, move |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Err(StoreError::Revoked);
+            }
+            if if_match.is_some_and(|m| !m.matches(&device.etag())) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            Ok(if patch.apply(device) {
+                Change::Fields
+            } else {
+                Change::None
+            })
+        })
+        .await
+    }
+
+    /// Marks the device revoked; revoking it again changes nothing.
+    pub async fn revoke(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Ok(Change::None);
+            }
+            device.status = DeviceStatus::Revoked;
+            Ok(Change::Fields)
+        })
+        .await
+    }
+
+    /// Replaces the device's key: the old one stops working in the same commit.
+    pub async fn rotate_key(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        new_hash: KeyHash,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        self.modify(tenant, device_id, now, move |device| {
+            if device.status == DeviceStatus::Revoked {
+                return Err(StoreError::Revoked);
+            }
+            Ok(Change::Key(new_hash))
+        })
+        .await
+    }
+
+    async fn modify<F>(
+        &self,
+        tenant: &str,
+        device_id: &str,
+        now: Millis,
+        change: F,
+    ) -> StoreResult<Device>
+    where
+        F: FnOnce(&mut Device) -> StoreResult<Change> + Send + 'static,
+    {
+        let (tenant, device_id) = (tenant.to_string(), device_id.to_string());
+        self.writer
+            .submit(move |inner, txn| inner.modify_in(txn, &tenant, &device_id, now, change))
+            .await
+    }
+
+    /// Records a check-in: shown at once, written to disk at most once a
+    /// minute per device, with whatever commit comes next (never a commit of
+    /// its own per call). Never changes `updatedAt` or the ETag. A check-in
+    /// that cannot be written stays in memory and is written with a later one:
+    /// the device's call still succeeds.
+    pub fn touch(&self, tenant: &str, device_id: &str, now: Millis) -> Millis {
+        let shown = self.inner.seen.record(tenant, device_id, now);
+        if let Some(due) = shown.persist_due {
+            let key = (tenant.to_string(), device_id.to_string());
+            let inner = self.inner.clone();
+            let failed_key = key.clone();
+            let queued = self.writer.enqueue(
+                move |_, txn| {
+                    txn.open_table(LAST_SEEN)?
+                        .insert((key.0.as_str(), key.1.as_str()), due.0)?;
+                    Ok(())
+                },
+                move |written: StoreResult<()>| {
+                    if let Err(e) = written {
+                        let (tenant, device_id) = failed_key;
+                        log::warn!("check-in of device {device_id} kept in memory only: {e}");
+                        inner.seen.persist_failed(&tenant, &device_id);
+                    }
+                },
+            );
+            if queued.is_err() {
+                self.inner.seen.persist_failed(tenant, device_id);
+            }
+        }
+        shown.at
+    }
+
+    /// Every (tenant, device id, key hash) kept, for consistency checks.
+    pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let index = txn.open_table(KEY_INDEX)?;
+            let mut out = Vec::new();
+            for entry in index.iter()? {
+                let (hash, owner) = entry?;
+                let (tenant, device) = owner.value();
+                out.push((tenant.to_string(), device.to_string(), *hash.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every device's stored key hash, for consistency checks.
+    pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let devices = txn.open_table(DEVICES)?;
+            let mut out = Vec::new();
+            for entry in devices.iter()? {
+                let (key, value) = entry?;
+                let (tenant, device) = key.value();
+                let record = DeviceRecord::decode(value.value())?;
+                let hash = device_key::from_hex(&record.key_hash)
+                    .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
+                out.push((tenant.to_string(), device.to_string(), hash));
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Inner {
     fn check_schema(&self) -> StoreResult<()> {
         self.db.run(|db| {
             let txn = write_txn(db)?;
@@ -236,303 +492,87 @@ impl Store {
         remembered.max(stored.map(Millis))
     }
 
-    /// Whether no device of any tenant is stored.
-    pub fn is_empty(&self) -> StoreResult<bool> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            Ok(txn.open_table(DEVICES)?.is_empty()?)
-        })
-    }
-
-    pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let seen = txn.open_table(LAST_SEEN)?;
-            let start = match &query.starting_after {
-                Some(after) => Bound::Excluded((tenant, after.as_str())),
-                None => Bound::Included((tenant, "")),
-            };
-            let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
-            let mut page = Vec::new();
-            let mut has_more = false;
-            for entry in range {
-                let (key, value) = entry?;
-                let (row_tenant, device_id) = key.value();
-                if row_tenant != tenant {
-                    break;
-                }
-                let record = DeviceRecord::decode(value.value())?;
-                if query.status.is_some_and(|s| s != record.status) {
-                    continue;
-                }
-                if let Some(location) = &query.location_id {
-                    if !record.location_ids.iter().any(|l| l == location) {
-                        continue;
-                    }
-                }
-                if query.limit.is_some_and(|limit| page.len() == limit) {
-                    has_more = true;
-                    break;
-                }
-                let stored = seen.get((tenant, device_id))?.map(|v| v.value());
-                let last_seen = self.last_seen(tenant, device_id, stored);
-                page.push(record.into_device(device_id, last_seen));
-            }
-            Ok(Page {
-                devices: page,
-                has_more,
-            })
-        })
-    }
-
-    pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let record = match devices.get((tenant, device_id))? {
-                Some(v) => DeviceRecord::decode(v.value())?,
-                None => return Err(StoreError::NotFound),
-            };
-            let stored = txn
-                .open_table(LAST_SEEN)?
-                .get((tenant, device_id))?
-                .map(|v| v.value());
-            Ok(record.into_device(device_id, self.last_seen(tenant, device_id, stored)))
-        })
-    }
-
-    /// Registers a device whose key hashes to `key_hash`. Its id is assigned
-    /// inside the write, after every id already committed for the tenant.
-    pub fn create(
+    fn create_in(
         &self,
+        txn: &WriteTransaction,
         tenant: &str,
-        new: NewDevice,
+        new: &NewDevice,
         key_hash: KeyHash,
         now: Millis,
     ) -> StoreResult<Device> {
-        self.db.run(|db| {
-            let txn = write_txn(db)?;
-            let device = {
-                let mut devices = txn.open_table(DEVICES)?;
-                let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
-                let last = devices
-                    .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
-                    .next_back()
-                    .transpose()?
-                    .and_then(|(key, _)| id::parse(key.value().1));
-                if let Some(last) = last {
-                    if ulid <= last {
-                        ulid = last.increment().ok_or_else(|| {
-                            StoreError::Internal("device id space exhausted".into())
-                        })?;
-                    }
-                }
-                let device = Device {
-                    id: id::format(ulid),
-                    name: new.name.as_str().to_string(),
-                    status: new.status,
-                    location_ids: new.location_ids.to_vec(),
-                    pim_enabled: new.pim_enabled,
-                    pim_segment_ids: new.pim_segment_ids.to_vec(),
-                    created_at: now,
-                    updated_at: now,
-                    last_seen_at: None,
-                    version: 1,
-                };
-                let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
-                devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
-                txn.open_table(KEY_INDEX)?
-                    .insert(&key_hash, (tenant, device.id.as_str()))?;
-                device
-            };
-            txn.commit()?;
-            Ok(device)
-        })
-    }
-
-    /// Applies `patch` unless the device is revoked (409) or `if_match` fails
-    /// (412). A patch that changes nothing writes nothing.
-    pub fn update(
-        &self,
-        tenant: &str,
-        device_id: &str,
-        patch: &DevicePatch,
-        if_match: Option<&IfMatch>,
-        now: Millis,
-    ) -> StoreResult<Device> {
-        self.modify(tenant, device_id, now, |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Err(StoreError::Revoked);
+        let mut devices = txn.open_table(DEVICES)?;
+        let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
+        let last = devices
+            .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
+            .next_back()
+            .transpose()?
+            .and_then(|(key, _)| id::parse(key.value().1));
+        if let Some(last) = last {
+            if ulid <= last {
+                ulid = last
+                    .increment()
+                    .ok_or_else(|| StoreError::Internal("device id space exhausted".into()))?;
             }
-            if if_match.is_some_and(|m| !m.matches(&device.etag())) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            Ok(if patch.apply(device) {
-                Change::Fields
-            } else {
-                Change::None
-            })
-        })
-    }
-
-    /// Marks the device revoked; revoking it again changes nothing.
-    pub fn revoke(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Device> {
-        self.modify(tenant, device_id, now, |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Ok(Change::None);
-            }
-            device.status = DeviceStatus::Revoked;
-            Ok(Change::Fields)
-        })
-    }
-
-    /// Replaces the device's key: the old one stops working in the same commit.
-    pub fn rotate_key(
-        &self,
-        tenant: &str,
-        device_id: &str,
-        new_hash: KeyHash,
-        now: Millis,
-    ) -> StoreResult<Device> {
-        self.modify(tenant, device_id, now, |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Err(StoreError::Revoked);
-            }
-            Ok(Change::Key(new_hash))
-        })
+        }
+        let device = Device {
+            id: id::format(ulid),
+            name: new.name.as_str().to_string(),
+            status: new.status,
+            location_ids: new.location_ids.to_vec(),
+            pim_enabled: new.pim_enabled,
+            pim_segment_ids: new.pim_segment_ids.to_vec(),
+            created_at: now,
+            updated_at: now,
+            last_seen_at: None,
+            version: 1,
+        };
+        let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
+        devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
+        txn.open_table(KEY_INDEX)?
+            .insert(&key_hash, (tenant, device.id.as_str()))?;
+        Ok(device)
     }
 
     /// One read-modify-write of a device: `change` edits it in place and says
-    /// what it changed; a change bumps the version and `updatedAt`.
-    fn modify<F>(
+    /// what it changed; a change bumps the version and `updatedAt`. A refusal
+    /// returns before anything is written.
+    fn modify_in(
         &self,
+        txn: &WriteTransaction,
         tenant: &str,
         device_id: &str,
         now: Millis,
-        change: F,
-    ) -> StoreResult<Device>
-    where
-        F: Fn(&mut Device) -> StoreResult<Change>,
-    {
-        self.db.run(|db| {
-            let txn = write_txn(db)?;
-            let device = {
-                let mut devices = txn.open_table(DEVICES)?;
-                let record = match devices.get((tenant, device_id))? {
-                    Some(v) => DeviceRecord::decode(v.value())?,
-                    None => return Err(StoreError::NotFound),
-                };
-                let mut key_hash = record.key_hash.clone();
-                let stored_seen = txn
-                    .open_table(LAST_SEEN)?
-                    .get((tenant, device_id))?
-                    .map(|v| v.value());
-                let mut device =
-                    record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
-                let change = change(&mut device)?;
-                match change {
-                    Change::None => return Ok(device),
-                    Change::Fields | Change::Key(_) => {
-                        device.version += 1;
-                        device.updated_at = now.max(device.updated_at);
-                        if let Change::Key(new_hash) = change {
-                            let mut index = txn.open_table(KEY_INDEX)?;
-                            if let Some(old) = device_key::from_hex(&key_hash) {
-                                index.remove(&old)?;
-                            }
-                            index.insert(&new_hash, (tenant, device_id))?;
-                            key_hash = device_key::to_hex(&new_hash);
-                        }
-                        let record = DeviceRecord::from_device(&device, key_hash);
-                        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
-                    }
-                }
-                device
-            };
-            txn.commit()?;
-            Ok(device)
-        })
-    }
-
-    /// The device a key belongs to, with its tenant.
-    pub fn find_by_key(&self, hash: &KeyHash) -> StoreResult<Option<(String, Device)>> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            let index = txn.open_table(KEY_INDEX)?;
-            let Some(entry) = index.get(hash)? else {
-                return Ok(None);
-            };
-            let (tenant, device_id) = entry.value();
-            let devices = txn.open_table(DEVICES)?;
-            let Some(value) = devices.get((tenant, device_id))? else {
-                return Err(StoreError::Internal(format!(
-                    "key index names a missing device {device_id}"
-                )));
-            };
-            let record = DeviceRecord::decode(value.value())?;
-            let stored = txn
-                .open_table(LAST_SEEN)?
-                .get((tenant, device_id))?
-                .map(|v| v.value());
-            let device = record.into_device(device_id, self.last_seen(tenant, device_id, stored));
-            Ok(Some((tenant.to_string(), device)))
-        })
-    }
-
-    /// Records a check-in: shown at once, written to disk at most once a
-    /// minute per device. Never changes `updatedAt` or the ETag. A check-in
-    /// that cannot be written is kept in memory and written with a later one:
-    /// the device's call still succeeds.
-    pub fn touch(&self, tenant: &str, device_id: &str, now: Millis) -> Millis {
-        let shown = self.seen.record(tenant, device_id, now);
-        if let Some(due) = shown.persist_due {
-            let written = self.db.run(|db| {
-                let txn = write_txn(db)?;
-                txn.open_table(LAST_SEEN)?
-                    .insert((tenant, device_id), due.0)?;
-                txn.commit()?;
-                Ok(())
-            });
-            if let Err(e) = written {
-                log::warn!("check-in of device {device_id} kept in memory only: {e}");
-                self.seen.persist_failed(tenant, device_id);
-            }
+        change: impl FnOnce(&mut Device) -> StoreResult<Change>,
+    ) -> StoreResult<Device> {
+        let mut devices = txn.open_table(DEVICES)?;
+        let record = match devices.get((tenant, device_id))? {
+            Some(v) => DeviceRecord::decode(v.value())?,
+            None => return Err(StoreError::NotFound),
+        };
+        let mut key_hash = record.key_hash.clone();
+        let stored_seen = txn
+            .open_table(LAST_SEEN)?
+            .get((tenant, device_id))?
+            .map(|v| v.value());
+        let mut device =
+            record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
+        let change = change(&mut device)?;
+        if let Change::None = change {
+            return Ok(device);
         }
-        shown.at
-    }
-
-    /// Every (tenant, device id, key hash) kept, for consistency checks.
-    pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            let index = txn.open_table(KEY_INDEX)?;
-            let mut out = Vec::new();
-            for entry in index.iter()? {
-                let (hash, owner) = entry?;
-                let (tenant, device) = owner.value();
-                out.push((tenant.to_string(), device.to_string(), *hash.value()));
+        device.version += 1;
+        device.updated_at = now.max(device.updated_at);
+        if let Change::Key(new_hash) = change {
+            let mut index = txn.open_table(KEY_INDEX)?;
+            if let Some(old) = device_key::from_hex(&key_hash) {
+                index.remove(&old)?;
             }
-            Ok(out)
-        })
-    }
-
-    /// Every device's stored key hash, for consistency checks.
-    pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        self.db.run(|db| {
-            let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let mut out = Vec::new();
-            for entry in devices.iter()? {
-                let (key, value) = entry?;
-                let (tenant, device) = key.value();
-                let record = DeviceRecord::decode(value.value())?;
-                let hash = device_key::from_hex(&record.key_hash)
-                    .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
-                out.push((tenant.to_string(), device.to_string(), hash));
-            }
-            Ok(out)
-        })
+            index.insert(&new_hash, (tenant, device_id))?;
+            key_hash = device_key::to_hex(&new_hash);
+        }
+        let record = DeviceRecord::from_device(&device, key_hash);
+        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
+        Ok(device)
     }
 }
 
@@ -543,9 +583,6 @@ fn random_u128() -> StoreResult<u128> {
     Ok(u128::from_le_bytes(bytes) & ((1u128 << 80) - 1))
 }
 
-#[cfg(test)]
-mod tests;
-
 fn write_txn(db: &Database) -> StoreResult<WriteTransaction> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
@@ -555,3 +592,6 @@ fn write_txn(db: &Database) -> StoreResult<WriteTransaction> {
 fn read_txn(db: &Database) -> StoreResult<ReadTransaction> {
     Ok(db.begin_read()?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ fn patch(body: serde_json::Value) -> DevicePatch {
     DevicePatch::parse(body.as_object().unwrap()).unwrap()
 }
 
-fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, String) {
+async fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, String) {
     let key = NewDeviceKey::generate().unwrap();
     let device = store
         .create(
@@ -25,16 +25,17 @@ fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, String) {
             key.hash,
             Millis(now),
         )
+        .await
         .unwrap();
     (device, key.key)
 }
 
-#[test]
-fn ids_increase_in_commit_order_even_when_the_clock_steps_back() {
+#[actix_web::test]
+async fn ids_increase_in_commit_order_even_when_the_clock_steps_back() {
     let (_dir, store) = open();
-    let (a, _) = add(&store, "t", "a", 5_000);
-    let (b, _) = add(&store, "t", "b", 1_000);
-    let (c, _) = add(&store, "t", "c", 1_000);
+    let (a, _) = add(&store, "t", "a", 5_000).await;
+    let (b, _) = add(&store, "t", "b", 1_000).await;
+    let (c, _) = add(&store, "t", "c", 1_000).await;
     assert!(a.id < b.id && b.id < c.id, "{} {} {}", a.id, b.id, c.id);
     let all = store.list("t", &ListQuery::default()).unwrap();
     let names: Vec<_> = all.devices.iter().map(|d| d.name.as_str()).collect();
@@ -42,8 +43,8 @@ fn ids_increase_in_commit_order_even_when_the_clock_steps_back() {
     assert!(!all.has_more);
 }
 
-#[test]
-fn pages_filter_and_know_whether_more_exist() {
+#[actix_web::test]
+async fn pages_filter_and_know_whether_more_exist() {
     let (_dir, store) = open();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -55,7 +56,7 @@ fn pages_filter_and_know_whether_more_exist() {
                 new_device(json!({"name": format!("d{i}"), "status": status, "locationIds": [format!("loc{}", i % 2)]})),
                 key.hash,
                 Millis(1_000 + i),
-            )
+            ).await
             .unwrap();
         ids.push(d.id);
     }
@@ -101,12 +102,12 @@ fn pages_filter_and_know_whether_more_exist() {
     assert!(after_ghost.devices.iter().all(|d| d.id > ghost));
 }
 
-#[test]
-fn tenants_never_see_each_other() {
+#[actix_web::test]
+async fn tenants_never_see_each_other() {
     let (_dir, store) = open();
-    let (a, _) = add(&store, "tenant-a", "a", 1);
-    add(&store, "tenant-ab", "ab", 2);
-    add(&store, "tenant", "t", 3);
+    let (a, _) = add(&store, "tenant-a", "a", 1).await;
+    add(&store, "tenant-ab", "ab", 2).await;
+    add(&store, "tenant", "t", 3).await;
     let list = store.list("tenant-a", &ListQuery::default()).unwrap();
     assert_eq!(list.devices.len(), 1);
     assert!(matches!(
@@ -114,17 +115,19 @@ fn tenants_never_see_each_other() {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.update(
-            "tenant",
-            &a.id,
-            &patch(json!({"name": "x"})),
-            None,
-            Millis(9)
-        ),
+        store
+            .update(
+                "tenant",
+                &a.id,
+                patch(json!({"name": "x"})),
+                None,
+                Millis(9)
+            )
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.revoke("tenant-ab", &a.id, Millis(9)),
+        store.revoke("tenant-ab", &a.id, Millis(9)).await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(
@@ -133,30 +136,33 @@ fn tenants_never_see_each_other() {
     );
 }
 
-#[test]
-fn updates_change_version_only_when_something_changes() {
+#[actix_web::test]
+async fn updates_change_version_only_when_something_changes() {
     let (_dir, store) = open();
-    let (d, _) = add(&store, "t", "a", 1_000);
+    let (d, _) = add(&store, "t", "a", 1_000).await;
     let same = store
         .update(
             "t",
             &d.id,
-            &patch(json!({"name": " a "})),
+            patch(json!({"name": " a "})),
             None,
             Millis(2_000),
         )
+        .await
         .unwrap();
     assert_eq!(same.etag(), d.etag());
     assert_eq!(same.updated_at, Millis(1_000));
     let stale = IfMatch::parse("\"nope\"");
     assert!(matches!(
-        store.update(
-            "t",
-            &d.id,
-            &patch(json!({"name": "b"})),
-            Some(&stale),
-            Millis(3_000)
-        ),
+        store
+            .update(
+                "t",
+                &d.id,
+                patch(json!({"name": "b"})),
+                Some(stale),
+                Millis(3_000)
+            )
+            .await,
         Err(StoreError::PreconditionFailed)
     ));
     let fresh = IfMatch::parse(&d.etag());
@@ -164,30 +170,35 @@ fn updates_change_version_only_when_something_changes() {
         .update(
             "t",
             &d.id,
-            &patch(json!({"name": "b"})),
-            Some(&fresh),
+            patch(json!({"name": "b"})),
+            Some(fresh),
             Millis(3_000),
         )
+        .await
         .unwrap();
     assert_ne!(changed.etag(), d.etag());
     assert_eq!(changed.updated_at, Millis(3_000));
     assert_eq!(store.get("t", &d.id).unwrap(), changed);
 }
 
-#[test]
-fn revocation_is_final_and_idempotent() {
+#[actix_web::test]
+async fn revocation_is_final_and_idempotent() {
     let (_dir, store) = open();
-    let (d, key) = add(&store, "t", "a", 1_000);
-    let revoked = store.revoke("t", &d.id, Millis(2_000)).unwrap();
+    let (d, key) = add(&store, "t", "a", 1_000).await;
+    let revoked = store.revoke("t", &d.id, Millis(2_000)).await.unwrap();
     assert_eq!(revoked.status, DeviceStatus::Revoked);
-    let again = store.revoke("t", &d.id, Millis(3_000)).unwrap();
+    let again = store.revoke("t", &d.id, Millis(3_000)).await.unwrap();
     assert_eq!(again.etag(), revoked.etag());
     assert!(matches!(
-        store.update("t", &d.id, &DevicePatch::default(), None, Millis(4_000)),
+        store
+            .update("t", &d.id, DevicePatch::default(), None, Millis(4_000))
+            .await,
         Err(StoreError::Revoked)
     ));
     assert!(matches!(
-        store.rotate_key("t", &d.id, hash("dhk_new"), Millis(4_000)),
+        store
+            .rotate_key("t", &d.id, hash("dhk_new"), Millis(4_000))
+            .await,
         Err(StoreError::Revoked)
     ));
     // The key still finds the device, so it can be told it is revoked.
@@ -195,13 +206,14 @@ fn revocation_is_final_and_idempotent() {
     assert_eq!(found.status, DeviceStatus::Revoked);
 }
 
-#[test]
-fn rotation_swaps_the_index_entry_in_one_commit() {
+#[actix_web::test]
+async fn rotation_swaps_the_index_entry_in_one_commit() {
     let (_dir, store) = open();
-    let (d, old) = add(&store, "t", "a", 1_000);
+    let (d, old) = add(&store, "t", "a", 1_000).await;
     let new = NewDeviceKey::generate().unwrap();
     let rotated = store
         .rotate_key("t", &d.id, new.hash, Millis(2_000))
+        .await
         .unwrap();
     assert_ne!(rotated.etag(), d.etag());
     assert!(store.find_by_key(&hash(&old)).unwrap().is_none());
@@ -214,10 +226,10 @@ fn rotation_swaps_the_index_entry_in_one_commit() {
     assert_eq!(index, hashes);
 }
 
-#[test]
-fn check_ins_show_at_once_and_never_touch_the_etag() {
+#[actix_web::test]
+async fn check_ins_show_at_once_and_never_touch_the_etag() {
     let (_dir, store) = open();
-    let (d, _) = add(&store, "t", "a", 1_000);
+    let (d, _) = add(&store, "t", "a", 1_000).await;
     store.touch("t", &d.id, Millis(5_000));
     store.touch("t", &d.id, Millis(6_000));
     let seen = store.get("t", &d.id).unwrap();
@@ -226,13 +238,13 @@ fn check_ins_show_at_once_and_never_touch_the_etag() {
     assert_eq!(seen.updated_at, d.updated_at);
 }
 
-#[test]
-fn data_survives_reopening_and_the_file_is_locked_while_open() {
+#[actix_web::test]
+async fn data_survives_reopening_and_the_file_is_locked_while_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     let id = {
         let store = Store::open(&path).unwrap();
-        let (d, _) = add(&store, "t", "kept", 1_000);
+        let (d, _) = add(&store, "t", "kept", 1_000).await;
         store.touch("t", &d.id, Millis(7_000));
         let err = Store::open(&path).err().expect("second open must fail");
         assert!(err.to_string().contains("locked"), "{err}");
@@ -244,8 +256,8 @@ fn data_survives_reopening_and_the_file_is_locked_while_open() {
     assert_eq!(d.last_seen_at, Some(Millis(7_000)));
 }
 
-#[test]
-fn a_file_that_is_not_a_database_is_refused_cleanly() {
+#[actix_web::test]
+async fn a_file_that_is_not_a_database_is_refused_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
@@ -253,8 +265,8 @@ fn a_file_that_is_not_a_database_is_refused_cleanly() {
     assert!(err.to_string().starts_with("storage.path:"), "{err}");
 }
 
-#[test]
-fn a_newer_layout_version_is_refused() {
+#[actix_web::test]
+async fn a_newer_layout_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     {
@@ -269,4 +281,161 @@ fn a_newer_layout_version_is_refused() {
     }
     let err = Store::open(&path).err().expect("must refuse");
     assert!(err.to_string().contains("layout version 2"), "{err}");
+}
+
+/// Holds the writer busy so that what is submitted meanwhile forms one batch.
+fn hold_writer(store: &Store, ms: u64) -> tokio::sync::oneshot::Receiver<StoreResult<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .writer
+        .enqueue(
+            move |_, _| {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            },
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )
+        .unwrap();
+    rx
+}
+
+#[actix_web::test]
+async fn one_batch_answers_each_request_on_its_own_in_arrival_order() {
+    let (_dir, store) = open();
+    let store = std::sync::Arc::new(store);
+    let (live, _) = add(&store, "t", "live", 1_000).await;
+    let (gone, _) = add(&store, "t", "gone", 1_000).await;
+    store.revoke("t", &gone.id, Millis(1_500)).await.unwrap();
+
+    let held = hold_writer(&store, 150);
+    let mut handles = Vec::new();
+    let jobs: Vec<(&str, String, Option<IfMatch>)> = vec![
+        ("first", live.id.clone(), None),
+        ("refused-409", gone.id.clone(), None),
+        (
+            "refused-412",
+            live.id.clone(),
+            Some(IfMatch::parse("\"stale\"")),
+        ),
+        ("refused-404", format!("dev_{}", ulid::Ulid::new()), None),
+        ("second", live.id.clone(), None),
+    ];
+    for (name, id, if_match) in jobs {
+        let store = store.clone();
+        handles.push(actix_web::rt::spawn(async move {
+            store
+                .update(
+                    "t",
+                    &id,
+                    patch(json!({ "name": name })),
+                    if_match,
+                    Millis(2_000),
+                )
+                .await
+        }));
+        // Spawned tasks run in order; give each its turn to enqueue.
+        actix_web::rt::task::yield_now().await;
+    }
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.unwrap());
+    }
+    held.await.unwrap().unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::Revoked)));
+    assert!(matches!(results[2], Err(StoreError::PreconditionFailed)));
+    assert!(matches!(results[3], Err(StoreError::NotFound)));
+    let second = results[4].as_ref().unwrap();
+    assert_eq!(
+        second.name, "second",
+        "applied after `first`, as it arrived"
+    );
+    assert_eq!(second.version, live.version + 2);
+    assert_eq!(store.get("t", &live.id).unwrap(), *second);
+}
+
+#[actix_web::test]
+async fn a_job_that_breaks_midway_fails_its_batch_and_commits_nothing_of_it() {
+    let (_dir, store) = open();
+    let store = std::sync::Arc::new(store);
+    let (live, _) = add(&store, "t", "live", 1_000).await;
+    let held = hold_writer(&store, 150);
+    let neighbour = {
+        let (store, id) = (store.clone(), live.id.clone());
+        actix_web::rt::spawn(async move {
+            store
+                .update(
+                    "t",
+                    &id,
+                    patch(json!({"name": "neighbour"})),
+                    None,
+                    Millis(2_000),
+                )
+                .await
+        })
+    };
+    actix_web::rt::task::yield_now().await;
+    // Writes half a change, then fails as an I/O error would.
+    let broken = store.writer.submit(|_, txn| -> StoreResult<()> {
+        txn.open_table(DEVICES)?
+            .insert(("t", "dev_half"), b"{}".as_slice())?;
+        Err(StoreError::Unavailable("disk on fire".into()))
+    });
+    assert!(matches!(broken.await, Err(StoreError::Unavailable(_))));
+    held.await.unwrap().unwrap();
+    assert!(matches!(
+        neighbour.await.unwrap(),
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.get("t", "dev_half"),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.get("t", &live.id).unwrap().name, "live");
+    // The next batch is fine again.
+    let ok = store
+        .update(
+            "t",
+            &live.id,
+            patch(json!({"name": "later"})),
+            None,
+            Millis(3_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.name, "later");
+}
+
+#[actix_web::test]
+async fn concurrent_registrations_get_increasing_ids_in_commit_order() {
+    let (_dir, store) = open();
+    let store = std::sync::Arc::new(store);
+    let mut handles = Vec::new();
+    for i in 0..200u64 {
+        let store = store.clone();
+        handles.push(actix_web::rt::spawn(async move {
+            let key = NewDeviceKey::generate().unwrap();
+            store
+                .create(
+                    "t",
+                    new_device(json!({"name": format!("d{i}")})),
+                    key.hash,
+                    Millis(1_000),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = Vec::new();
+    for h in handles {
+        created.push(h.await.unwrap());
+    }
+    let listed = store.list("t", &ListQuery::default()).unwrap();
+    assert_eq!(listed.devices.len(), 200);
+    let mut ids: Vec<_> = created.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "ids are unique");
 }
