@@ -76,6 +76,17 @@ impl Server {
         }
     }
 
+    /// Waits until a log line contains `needle` (the log is read by a thread).
+    fn wait_for_log(&self, needle: &str) {
+        for _ in 0..300 {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no {needle:?} in the log: {:?}", self.log.lock().unwrap());
+    }
+
     /// The line after `heading` on stdout, waiting for it to be printed.
     fn stdout_after(&self, heading: &str) -> String {
         for _ in 0..300 {
@@ -203,8 +214,8 @@ fn a_new_user_runs_the_server_mints_a_token_and_registers_a_device() {
 
     // No key, secret or token in the log.
     let secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
+    server.wait_for_log("device registered");
     let log = server.log.lock().unwrap().join("\n");
-    assert!(log.contains("device registered"), "{log}");
     for needle in [key.as_str(), admin.as_str(), secret.trim()] {
         assert!(!log.contains(needle), "the log leaks a credential");
     }

@@ -8,13 +8,11 @@ use std::marker::PhantomData;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
-type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
 
 use super::device_key;
 use super::token::{Principal, Scopes};
 use crate::devices::{Device, DeviceStatus};
 use crate::error::ApiError;
-use crate::http::blocking;
 use crate::state::AppState;
 
 /// A scope a tenant endpoint requires.
@@ -118,27 +116,27 @@ pub struct DeviceAuth {
 
 impl FromRequest for DeviceAuth {
     type Error = ApiError;
-    type Future = LocalBoxFuture<Result<Self, ApiError>>;
+    type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let lookup = bearer(req).and_then(|key| {
-            if !device_key::is_well_formed(key) {
-                return Err(ApiError::unauthorized("unknown device key"));
-            }
-            Ok((device_key::hash(key), state(req)?.store.clone()))
-        });
-        Box::pin(async move {
-            let (hash, store) = lookup?;
-            match blocking(move || store.find_by_key(&hash)).await? {
-                None => Err(ApiError::unauthorized("unknown device key")),
-                Some((_, device)) if device.status == DeviceStatus::Revoked => {
-                    Err(ApiError::DeviceRevokedAuth)
-                }
-                Some((_, device)) if device.status == DeviceStatus::Inactive => {
-                    Err(ApiError::DeviceInactive)
-                }
-                Some((tenant, device)) => Ok(DeviceAuth { tenant, device }),
-            }
-        })
+        ready(authenticate_device(req))
+    }
+}
+
+/// One index look-up, done in place like any point read.
+fn authenticate_device(req: &HttpRequest) -> Result<DeviceAuth, ApiError> {
+    let key = bearer(req)?;
+    if !device_key::is_well_formed(key) {
+        return Err(ApiError::unauthorized("unknown device key"));
+    }
+    match state(req)?.store.find_by_key(&device_key::hash(key))? {
+        None => Err(ApiError::unauthorized("unknown device key")),
+        Some((_, device)) if device.status == DeviceStatus::Revoked => {
+            Err(ApiError::DeviceRevokedAuth)
+        }
+        Some((_, device)) if device.status == DeviceStatus::Inactive => {
+            Err(ApiError::DeviceInactive)
+        }
+        Some((tenant, device)) => Ok(DeviceAuth { tenant, device }),
     }
 }

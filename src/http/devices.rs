@@ -92,9 +92,9 @@ async fn get(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let (tenant, id) = (auth.tenant().to_string(), device_id(&req));
-    let store = state.store.clone();
-    let device = blocking(move || store.get(&tenant, &id)).await?;
+    // A point read is a few microseconds over redb's cache: done here, it
+    // saves the hop to the blocking pool, which halved throughput.
+    let device = state.store.get(auth.tenant(), &device_id(&req))?;
     with_etag(StatusCode::OK, &device, &Data { data: &device })
 }
 
