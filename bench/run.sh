@@ -86,10 +86,17 @@ for c in 64 1; do
 done
 
 # Memory under a mixed load (GET, me, PATCH at once), then the peak RSS.
-WRK_TOKEN=$READ WRK_METHOD=GET wrk -t1 -c32 -d10s -s "$SHARED/wrk/bench.lua" "$BASE/api/tenant/devices/$ID" >/dev/null &
-WRK_TOKEN=$KEY WRK_METHOD=GET wrk -t1 -c16 -d10s -s "$SHARED/wrk/bench.lua" "$BASE/api/device/me" >/dev/null &
-WRK_TOKEN=$ADMIN WRK_IDS_FILE=$WORK/seed/ids.txt wrk -t1 -c16 -d10s -s "$ROOT/bench/wrk/patch_many.lua" "$BASE" >/dev/null &
-wait %1 %2 %3 2>/dev/null || wait
+mixed=()
+WRK_TOKEN=$READ WRK_METHOD=GET wrk -t1 -c32 -d10s -s "$SHARED/wrk/bench.lua" "$BASE/api/tenant/devices/$ID" >"$WORK/mixed-get" &
+mixed+=($!)
+WRK_TOKEN=$KEY WRK_METHOD=GET wrk -t1 -c16 -d10s -s "$SHARED/wrk/bench.lua" "$BASE/api/device/me" >"$WORK/mixed-me" &
+mixed+=($!)
+WRK_TOKEN=$ADMIN WRK_IDS_FILE=$WORK/seed/ids.txt wrk -t1 -c16 -d10s -s "$ROOT/bench/wrk/patch_many.lua" "$BASE" >"$WORK/mixed-patch" &
+mixed+=($!)
+wait "${mixed[@]}"
+for kind in get me patch; do
+    echo "mixed $kind: $(grep -o 'rps=[0-9.]*' "$WORK/mixed-$kind") $(grep -o 'non2xx=[0-9]*' "$WORK/mixed-$kind")" | tee -a "$WORK/facts"
+done
 echo "peak RSS under the mixed load: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$PID/status)" | tee -a "$WORK/facts"
 echo "database file: $(du -h "$WORK/devicehub.redb" | cut -f1)" | tee -a "$WORK/facts"
 

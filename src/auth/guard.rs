@@ -4,6 +4,7 @@
 
 use std::future::{ready, Ready};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -42,7 +43,7 @@ impl RequiredScope for Admin {
 
 /// A verified access token carrying scope `S`.
 pub struct TenantAuth<S> {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     scope: PhantomData<S>,
 }
 

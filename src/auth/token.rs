@@ -1,7 +1,9 @@
 //! Access tokens (API.md §2): verification of tenant JWTs, and minting of HS256
 //! ones for `devicehub token` and the demo.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -62,12 +64,51 @@ struct Claims {
     scope: Option<Value>,
     scp: Option<Value>,
     sub: Option<Value>,
+    exp: Option<f64>,
+}
+
+/// Tokens already verified, so that a client sending the same token again
+/// costs a hash look-up instead of a signature check and two JSON parses.
+/// An entry is used only until its token expires (with the leeway), and the
+/// whole cache is dropped when it reaches `VERIFIED_CACHE_MAX` entries, so it
+/// holds at most that many principals.
+#[derive(Default)]
+struct VerifiedCache {
+    /// token → (who it speaks for, last Unix second it may be used)
+    entries: Mutex<HashMap<Box<str>, Verified>>,
+}
+
+type Verified = (Arc<Principal>, u64);
+
+const VERIFIED_CACHE_MAX: usize = 4096;
+
+impl VerifiedCache {
+    fn get(&self, token: &str, now: u64) -> Option<Arc<Principal>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(token) {
+            Some((principal, valid_until)) if now <= *valid_until => Some(principal.clone()),
+            Some(_) => {
+                entries.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, token: &str, principal: Arc<Principal>, valid_until: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(token.into(), (principal, valid_until));
+    }
 }
 
 /// Checks signatures, algorithm, time claims and, when configured, `iss`/`aud`.
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    verified: VerifiedCache,
 }
 
 /// How tokens are verified: a shared secret, or a public key.
@@ -117,7 +158,11 @@ impl TokenVerifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        TokenVerifier { key, validation }
+        TokenVerifier {
+            key,
+            validation,
+            verified: VerifiedCache::default(),
+        }
     }
 
     pub fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
@@ -128,7 +173,20 @@ impl TokenVerifier {
         ))
     }
 
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, ApiError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let principal = Arc::new(principal);
+        // `exp` was checked (leeway included); the entry lives no longer.
+        let valid_until = exp.max(0.0) as u64 + LEEWAY_SECS;
+        self.verified.put(token, principal.clone(), valid_until);
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, f64), ApiError> {
         use jsonwebtoken::errors::ErrorKind;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
@@ -167,11 +225,17 @@ impl TokenVerifier {
             Some(Value::String(s)) => Some(s),
             _ => None,
         };
-        Ok(Principal {
-            tenant_id,
-            scopes,
-            subject,
-        })
+        let exp = claims
+            .exp
+            .ok_or(ApiError::unauthorized("the token lacks a required claim"))?;
+        Ok((
+            Principal {
+                tenant_id,
+                scopes,
+                subject,
+            },
+            exp,
+        ))
     }
 }
 
@@ -339,6 +403,40 @@ mod tests {
             verifier().verify(&token),
             Err(ApiError::Unauthorized { .. })
         ));
+    }
+
+    #[test]
+    fn a_cached_token_is_not_used_past_its_expiry() {
+        let verifier = verifier();
+        let principal = Arc::new(Principal {
+            tenant_id: "t".into(),
+            scopes: Scopes::default(),
+            subject: None,
+        });
+        verifier.verified.put("tok", principal, 100);
+        assert!(verifier.verified.get("tok", 100).is_some());
+        assert!(verifier.verified.get("tok", 101).is_none());
+        assert!(
+            verifier.verified.get("tok", 50).is_none(),
+            "an expired entry is dropped"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let verifier = verifier();
+        for i in 0..(VERIFIED_CACHE_MAX + 10) {
+            let token = mint_hs256(
+                SECRET,
+                &TokenRequest {
+                    tenant_id: &format!("t{i}"),
+                    ..request("admin")
+                },
+            )
+            .unwrap();
+            verifier.verify(&token).unwrap();
+        }
+        assert!(verifier.verified.entries.lock().unwrap().len() <= VERIFIED_CACHE_MAX);
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Tenant endpoints (API.md §3), reached with an access token.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{blocking, json, resource, JsonObject};
+use super::{allowed_methods, blocking, json, resource, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
 use crate::devices::{self, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
@@ -14,19 +14,58 @@ use crate::store::ListQuery;
 
 const MAX_LIMIT: usize = 1000;
 
+const DEVICES: &str = "/api/tenant/devices";
+const DEVICE: &str = "/api/tenant/devices/{id}";
+const DEVICE_KEY: &str = "/api/tenant/devices/{id}/api-key";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        resource("/api/tenant/devices")
+        resource(DEVICES)
             .route(web::get().to(list))
             .route(web::post().to(register)),
     )
-    .service(
-        resource("/api/tenant/devices/{id}")
-            .route(web::get().to(get))
-            .route(web::patch().to(update))
-            .route(web::delete().to(revoke)),
-    )
-    .service(resource("/api/tenant/devices/{id}/api-key").route(web::post().to(rotate_key)));
+    .service(web::scope(DEVICES).default_service(web::to(by_id)));
+}
+
+/// `{id}` and `{id}/api-key` under `/api/tenant/devices`, matched by hand:
+/// actix's router matches a dynamic segment with a regular expression, which
+/// perf showed as a tenth of a GET's time. The guards still run as
+/// extractors, before anything else, in the contract's order: unknown route,
+/// wrong method, then 401/403.
+async fn by_id(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let route = match split_device_path(req.path()) {
+        Some((_, false)) => DEVICE,
+        Some((_, true)) => DEVICE_KEY,
+        None => return Err(ApiError::NotFound),
+    };
+    match (route, req.method()) {
+        (DEVICE, &Method::GET) => get(TenantAuth::extract(&req).await?, req, state).await,
+        (DEVICE, &Method::PATCH) => {
+            let auth = TenantAuth::extract(&req).await?;
+            let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
+            update(auth, req, body, state).await
+        }
+        (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, req, state).await,
+        (DEVICE_KEY, &Method::POST) => {
+            rotate_key(TenantAuth::extract(&req).await?, req, state).await
+        }
+        _ => Err(ApiError::MethodNotAllowed(allowed_methods(route))),
+    }
+}
+
+/// `/api/tenant/devices/<id>` → (id, false); `…/<id>/api-key` → (id, true).
+fn split_device_path(path: &str) -> Option<(&str, bool)> {
+    let tail = path.strip_prefix(DEVICES)?.strip_prefix('/')?;
+    let (id, key) = match tail.split_once('/') {
+        None => (tail, false),
+        Some((id, "api-key")) => (id, true),
+        Some(_) => return None,
+    };
+    (!id.is_empty()).then_some((id, key))
 }
 
 #[derive(Serialize)]
@@ -49,7 +88,9 @@ struct ListBody {
 }
 
 fn device_id(req: &HttpRequest) -> String {
-    req.match_info().get("id").unwrap_or_default().to_string()
+    split_device_path(req.path())
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default()
 }
 
 /// `{"data": device}` with the device's `ETag`.
@@ -262,6 +303,28 @@ mod tests {
 
     fn err(q: &str) -> String {
         parse_list_query(q).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn device_paths_are_split_by_hand_exactly() {
+        assert_eq!(
+            split_device_path("/api/tenant/devices/dev_1"),
+            Some(("dev_1", false))
+        );
+        assert_eq!(
+            split_device_path("/api/tenant/devices/dev_1/api-key"),
+            Some(("dev_1", true))
+        );
+        for bad in [
+            "/api/tenant/devices/",
+            "/api/tenant/devices//api-key",
+            "/api/tenant/devices/dev_1/",
+            "/api/tenant/devices/dev_1/api-key/",
+            "/api/tenant/devices/dev_1/other",
+            "/api/tenant/devicesdev_1",
+        ] {
+            assert_eq!(split_device_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -38,14 +38,19 @@ pub async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError::NotFound)
 }
 
-/// A resource at `path` whose wrong methods answer 405 with its `Allow`.
-fn resource(path: &'static str) -> actix_web::Resource {
-    let allow = ROUTES
+/// The `Allow` of a route in `ROUTES` or `PAGE_ROUTES`.
+fn allowed_methods(path: &str) -> &'static str {
+    ROUTES
         .iter()
         .chain(PAGE_ROUTES)
         .find(|(p, _)| *p == path)
         .map(|(_, allow)| *allow)
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// A resource at `path` whose wrong methods answer 405 with its `Allow`.
+fn resource(path: &'static str) -> actix_web::Resource {
+    let allow = allowed_methods(path);
     web::resource(path).default_service(web::to(move || async move {
         Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
     }))

@@ -148,31 +148,63 @@ impl Response {
 
 /// Sends one raw request and reads the whole response.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_raw(addr, request).unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
+}
+
+/// Like `raw`, but says what went wrong instead of panicking.
+pub fn try_raw(addr: SocketAddr, request: &[u8]) -> Result<Response, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(request).unwrap();
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(request).map_err(|e| e.to_string())?;
+    // Read until the response is whole (by its length or last chunk): some
+    // peers (chromedriver) keep the connection open despite `close`.
     let mut bytes = Vec::new();
-    let _ = stream.read_to_end(&mut bytes);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if response_complete(&bytes) {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
     parse_response(&bytes)
 }
 
-fn parse_response(bytes: &[u8]) -> Response {
+fn response_complete(bytes: &[u8]) -> bool {
+    let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..split]).to_lowercase();
+    let body = &bytes[split + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
+}
+
+fn parse_response(bytes: &[u8]) -> Result<Response, String> {
     let split = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+        .ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(bytes)))?;
     let head = String::from_utf8_lossy(&bytes[..split]).to_string();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
@@ -184,11 +216,11 @@ fn parse_response(bytes: &[u8]) -> Response {
     if chunked {
         body = dechunk(&body);
     }
-    Response {
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

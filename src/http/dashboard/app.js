@@ -1161,6 +1161,7 @@ function bind() {
     }
   });
   ui.search.addEventListener('input', renderAllRows);
+  ui.search.addEventListener('change', renderAllRows);
   ui.loadMore.addEventListener('click', loadMore);
   ui.retry.addEventListener('click', () => reload(false));
 
