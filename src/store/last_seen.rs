@@ -44,14 +44,23 @@ impl LastSeen {
 
     pub fn record(&self, tenant: &str, device_id: &str, now: Millis) -> Recorded {
         let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = map
-            .entry(tenant.to_string())
-            .or_default()
-            .entry(device_id.to_string())
-            .or_insert(Seen {
+        // Look up before allocating: a known device costs no allocation.
+        if map.get(tenant).is_none_or(|m| !m.contains_key(device_id)) {
+            map.entry(tenant.to_string()).or_default().insert(
+                device_id.to_string(),
+                Seen {
+                    at: now,
+                    persisted: None,
+                },
+            );
+        }
+        let Some(seen) = map.get_mut(tenant).and_then(|m| m.get_mut(device_id)) else {
+            // Inserted just above under the same lock; never taken.
+            return Recorded {
                 at: now,
-                persisted: None,
-            });
+                persist_due: None,
+            };
+        };
         seen.at = seen.at.max(now);
         let due = match seen.persisted {
             None => true,

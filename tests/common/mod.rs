@@ -174,6 +174,52 @@ pub fn try_raw(addr: SocketAddr, request: &[u8]) -> Result<Response, String> {
     parse_response(&bytes)
 }
 
+/// A kept-alive connection: one request, one whole response, again.
+pub struct Conn {
+    stream: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream })
+    }
+
+    pub fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+    ) -> Result<Response, String> {
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n");
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        } else {
+            request.push_str("\r\n");
+        }
+        self.stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while !response_complete(&bytes) {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err("connection closed".into()),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        parse_response(&bytes)
+    }
+}
+
 fn response_complete(bytes: &[u8]) -> bool {
     let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
