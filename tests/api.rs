@@ -13,6 +13,13 @@ fn reader() -> String {
     token_for("acme", "devices:read")
 }
 
+fn etag_of(app: &TestApp, path: &str) -> String {
+    app.get(path, &reader())
+        .header("etag")
+        .expect("an ETag")
+        .to_string()
+}
+
 fn path_of(device: &Value) -> String {
     format!("/api/tenant/devices/{}", device["id"].as_str().unwrap())
 }
@@ -175,11 +182,7 @@ fn patch_changes_fields_and_version_only_when_values_change() {
     let app = spawn_app();
     let (device, _) = app.register(&admin(), json!({"name": "A", "locationIds": ["l1"]}));
     let path = path_of(&device);
-    let etag0 = app
-        .get(&path, &reader())
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag0 = etag_of(&app, &path);
 
     let empty = app.send_json("PATCH", &path, &admin(), &json!({}));
     assert_eq!(empty.status, 200);
@@ -236,11 +239,7 @@ fn if_match_makes_a_patch_conditional() {
     let app = spawn_app();
     let (device, _) = app.register(&admin(), json!({"name": "A"}));
     let path = path_of(&device);
-    let etag = app
-        .get(&path, &reader())
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = etag_of(&app, &path);
     let auth = format!("Bearer {}", admin());
     let patch = |if_match: &str, name: &str| {
         app.request(
@@ -263,11 +262,7 @@ fn if_match_makes_a_patch_conditional() {
     let weak = patch(&format!("W/{}", first.header("etag").unwrap()), "C");
     assert_eq!(weak.status, 412, "If-Match compares strongly");
     assert_eq!(patch("*", "D").status, 200);
-    let fresh = app
-        .get(&path, &reader())
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let fresh = etag_of(&app, &path);
     assert_eq!(patch(&format!("\"other\", {fresh}"), "E").status, 200);
 }
 
@@ -277,11 +272,7 @@ fn revocation_is_idempotent_final_and_kills_the_key_at_once() {
     let (device, key) = app.register(&admin(), json!({"name": "A"}));
     let path = path_of(&device);
     assert_eq!(app.get("/api/device/me", &key).status, 200);
-    let etag = app
-        .get(&path, &reader())
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = etag_of(&app, &path);
 
     let revoked = app.send("DELETE", &path, &admin());
     assert_eq!(revoked.status, 200);
@@ -323,11 +314,7 @@ fn rotation_issues_a_new_key_and_the_old_one_stops_at_once() {
     let app = spawn_app();
     let (device, old_key) = app.register(&admin(), json!({"name": "A"}));
     let path = path_of(&device);
-    let etag = app
-        .get(&path, &reader())
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = etag_of(&app, &path);
     let rotated = app.send("POST", &format!("{path}/api-key"), &admin());
     assert_eq!(rotated.status, 200);
     let body = rotated.json();
@@ -405,12 +392,7 @@ fn tenants_are_isolated_and_cannot_tell_foreign_devices_from_missing_ones() {
 }
 
 fn ids(response: &common::Response) -> Vec<String> {
-    response.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect()
+    response.data_ids()
 }
 
 #[test]

@@ -47,6 +47,14 @@ fn wait_rows(
     })
 }
 
+/// Waits until the input `css` holds `expected`.
+fn wait_for_value(browser: &Browser, css: &str, expected: &str) {
+    let script = format!("return document.querySelector('{css}').value");
+    browser.wait_for(&format!("{css} to read {expected:?}"), || {
+        (browser.script(&script, json!([])) == json!(expected)).then_some(())
+    });
+}
+
 fn row_of(browser: &Browser, id: &str) -> webdriver::Element {
     browser.find(&format!("#device-table tbody tr[data-id='{id}']"))
 }
@@ -157,13 +165,7 @@ fn the_dashboard_end_to_end() {
     let row = row_of(&browser, scanner["id"].as_str().unwrap());
     browser.click_element(&browser.within(&row, ".edit")[0]);
     browser.find("#edit-dialog");
-    browser.wait_for("the form filled in", || {
-        (browser.script(
-            "return document.querySelector('#edit-name').value",
-            json!([]),
-        ) == json!("Checkout Scanner 1"))
-        .then_some(())
-    });
+    wait_for_value(&browser, "#edit-name", "Checkout Scanner 1");
     browser.clear("#edit-name");
     browser.type_into("#edit-name", "Checkout Scanner 1A");
     browser.click("#edit-submit");
@@ -178,13 +180,7 @@ fn the_dashboard_end_to_end() {
     let row = row_of(&browser, &scanner_id);
     browser.click_element(&browser.within(&row, ".edit")[0]);
     browser.find("#edit-dialog");
-    browser.wait_for("the form filled in", || {
-        (browser.script(
-            "return document.querySelector('#edit-name').value",
-            json!([]),
-        ) == json!("Checkout Scanner 1A"))
-        .then_some(())
-    });
+    wait_for_value(&browser, "#edit-name", "Checkout Scanner 1A");
     let elsewhere = app.send_json(
         "PATCH",
         &format!("/api/tenant/devices/{scanner_id}"),
@@ -202,13 +198,7 @@ fn the_dashboard_end_to_end() {
         "the stale edit changed nothing"
     );
     browser.click("#edit-reload");
-    browser.wait_for("the other change in the form", || {
-        (browser.script(
-            "return document.querySelector('#edit-name').value",
-            json!([]),
-        ) == json!("Changed Elsewhere"))
-        .then_some(())
-    });
+    wait_for_value(&browser, "#edit-name", "Changed Elsewhere");
     browser.script("document.querySelector('#edit-dialog').close()", json!([]));
 
     // Rotate: a new key, shown once; the old one stops at once.

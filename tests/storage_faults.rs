@@ -72,12 +72,7 @@ fn reader() -> String {
 fn ids(app: &TestApp) -> Vec<String> {
     let response = app.get("/api/tenant/devices", &reader());
     assert_eq!(response.status, 200, "reads keep working");
-    response.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect()
+    response.data_ids()
 }
 
 /// Registers until the storage refuses; returns the acknowledged ids.

@@ -2,9 +2,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
-use super::{json, resource};
+use super::{json, resource, Data};
 use crate::auth::guard::DeviceAuth;
 use crate::devices::Millis;
 use crate::error::ApiResult;
@@ -19,5 +18,5 @@ async fn me(auth: DeviceAuth, state: web::Data<AppState>) -> ApiResult<HttpRespo
     let DeviceAuth { tenant, mut device } = auth;
     // In memory; the write, when due, is queued for the writer thread.
     device.last_seen_at = Some(state.store.touch(&tenant, &device.id, Millis::now()));
-    json(StatusCode::OK, &json!({ "data": device }))
+    json(StatusCode::OK, &Data { data: &device })
 }

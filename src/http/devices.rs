@@ -4,7 +4,7 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{allowed_methods, blocking, json, resource, JsonObject};
+use super::{allowed_methods, blocking, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
 use crate::devices::{self, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
@@ -66,11 +66,6 @@ fn split_device_path(path: &str) -> Option<(&str, bool)> {
         Some(_) => return None,
     };
     (!id.is_empty()).then_some((id, key))
-}
-
-#[derive(Serialize)]
-struct Data<'a> {
-    data: &'a Device,
 }
 
 #[derive(Serialize)]

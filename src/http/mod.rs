@@ -69,6 +69,12 @@ where
     }
 }
 
+/// `{"data": device}`, the envelope of a single device.
+#[derive(Serialize)]
+struct Data<'a> {
+    data: &'a crate::devices::Device,
+}
+
 /// A JSON response of `body`.
 fn json<T: Serialize>(status: actix_web::http::StatusCode, body: &T) -> ApiResult<HttpResponse> {
     let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -138,6 +138,18 @@ impl Response {
         error["code"].as_str().unwrap().to_string()
     }
 
+    /// The ids of a list answer's `data`, in order.
+    pub fn data_ids(&self) -> Vec<String> {
+        self.json()["data"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn error_message(&self) -> String {
         self.json()["error"]["message"]
             .as_str()

@@ -107,28 +107,25 @@ impl Browser {
     }
 
     pub fn find_all(&self, css: &str) -> Vec<Element> {
+        self.elements("/elements", css)
+    }
+
+    /// The elements a search under `path` (the page, or an element) finds.
+    fn elements(&self, path: &str, css: &str) -> Vec<Element> {
         let found = self.cmd(
             "POST",
-            "/elements",
+            path,
             Some(&json!({"using": "css selector", "value": css})),
         );
         found
             .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                Element(
-                    e.as_object()
-                        .unwrap()
-                        .values()
-                        .next()
-                        .unwrap()
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
-                )
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| e.as_object()?.values().next()?.as_str())
+                    .map(|id| Element(id.to_string()))
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
     /// Waits for an element to exist and be displayed.
@@ -183,28 +180,7 @@ impl Browser {
     }
 
     pub fn within(&self, e: &Element, css: &str) -> Vec<Element> {
-        let found = self.cmd(
-            "POST",
-            &format!("/element/{}/elements", e.0),
-            Some(&json!({"using": "css selector", "value": css})),
-        );
-        found
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                Element(
-                    e.as_object()
-                        .unwrap()
-                        .values()
-                        .next()
-                        .unwrap()
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
-                )
-            })
-            .collect()
+        self.elements(&format!("/element/{}/elements", e.0), css)
     }
 
     /// Polls `probe` for up to 10 s.
