@@ -150,6 +150,7 @@ fn signatures_algorithms_and_tampering_are_refused() {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("attacker".into());
     header.jku = Some("http://127.0.0.1:1/jwks".into());
+    header.x5u = Some("http://127.0.0.1:1/cert.pem".into());
     let with_kid = encode(
         &header,
         &claims(json!({})),
