@@ -118,6 +118,21 @@ fn the_dashboard_end_to_end() {
         r.len() == 3
     });
 
+    // Keyboard: the dialog takes the focus, and Escape closes it.
+    browser.click("#register-open");
+    browser.find("#register-dialog");
+    browser.wait_for("focus inside the dialog", || {
+        (browser.script(
+            "return document.activeElement && document.activeElement.closest('#register-dialog') !== null",
+            json!([]),
+        ) == json!(true))
+        .then_some(())
+    });
+    browser.type_into("#reg-name", "\u{E00C}");
+    browser.wait_for("Escape to close the dialog", || {
+        (!browser.shown("#register-dialog")).then_some(())
+    });
+
     // Register: bad input is stopped in the form, good input shows the key once.
     browser.click("#register-open");
     browser.find("#register-dialog");
