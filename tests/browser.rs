@@ -47,6 +47,17 @@ fn wait_rows(
     })
 }
 
+/// The page logged no error of its own. The browser logs each refused
+/// request (a 412, a 401) as a failed resource load: those are expected.
+fn assert_no_page_errors(browser: &Browser) {
+    let errors: Vec<String> = browser
+        .console_errors()
+        .into_iter()
+        .filter(|e| !e.contains("Failed to load resource"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
 /// Waits until the input `css` holds `expected`.
 fn wait_for_value(browser: &Browser, css: &str, expected: &str) {
     let script = format!("return document.querySelector('{css}').value");
@@ -250,14 +261,7 @@ fn the_dashboard_end_to_end() {
         "device_revoked"
     );
 
-    // The browser logs each refused request (the 412 above) as a failed
-    // resource load; anything else would be the page's own error.
-    let errors: Vec<String> = browser
-        .console_errors()
-        .into_iter()
-        .filter(|e| !e.contains("Failed to load resource"))
-        .collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    assert_no_page_errors(&browser);
 
     // Read-only: the same list, no write controls at all.
     browser.click("#signout");
@@ -280,12 +284,7 @@ fn the_dashboard_end_to_end() {
     browser.wait_for("a sign-in error", || {
         (!browser.text("#signin-error").is_empty()).then_some(())
     });
-    let errors: Vec<String> = browser
-        .console_errors()
-        .into_iter()
-        .filter(|e| !e.contains("Failed to load resource"))
-        .collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    assert_no_page_errors(&browser);
 }
 
 #[test]
