@@ -53,6 +53,27 @@ pub enum ApiError {
 pub type ApiResult<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
+    /// One error of each kind, for the API description and its tests.
+    pub fn each_kind() -> Vec<ApiError> {
+        vec![
+            ApiError::InvalidRequest(String::new()),
+            ApiError::missing_credentials(),
+            ApiError::DeviceRevokedAuth,
+            ApiError::InsufficientScope("admin"),
+            ApiError::DeviceInactive,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed(""),
+            ApiError::DeviceRevokedConflict,
+            ApiError::PreconditionFailed,
+            ApiError::PayloadTooLarge(0),
+            ApiError::UnsupportedMediaType,
+            ApiError::Internal(String::new()),
+            ApiError::StorageUnavailable,
+        ]
+    }
+}
+
+impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",

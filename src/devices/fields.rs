@@ -4,9 +4,9 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-const NAME_MAX_CHARS: usize = 200;
-const TAGS_MAX_ENTRIES: usize = 100;
-const TAG_MAX_CHARS: usize = 64;
+pub const NAME_MAX_CHARS: usize = 200;
+pub const TAGS_MAX_ENTRIES: usize = 100;
+pub const TAG_MAX_CHARS: usize = 64;
 
 /// A display name: trimmed, 1-200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]

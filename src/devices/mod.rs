@@ -3,7 +3,7 @@
 
 mod fields;
 
-pub use fields::{is_tag, DeviceName, TagList};
+pub use fields::{is_tag, DeviceName, TagList, NAME_MAX_CHARS, TAGS_MAX_ENTRIES, TAG_MAX_CHARS};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -19,6 +19,12 @@ pub enum DeviceStatus {
 }
 
 impl DeviceStatus {
+    pub const ALL: [DeviceStatus; 3] = [
+        DeviceStatus::Active,
+        DeviceStatus::Inactive,
+        DeviceStatus::Revoked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceStatus::Active => "active",
@@ -40,6 +46,11 @@ impl DeviceStatus {
 /// A device id: `dev_` and a ULID. Ids sort in the order they were assigned.
 pub mod id {
     pub const PREFIX: &str = "dev_";
+
+    /// The ids `parse` accepts, as a regular expression: a canonical ULID's
+    /// first character is 0-7 (its 128 bits leave 2 spare), the rest are
+    /// Crockford base 32.
+    pub const PATTERN: &str = "^dev_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
 
     pub fn format(ulid: ulid::Ulid) -> String {
         format!("{PREFIX}{ulid}")
@@ -318,6 +329,21 @@ mod tests {
         assert_eq!(id::parse(&text.to_lowercase()), None);
         assert_eq!(id::parse("dev_abc123"), None);
         assert_eq!(id::parse(&text[4..]), None);
+    }
+
+    #[test]
+    fn ids_have_the_documented_shape() {
+        for _ in 0..200 {
+            let text = id::format(ulid::Ulid::new());
+            let body = text.strip_prefix("dev_").unwrap();
+            assert_eq!(body.len(), 26);
+            assert!(('0'..='7').contains(&body.chars().next().unwrap()));
+            assert!(body
+                .chars()
+                .all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)));
+        }
+        // The largest ULID still fits the pattern's first character.
+        assert!(id::format(ulid::Ulid::from(u128::MAX)).starts_with("dev_7"));
     }
 
     #[test]

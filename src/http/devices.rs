@@ -12,11 +12,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::ListQuery;
 
-const MAX_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 1000;
 
-const DEVICES: &str = "/api/tenant/devices";
-const DEVICE: &str = "/api/tenant/devices/{id}";
-const DEVICE_KEY: &str = "/api/tenant/devices/{id}/api-key";
+pub const DEVICES: &str = "/api/tenant/devices";
+pub const DEVICE: &str = "/api/tenant/devices/{id}";
+pub const DEVICE_KEY: &str = "/api/tenant/devices/{id}/api-key";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

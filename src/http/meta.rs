@@ -4,9 +4,6 @@ use actix_web::{web, HttpResponse};
 
 use super::resource;
 
-/// The OpenAPI 3.1 description of the whole API.
-pub const OPENAPI_JSON: &str = include_str!("openapi.json");
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/openapi.json").route(web::get().to(openapi)));
@@ -21,5 +18,5 @@ async fn healthz() -> HttpResponse {
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(OPENAPI_JSON)
+        .body(super::openapi::document())
 }

@@ -5,6 +5,7 @@ mod dashboard;
 mod device_api;
 mod devices;
 mod meta;
+mod openapi;
 
 pub use body::{JsonObject, MAX_BODY_BYTES};
 
