@@ -1,5 +1,6 @@
 //! The embedded database: whole operations, each in one redb transaction.
-//! Reads block briefly (the HTTP layer runs them on actix's blocking pool).
+//! Reads block briefly: point reads run in place on the async worker, lists
+//! on actix's blocking pool.
 //! Writes are async: they go to the group-commit writer (`commit.rs`) and
 //! return once the commit holding them is on disk (`Durability::Immediate`),
 //! so a caller that answers 2xx afterwards has its change on disk.
@@ -254,8 +255,7 @@ impl Store {
                     has_more = true;
                     break;
                 }
-                let stored = seen.get((tenant, device_id))?.map(|v| v.value());
-                let last_seen = self.inner.last_seen(tenant, device_id, stored);
+                let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
                 page.push(record.into_device(device_id, last_seen));
             }
             Ok(Page {
@@ -273,11 +273,9 @@ impl Store {
                 Some(v) => DeviceRecord::decode(v.value())?,
                 None => return Err(StoreError::NotFound),
             };
-            let stored = txn
-                .open_table(LAST_SEEN)?
-                .get((tenant, device_id))?
-                .map(|v| v.value());
-            Ok(record.into_device(device_id, self.inner.last_seen(tenant, device_id, stored)))
+            let seen = txn.open_table(LAST_SEEN)?;
+            let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
+            Ok(record.into_device(device_id, last_seen))
         })
     }
 
@@ -297,13 +295,12 @@ impl Store {
                 )));
             };
             let record = DeviceRecord::decode(value.value())?;
-            let stored = txn
-                .open_table(LAST_SEEN)?
-                .get((tenant, device_id))?
-                .map(|v| v.value());
-            let device =
-                record.into_device(device_id, self.inner.last_seen(tenant, device_id, stored));
-            Ok(Some((tenant.to_string(), device)))
+            let seen = txn.open_table(LAST_SEEN)?;
+            let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
+            Ok(Some((
+                tenant.to_string(),
+                record.into_device(device_id, last_seen),
+            )))
         })
     }
 
@@ -486,10 +483,16 @@ impl Inner {
         })
     }
 
-    /// The check-in time to show: the newer of memory and disk.
-    fn last_seen(&self, tenant: &str, device_id: &str, stored: Option<u64>) -> Option<Millis> {
-        let remembered = self.seen.get(tenant, device_id);
-        remembered.max(stored.map(Millis))
+    /// The check-in time to show: the newer of memory and `stored` (the
+    /// `LAST_SEEN` table, opened in a read or a write transaction).
+    fn last_seen(
+        &self,
+        stored: &impl ReadableTable<(&'static str, &'static str), u64>,
+        tenant: &str,
+        device_id: &str,
+    ) -> StoreResult<Option<Millis>> {
+        let on_disk = stored.get((tenant, device_id))?.map(|v| Millis(v.value()));
+        Ok(self.seen.get(tenant, device_id).max(on_disk))
     }
 
     fn create_in(
@@ -550,12 +553,8 @@ impl Inner {
             None => return Err(StoreError::NotFound),
         };
         let mut key_hash = record.key_hash.clone();
-        let stored_seen = txn
-            .open_table(LAST_SEEN)?
-            .get((tenant, device_id))?
-            .map(|v| v.value());
-        let mut device =
-            record.into_device(device_id, self.last_seen(tenant, device_id, stored_seen));
+        let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
+        let mut device = record.into_device(device_id, last_seen);
         let change = change(&mut device)?;
         if let Change::None = change {
             return Ok(device);
