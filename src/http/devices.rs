@@ -37,21 +37,21 @@ async fn by_id(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let route = match split_device_path(req.path()) {
-        Some((_, false)) => DEVICE,
-        Some((_, true)) => DEVICE_KEY,
+    let (id, route) = match split_device_path(req.path()) {
+        Some((id, false)) => (id, DEVICE),
+        Some((id, true)) => (id, DEVICE_KEY),
         None => return Err(ApiError::NotFound),
     };
     match (route, req.method()) {
-        (DEVICE, &Method::GET) => get(TenantAuth::extract(&req).await?, req, state).await,
+        (DEVICE, &Method::GET) => get(TenantAuth::extract(&req).await?, id, state).await,
         (DEVICE, &Method::PATCH) => {
             let auth = TenantAuth::extract(&req).await?;
             let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
-            update(auth, req, body, state).await
+            update(auth, id, &req, body, state).await
         }
-        (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, req, state).await,
+        (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, id, state).await,
         (DEVICE_KEY, &Method::POST) => {
-            rotate_key(TenantAuth::extract(&req).await?, req, state).await
+            rotate_key(TenantAuth::extract(&req).await?, id, state).await
         }
         _ => Err(ApiError::MethodNotAllowed(allowed_methods(route))),
     }
@@ -82,10 +82,16 @@ struct ListBody {
     has_more: bool,
 }
 
-fn device_id(req: &HttpRequest) -> String {
-    split_device_path(req.path())
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_default()
+/// The one log line of a change: who, which tenant, which device. Never a
+/// key or a token.
+fn log_change<S>(auth: &TenantAuth<S>, what: &str, device: &Device) {
+    log::info!(
+        "device {what} tenant={:?} device={} version={} actor={:?}",
+        auth.tenant(),
+        device.id,
+        device.version,
+        auth.actor()
+    );
 }
 
 /// `{"data": device}` with the device's `ETag`.
@@ -125,12 +131,12 @@ async fn list(
 
 async fn get(
     auth: TenantAuth<DevicesRead>,
-    req: HttpRequest,
+    id: &str,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     // A point read is a few microseconds over redb's cache: done here, it
     // saves the hop to the blocking pool, which halved throughput.
-    let device = state.store.get(auth.tenant(), &device_id(&req))?;
+    let device = state.store.get(auth.tenant(), id)?;
     with_etag(StatusCode::OK, &device, &Data { data: &device })
 }
 
@@ -145,12 +151,7 @@ async fn register(
         .store
         .create(auth.tenant(), new, key.hash, Millis::now())
         .await?;
-    log::info!(
-        "device registered tenant={:?} device={} actor={:?}",
-        auth.tenant(),
-        device.id,
-        auth.actor()
-    );
+    log_change(&auth, "registered", &device);
     let mut response = with_etag(
         StatusCode::CREATED,
         &device,
@@ -167,7 +168,8 @@ async fn register(
 
 async fn update(
     auth: TenantAuth<Admin>,
-    req: HttpRequest,
+    id: &str,
+    req: &HttpRequest,
     body: JsonObject,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
@@ -179,58 +181,33 @@ async fn update(
         .map(|v| IfMatch::parse(v.to_str().unwrap_or("\u{0}")));
     let device = state
         .store
-        .update(
-            auth.tenant(),
-            &device_id(&req),
-            patch,
-            if_match,
-            Millis::now(),
-        )
+        .update(auth.tenant(), id, patch, if_match, Millis::now())
         .await?;
-    log::info!(
-        "device updated tenant={:?} device={} version={} actor={:?}",
-        auth.tenant(),
-        device.id,
-        device.version,
-        auth.actor()
-    );
+    log_change(&auth, "updated", &device);
     with_etag(StatusCode::OK, &device, &Data { data: &device })
 }
 
 async fn revoke(
     auth: TenantAuth<Admin>,
-    req: HttpRequest,
+    id: &str,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let device = state
-        .store
-        .revoke(auth.tenant(), &device_id(&req), Millis::now())
-        .await?;
-    log::info!(
-        "device revoked tenant={:?} device={} actor={:?}",
-        auth.tenant(),
-        device.id,
-        auth.actor()
-    );
+    let device = state.store.revoke(auth.tenant(), id, Millis::now()).await?;
+    log_change(&auth, "revoked", &device);
     json(StatusCode::OK, &serde_json::json!({ "success": true }))
 }
 
 async fn rotate_key(
     auth: TenantAuth<Admin>,
-    req: HttpRequest,
+    id: &str,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let key = new_key()?;
     let device = state
         .store
-        .rotate_key(auth.tenant(), &device_id(&req), key.hash, Millis::now())
+        .rotate_key(auth.tenant(), id, key.hash, Millis::now())
         .await?;
-    log::info!(
-        "device key rotated tenant={:?} device={} actor={:?}",
-        auth.tenant(),
-        device.id,
-        auth.actor()
-    );
+    log_change(&auth, "key rotated", &device);
     with_etag(
         StatusCode::OK,
         &device,
