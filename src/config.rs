@@ -20,6 +20,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "auth",
         &["hs256_secret", "public_key_file", "issuer", "audience"],
     ),
+    ("limits", &["max_devices_per_tenant"]),
 ];
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,13 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub storage_path: PathBuf,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LimitSettings {
+    /// Registrations past this many devices (revoked ones count) are refused.
+    pub max_devices_per_tenant: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -130,10 +138,22 @@ impl Settings {
                 ));
             }
         }
+        let limits = LimitSettings {
+            max_devices_per_tenant: take("limits.max_devices_per_tenant")
+                .map(|text| {
+                    text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        StartupError::new(format!(
+                            "limits.max_devices_per_tenant: `{text}` is not a whole number of at least 1"
+                        ))
+                    })
+                })
+                .transpose()?,
+        };
         Ok(Settings {
             bind,
             storage_path,
             auth,
+            limits,
         })
     }
 
@@ -212,6 +232,21 @@ mod tests {
             "[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\npublic_key_file = \"k.pem\"",
         );
         assert!(both.contains("both set"));
+        for bad in ["0", "-1", "ten", "1.5"] {
+            let quota = error_of(&format!("[limits]\nmax_devices_per_tenant = \"{bad}\""));
+            assert!(
+                quota.starts_with("limits.max_devices_per_tenant:"),
+                "{quota}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_device_quota_is_read_as_a_number() {
+        let settings = Settings::from_tree(tree("[limits]\nmax_devices_per_tenant = 250")).unwrap();
+        assert_eq!(settings.limits.max_devices_per_tenant, Some(250));
+        let unset = Settings::from_tree(tree("")).unwrap();
+        assert_eq!(unset.limits.max_devices_per_tenant, None);
     }
 
     #[test]

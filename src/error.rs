@@ -39,6 +39,8 @@ pub enum ApiError {
     DeviceRevokedConflict,
     #[error("the device has changed since the given ETag")]
     PreconditionFailed,
+    #[error("the tenant already has its maximum of {0} devices (limits.max_devices_per_tenant)")]
+    QuotaExceeded(u64),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body must be sent as application/json")]
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(""),
             ApiError::DeviceRevokedConflict,
             ApiError::PreconditionFailed,
+            ApiError::QuotaExceeded(0),
             ApiError::PayloadTooLarge(0),
             ApiError::UnsupportedMediaType,
             ApiError::Internal(String::new()),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PreconditionFailed => "precondition_failed",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal(_) => "internal",
@@ -146,7 +150,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } | ApiError::DeviceRevokedAuth => StatusCode::UNAUTHORIZED,
-            ApiError::InsufficientScope(_) | ApiError::DeviceInactive => StatusCode::FORBIDDEN,
+            ApiError::InsufficientScope(_)
+            | ApiError::DeviceInactive
+            | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DeviceRevokedConflict => StatusCode::CONFLICT,

@@ -41,6 +41,8 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     let state = web::Data::new(AppState {
         store: store.clone(),
         tokens,
+        limits: settings.limits.clone(),
+        lists: http::ListGate::default(),
     });
     let server = HttpServer::new(move || {
         App::new()

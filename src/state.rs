@@ -3,9 +3,14 @@
 use std::sync::Arc;
 
 use crate::auth::token::TokenVerifier;
+use crate::config::LimitSettings;
+use crate::http::ListGate;
 use crate::store::Store;
 
 pub struct AppState {
     pub store: Arc<Store>,
     pub tokens: TokenVerifier,
+    pub limits: LimitSettings,
+    /// Admission for unlimited (streamed) lists.
+    pub lists: ListGate,
 }

@@ -303,7 +303,13 @@ fn a_large_fleet_pages_smoothly() {
             .unwrap();
             let key = devicehub::auth::device_key::NewDeviceKey::generate().unwrap();
             app.store
-                .create("acme", new, key.hash, devicehub::devices::Millis::now())
+                .create(
+                    "acme",
+                    new,
+                    key.hash,
+                    devicehub::devices::Millis::now(),
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -1,22 +1,36 @@
 //! Tenant endpoints (API.md §3), reached with an access token.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::{header, Method, StatusCode};
+use actix_web::web::Bytes;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::list_gate::ListPass;
 use super::{allowed_methods, blocking, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
 use crate::devices::{self, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::ListQuery;
+use crate::store::{DeviceCursor, ListQuery, Order};
 
 pub const MAX_LIMIT: usize = 1000;
+/// The longest `q` a list accepts, in characters.
+pub const Q_MAX_CHARS: usize = 200;
+/// A streamed list sends at most this many devices per chunk...
+const STREAM_BATCH: usize = 256;
+/// ...and looks at no more than this many per turn on the worker, so a
+/// filter that matches little cannot hold a worker for a whole tenant.
+const STREAM_VISITS: usize = 1024;
 
 pub const DEVICES: &str = "/api/tenant/devices";
 pub const DEVICE: &str = "/api/tenant/devices/{id}";
 pub const DEVICE_KEY: &str = "/api/tenant/devices/{id}/api-key";
+pub const STATS: &str = "/api/tenant/stats";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -24,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(list))
             .route(web::post().to(register)),
     )
+    .service(resource(STATS).route(web::get().to(stats)))
     .service(web::scope(DEVICES).default_service(web::to(by_id)));
 }
 
@@ -118,14 +133,111 @@ async fn list(
 ) -> ApiResult<HttpResponse> {
     let query = parse_list_query(req.query_string())?;
     let tenant = auth.tenant().to_string();
-    let store = state.store.clone();
-    let page = blocking(move || store.list(&tenant, &query)).await?;
+    if query.limit.is_some() {
+        let store = state.store.clone();
+        let page = blocking(move || store.list(&tenant, &query)).await?;
+        return json(
+            StatusCode::OK,
+            &ListBody {
+                data: page.devices,
+                has_more: page.has_more,
+            },
+        );
+    }
+    let pass = state.lists.enter(&tenant).await;
+    let cursor = state.store.cursor(&tenant, query)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(StreamedList {
+            cursor,
+            batch: Vec::with_capacity(STREAM_BATCH),
+            started: false,
+            first: true,
+            done: false,
+            _pass: pass,
+        }))
+}
+
+/// An unlimited list, `{"data":[…],"hasMore":false}`, read from one snapshot
+/// a batch at a time as the client takes it: its memory does not grow with
+/// the tenant. A storage error midway ends the response early, so the
+/// client sees a truncated body rather than a list that looks whole.
+struct StreamedList {
+    cursor: DeviceCursor,
+    batch: Vec<Device>,
+    started: bool,
+    first: bool,
+    done: bool,
+    _pass: ListPass,
+}
+
+impl MessageBody for StreamedList {
+    type Error = std::io::Error;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let more = match this
+            .cursor
+            .next_batch(STREAM_BATCH, STREAM_VISITS, &mut this.batch)
+        {
+            Ok(more) => more,
+            Err(e) => {
+                this.done = true;
+                log::error!("a streamed list stopped: {e}");
+                return Poll::Ready(Some(Err(std::io::Error::other("storage error"))));
+            }
+        };
+        let mut out = Vec::with_capacity(this.batch.len() * 320 + 32);
+        if !this.started {
+            this.started = true;
+            out.extend_from_slice(b"{\"data\":[");
+        }
+        for device in this.batch.drain(..) {
+            if !this.first {
+                out.push(b',');
+            }
+            this.first = false;
+            if let Err(e) = serde_json::to_writer(&mut out, &device) {
+                this.done = true;
+                return Poll::Ready(Some(Err(std::io::Error::other(e))));
+            }
+        }
+        if !more {
+            this.done = true;
+            out.extend_from_slice(b"],\"hasMore\":false}");
+        }
+        if out.is_empty() {
+            // A turn that matched nothing: let other work run, then go on.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Bytes::from(out))))
+    }
+}
+
+async fn stats(
+    auth: TenantAuth<DevicesRead>,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let counts = state.store.stats(auth.tenant())?;
     json(
         StatusCode::OK,
-        &ListBody {
-            data: page.devices,
-            has_more: page.has_more,
-        },
+        &serde_json::json!({ "data": {
+            "total": counts.total(),
+            "active": counts.active,
+            "inactive": counts.inactive,
+            "revoked": counts.revoked,
+        }}),
     )
 }
 
@@ -149,7 +261,13 @@ async fn register(
     let key = new_key()?;
     let device = state
         .store
-        .create(auth.tenant(), new, key.hash, Millis::now())
+        .create(
+            auth.tenant(),
+            new,
+            key.hash,
+            Millis::now(),
+            state.limits.max_devices_per_tenant,
+        )
         .await?;
     log_change(&auth, "registered", &device);
     let mut response = with_etag(
@@ -218,7 +336,8 @@ async fn rotate_key(
     )
 }
 
-/// `status`, `locationId`, `limit`, `startingAfter`; anything else is a 400.
+/// `status`, `locationId`, `q`, `lastSeenBefore`, `lastSeenAfter`, `order`,
+/// `limit`, `startingAfter`; anything else is a 400.
 fn parse_list_query(query: &str) -> ApiResult<ListQuery> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|_| ApiError::invalid("query", "is not a valid query string"))?;
@@ -244,6 +363,25 @@ fn parse_list_query(query: &str) -> ApiResult<ListQuery> {
                 }
                 out.location_id = Some(value.clone());
             }
+            "q" => {
+                let chars = value.chars().count();
+                if chars == 0 || chars > Q_MAX_CHARS {
+                    return Err(ApiError::invalid(
+                        name,
+                        format!("must be 1-{Q_MAX_CHARS} characters"),
+                    ));
+                }
+                out.name_contains = Some(value.to_lowercase());
+            }
+            "lastSeenBefore" => out.last_seen_before = Some(parse_time(name, value)?),
+            "lastSeenAfter" => out.last_seen_after = Some(parse_time(name, value)?),
+            "order" => {
+                out.order = match value.as_str() {
+                    "asc" => Order::Asc,
+                    "desc" => Order::Desc,
+                    _ => return Err(ApiError::invalid(name, "must be asc or desc")),
+                }
+            }
             "limit" => {
                 let limit = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
                     .then(|| value.parse::<usize>().ok())
@@ -267,6 +405,19 @@ fn parse_list_query(query: &str) -> ApiResult<ListQuery> {
         }
     }
     Ok(out)
+}
+
+/// An RFC 3339 time as Unix milliseconds (times before 1970 count as 0).
+fn parse_time(name: &str, value: &str) -> ApiResult<Millis> {
+    let time = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+        ApiError::invalid(
+            name,
+            "must be an RFC 3339 time, for example 2024-01-15T10:00:00.000Z",
+        )
+    })?;
+    let millis = time.unix_timestamp_nanos() / 1_000_000;
+    Ok(Millis(u64::try_from(millis.max(0)).unwrap_or(u64::MAX)))
 }
 
 #[cfg(test)]
@@ -315,5 +466,24 @@ mod tests {
         assert!(err("startingAfter=dev_abc").starts_with("startingAfter:"));
         assert_eq!(err("page=2"), "page: unknown query parameter");
         assert!(err("limit=1&limit=2").starts_with("limit:"));
+    }
+
+    #[test]
+    fn search_order_and_check_in_filters_are_parsed() {
+        let q = parse_list_query(
+            "q=Scanner%20%C3%89&order=desc&lastSeenBefore=2024-01-15T10:00:00.000Z&lastSeenAfter=2024-01-15T11:00:00%2B01:00",
+        )
+        .unwrap();
+        assert_eq!(q.name_contains.as_deref(), Some("scanner é"));
+        assert_eq!(q.order, Order::Desc);
+        assert_eq!(q.last_seen_before, Some(Millis(1_705_312_800_000)));
+        assert_eq!(q.last_seen_after, Some(Millis(1_705_312_800_000)));
+        assert_eq!(parse_list_query("").unwrap().order, Order::Asc);
+        assert!(err("q=").starts_with("q:"));
+        assert!(err(&format!("q={}", "a".repeat(201))).starts_with("q:"));
+        assert!(parse_list_query(&format!("q={}", "é".repeat(200))).is_ok());
+        assert!(err("order=newest").starts_with("order:"));
+        assert!(err("lastSeenBefore=yesterday").starts_with("lastSeenBefore:"));
+        assert!(err("lastSeenAfter=2024-01-15").starts_with("lastSeenAfter:"));
     }
 }

@@ -4,10 +4,12 @@ mod body;
 mod dashboard;
 mod device_api;
 mod devices;
+mod list_gate;
 mod meta;
 mod openapi;
 
 pub use body::{JsonObject, MAX_BODY_BYTES};
+pub use list_gate::ListGate;
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -19,6 +21,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/tenant/devices", "GET, POST"),
     ("/api/tenant/devices/{id}", "GET, PATCH, DELETE"),
     ("/api/tenant/devices/{id}/api-key", "POST"),
+    ("/api/tenant/stats", "GET"),
     ("/api/device/me", "GET"),
     ("/healthz", "GET"),
     ("/openapi.json", "GET"),

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use actix_web::ResponseError;
 use serde_json::{json, Map, Value};
 
-use super::devices::{DEVICE, DEVICES, DEVICE_KEY, MAX_LIMIT};
+use super::devices::{DEVICE, DEVICES, DEVICE_KEY, MAX_LIMIT, Q_MAX_CHARS, STATS};
 use super::MAX_BODY_BYTES;
 use crate::auth::guard::MAX_CREDENTIAL_BYTES;
 use crate::auth::token::Scopes;
@@ -82,11 +82,27 @@ fn operations() -> Vec<Operation> {
             method: "get",
             id: "listDevices",
             tag: "devices",
-            summary: "List the tenant's devices in creation order; without limit, all of them",
+            summary: "List the tenant's devices in creation order (or newest first); without limit, all of them, streamed",
             access: read,
             parameters: vec![
                 query("status", json!({"type": "string", "enum": statuses(&DeviceStatus::ALL)})),
                 query("locationId", tag_schema()),
+                query(
+                    "q",
+                    json!({"type": "string", "minLength": 1, "maxLength": Q_MAX_CHARS,
+                           "description": "devices whose name contains this, ignoring case"}),
+                ),
+                query(
+                    "lastSeenBefore",
+                    json!({"type": "string", "format": "date-time",
+                           "description": "devices never seen or last seen before this time"}),
+                ),
+                query(
+                    "lastSeenAfter",
+                    json!({"type": "string", "format": "date-time",
+                           "description": "devices last seen at or after this time"}),
+                ),
+                query("order", json!({"type": "string", "enum": ["asc", "desc"], "default": "asc"})),
                 query("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})),
                 query("startingAfter", json!({"type": "string", "pattern": id::PATTERN})),
             ],
@@ -103,6 +119,33 @@ fn operations() -> Vec<Operation> {
                 ),
             ),
             errors: &[400, 401, 403, 405, 500],
+        },
+        Operation {
+            path: STATS,
+            method: "get",
+            id: "deviceStats",
+            tag: "devices",
+            summary: "Count the tenant's devices by status (exact, kept by every write)",
+            access: read,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response(
+                    "The tenant's device counts",
+                    object(&[(
+                        "data",
+                        object(&[
+                            ("total", json!({"type": "integer", "minimum": 0})),
+                            ("active", json!({"type": "integer", "minimum": 0})),
+                            ("inactive", json!({"type": "integer", "minimum": 0})),
+                            ("revoked", json!({"type": "integer", "minimum": 0})),
+                        ]),
+                    )]),
+                    &[],
+                ),
+            ),
+            errors: &[401, 403, 405, 500],
         },
         Operation {
             path: DEVICES,

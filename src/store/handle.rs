@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::Database;
+use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use super::{StoreError, StoreResult};
 
@@ -44,6 +44,32 @@ impl DbHandle {
                 op(self.current()?.as_ref())
             }
             other => other,
+        }
+    }
+
+    /// A read transaction that has shown it can read (`probe`), with the
+    /// handle it belongs to: whoever holds the handle keeps the file from
+    /// being reopened under the snapshot. After a latched failure, reopens
+    /// and tries once more, as `run` does.
+    pub fn begin_read(
+        &self,
+        probe: impl Fn(&ReadTransaction) -> StoreResult<()>,
+    ) -> StoreResult<(Arc<Database>, ReadTransaction)> {
+        let attempt = |db: &Arc<Database>| -> StoreResult<ReadTransaction> {
+            let txn = db.begin_read()?;
+            probe(&txn)?;
+            Ok(txn)
+        };
+        let db = self.current()?;
+        match attempt(&db) {
+            Err(StoreError::Latched) => {
+                self.reopen(db)?;
+                let db = self.current()?;
+                let txn = attempt(&db)?;
+                Ok((db, txn))
+            }
+            Err(e) => Err(e),
+            Ok(txn) => Ok((db, txn)),
         }
     }
 

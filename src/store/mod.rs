@@ -7,10 +7,11 @@
 
 mod commit;
 mod handle;
+mod indexes;
 mod last_seen;
+mod list;
 pub mod tables;
 
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +19,9 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     WriteTransaction,
 };
+
+pub use indexes::StatusCounts;
+pub use list::{DeviceCursor, ListQuery, Order, Page};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::device_key::{self, KeyHash};
@@ -25,8 +29,12 @@ use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, New
 use crate::error::{ApiError, StartupError};
 use commit::Writer;
 use handle::DbHandle;
+use indexes::Indexed;
 use last_seen::LastSeen;
-use tables::{DEVICES, KEY_INDEX, LAST_SEEN, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use tables::{
+    DEVICES, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +44,8 @@ pub enum StoreError {
     Revoked,
     #[error("the If-Match precondition failed")]
     PreconditionFailed,
+    #[error("the tenant has reached its device quota of {0}")]
+    QuotaExceeded(u64),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// An earlier I/O failure left the open database refusing all work.
@@ -80,6 +90,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Revoked => ApiError::DeviceRevokedConflict,
             StoreError::PreconditionFailed => ApiError::PreconditionFailed,
+            StoreError::QuotaExceeded(quota) => ApiError::QuotaExceeded(quota),
             StoreError::Unavailable(detail) => {
                 log::warn!("storage unavailable: {detail}");
                 ApiError::StorageUnavailable
@@ -152,21 +163,6 @@ enum Change {
     Key(KeyHash),
 }
 
-/// What a list asks for (already validated).
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub status: Option<DeviceStatus>,
-    pub location_id: Option<String>,
-    pub limit: Option<usize>,
-    pub starting_after: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct Page {
-    pub devices: Vec<Device>,
-    pub has_more: bool,
-}
-
 pub struct Store {
     inner: Arc<Inner>,
     writer: Writer,
@@ -224,45 +220,45 @@ impl Store {
         })
     }
 
+    /// A list over one snapshot of the store, read a batch at a time.
+    pub fn cursor(&self, tenant: &str, query: ListQuery) -> StoreResult<DeviceCursor> {
+        let (db, txn) = self.inner.db.begin_read(|txn| {
+            txn.open_table(DEVICES)?;
+            txn.open_table(LAST_SEEN)?;
+            Ok(())
+        })?;
+        Ok(DeviceCursor::new(
+            self.inner.clone(),
+            db,
+            txn,
+            tenant,
+            query,
+        ))
+    }
+
+    /// A whole list, or one page when `query.limit` is set.
     pub fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {
+        let limit = query.limit.unwrap_or(usize::MAX - 1);
+        self.cursor(tenant, query.clone())?.page(limit)
+    }
+
+    /// The tenant's devices counted by status: kept in every write, so this
+    /// is three point reads, never a scan.
+    pub fn stats(&self, tenant: &str) -> StoreResult<StatusCounts> {
         self.inner.db.run(|db| {
             let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let seen = txn.open_table(LAST_SEEN)?;
-            let start = match &query.starting_after {
-                Some(after) => Bound::Excluded((tenant, after.as_str())),
-                None => Bound::Included((tenant, "")),
-            };
-            let range = devices.range::<(&str, &str)>((start, Bound::Unbounded))?;
-            let mut page = Vec::new();
-            let mut has_more = false;
-            for entry in range {
-                let (key, value) = entry?;
-                let (row_tenant, device_id) = key.value();
-                if row_tenant != tenant {
-                    break;
-                }
-                let record = DeviceRecord::decode(value.value())?;
-                if query.status.is_some_and(|s| s != record.status) {
-                    continue;
-                }
-                if let Some(location) = &query.location_id {
-                    if !record.location_ids.iter().any(|l| l == location) {
-                        continue;
-                    }
-                }
-                if query.limit.is_some_and(|limit| page.len() == limit) {
-                    has_more = true;
-                    break;
-                }
-                let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
-                page.push(record.into_device(device_id, last_seen));
-            }
-            Ok(Page {
-                devices: page,
-                has_more,
-            })
+            indexes::counts(&txn.open_table(TENANT_COUNTS)?, tenant)
         })
+    }
+
+    /// Every tenant's devices counted by status.
+    pub fn all_stats(&self) -> StoreResult<StatusCounts> {
+        self.inner.db.run(|db| indexes::all_counts(&read_txn(db)?))
+    }
+
+    /// Checks that the indexes and counts agree with the devices.
+    pub fn verify_indexes(&self) -> StoreResult<()> {
+        self.inner.db.run(|db| indexes::verify(&read_txn(db)?))
     }
 
     pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
@@ -306,16 +302,19 @@ impl Store {
 
     /// Registers a device whose key hashes to `key_hash`. Its id is assigned
     /// inside the write, after every id already committed for the tenant.
+    /// With `quota`, a tenant that already has that many devices (revoked
+    /// ones included) gets `QuotaExceeded` and nothing is written.
     pub async fn create(
         &self,
         tenant: &str,
         new: NewDevice,
         key_hash: KeyHash,
         now: Millis,
+        quota: Option<u64>,
     ) -> StoreResult<Device> {
         let tenant = tenant.to_string();
         self.writer
-            .submit(move |inner, txn| inner.create_in(txn, &tenant, &new, key_hash, now))
+            .submit(move |inner, txn| inner.create_in(txn, &tenant, &new, key_hash, now, quota))
             .await
     }
 
@@ -465,6 +464,15 @@ impl Inner {
                 let found = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
                 match found {
                     Some(SCHEMA_VERSION) => {}
+                    Some(1) => {
+                        // The first release's layout: build the indexes and
+                        // counts once, in this one transaction.
+                        let indexed = indexes::rebuild(&txn)?;
+                        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                        log::info!(
+                            "storage: upgraded the layout from version 1 to {SCHEMA_VERSION} ({indexed} devices indexed)"
+                        );
+                    }
                     Some(other) => {
                         return Err(StoreError::Internal(format!(
                             "layout version {other} is not supported by this build (it reads version {SCHEMA_VERSION})"
@@ -477,6 +485,9 @@ impl Inner {
                 txn.open_table(DEVICES)?;
                 txn.open_table(KEY_INDEX)?;
                 txn.open_table(LAST_SEEN)?;
+                txn.open_table(STATUS_INDEX)?;
+                txn.open_table(LOCATION_INDEX)?;
+                txn.open_table(TENANT_COUNTS)?;
             }
             txn.commit()?;
             Ok(())
@@ -502,11 +513,18 @@ impl Inner {
         new: &NewDevice,
         key_hash: KeyHash,
         now: Millis,
+        quota: Option<u64>,
     ) -> StoreResult<Device> {
+        if let Some(quota) = quota {
+            let held = indexes::counts(&txn.open_table(TENANT_COUNTS)?, tenant)?.total();
+            if held >= quota {
+                return Err(StoreError::QuotaExceeded(quota));
+            }
+        }
         let mut devices = txn.open_table(DEVICES)?;
         let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
         let last = devices
-            .range::<(&str, &str)>((tenant, "")..=(tenant, "\u{10FFFF}"))?
+            .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
             .next_back()
             .transpose()?
             .and_then(|(key, _)| id::parse(key.value().1));
@@ -533,6 +551,15 @@ impl Inner {
         devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
+        indexes::insert(
+            txn,
+            tenant,
+            &device.id,
+            Indexed {
+                status: device.status,
+                location_ids: &device.location_ids,
+            },
+        )?;
         Ok(device)
     }
 
@@ -554,11 +581,25 @@ impl Inner {
         };
         let mut key_hash = record.key_hash.clone();
         let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
+        let before = (record.status, record.location_ids.clone());
         let mut device = record.into_device(device_id, last_seen);
         let change = change(&mut device)?;
         if let Change::None = change {
             return Ok(device);
         }
+        indexes::change(
+            txn,
+            tenant,
+            device_id,
+            Indexed {
+                status: before.0,
+                location_ids: &before.1,
+            },
+            Indexed {
+                status: device.status,
+                location_ids: &device.location_ids,
+            },
+        )?;
         device.version += 1;
         device.updated_at = now.max(device.updated_at);
         if let Change::Key(new_hash) = change {

@@ -1,5 +1,7 @@
 //! Every redb table devicehub keeps. Keys put the tenant first, so that one
-//! tenant's devices are one contiguous range.
+//! tenant's rows are one contiguous range. The secondary tables
+//! (`KEY_INDEX`, `STATUS_INDEX`, `LOCATION_INDEX`, `TENANT_COUNTS`) are
+//! written in the same transaction as the device they describe.
 
 use redb::TableDefinition;
 
@@ -11,14 +13,33 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
 
 /// key: SHA-256 of a device API key · value: (tenant_id, device_id).
-/// Secondary index of `DEVICES`, written in the same transaction. A revoked
-/// device keeps its entry so that its key can be told `device_revoked`.
+/// A revoked device keeps its entry so that its key can be told
+/// `device_revoked`.
 pub const KEY_INDEX: TableDefinition<&[u8; 32], (&str, &str)> = TableDefinition::new("key_index");
 
 /// key: (tenant_id, device_id) · value: Unix milliseconds of the last check-in
 /// written to disk (at most once a minute per device; newer ones live in memory).
 pub const LAST_SEEN: TableDefinition<(&str, &str), u64> = TableDefinition::new("last_seen");
 
-/// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// key: (tenant_id, status code, device_id) · value: nothing. One entry per
+/// device, under its current status (`status_code`), so a page filtered by
+/// status reads only matching devices, in creation order.
+pub const STATUS_INDEX: TableDefinition<(&str, u8, &str), ()> =
+    TableDefinition::new("status_index");
+
+/// key: (tenant_id, location_id, device_id) · value: nothing. One entry per
+/// location a device is assigned to.
+pub const LOCATION_INDEX: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("location_index");
+
+/// key: (tenant_id, status code) · value: how many of the tenant's devices
+/// have that status. Exact: kept in the write transaction.
+pub const TENANT_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("tenant_counts");
+
+/// The layout version this build reads and writes. Version 1 (the first
+/// release) had no status, location or count tables; it is upgraded in place.
+pub const SCHEMA_VERSION: u64 = 2;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Past every device id (ids are ASCII): the upper end of a tenant's range.
+pub const ID_MAX: &str = "\u{10FFFF}";

@@ -28,6 +28,7 @@ pub fn settings_in(dir: &std::path::Path) -> Settings {
     Settings {
         bind: "127.0.0.1:0".parse().unwrap(),
         storage_path: dir.join("devicehub.redb"),
+        limits: Default::default(),
         auth: AuthSettings {
             hs256_secret: Some(SECRET.to_string()),
             ..Default::default()

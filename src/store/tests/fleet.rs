@@ -1,0 +1,412 @@
+//! The indexes, counts, list filters and quota of the fleet-scale layout, and
+//! the upgrade of the first release's files.
+
+use super::*;
+
+fn stats_of(store: &Store, tenant: &str) -> (u64, u64, u64) {
+    let s = store.stats(tenant).unwrap();
+    (s.active, s.inactive, s.revoked)
+}
+
+async fn create(store: &Store, tenant: &str, body: serde_json::Value, now: u64) -> Device {
+    store
+        .create(
+            tenant,
+            new_device(body),
+            NewDeviceKey::generate().unwrap().hash,
+            Millis(now),
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+fn ids(page: &Page) -> Vec<String> {
+    page.devices.iter().map(|d| d.id.clone()).collect()
+}
+
+#[actix_web::test]
+async fn indexes_and_counts_follow_every_kind_of_write() {
+    let (_dir, store) = open();
+    let check = |label: &str, expected: (u64, u64, u64)| {
+        store
+            .verify_indexes()
+            .unwrap_or_else(|e| panic!("after {label}: {e}"));
+        assert_eq!(stats_of(&store, "t"), expected, "after {label}");
+    };
+    check("nothing", (0, 0, 0));
+    let a = create(
+        &store,
+        "t",
+        json!({"name": "a", "locationIds": ["l1", "l2"]}),
+        1,
+    )
+    .await;
+    let b = create(&store, "t", json!({"name": "b", "status": "inactive"}), 2).await;
+    create(
+        &store,
+        "other",
+        json!({"name": "o", "locationIds": ["l1"]}),
+        3,
+    )
+    .await;
+    check("registrations", (1, 1, 0));
+    assert_eq!(stats_of(&store, "other"), (1, 0, 0));
+
+    let moved = patch(json!({"status": "inactive", "locationIds": ["l2", "l3"]}));
+    store
+        .update("t", &a.id, moved, None, Millis(4))
+        .await
+        .unwrap();
+    check("a status and location change", (0, 2, 0));
+
+    let same = patch(json!({"status": "inactive", "locationIds": ["l2", "l3"]}));
+    store
+        .update("t", &a.id, same, None, Millis(5))
+        .await
+        .unwrap();
+    check("a no-op update", (0, 2, 0));
+
+    let stale = Some(IfMatch::parse("\"stale\""));
+    let refused = store
+        .update(
+            "t",
+            &a.id,
+            patch(json!({"status": "active"})),
+            stale,
+            Millis(6),
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)));
+    check("a refused update", (0, 2, 0));
+
+    store.revoke("t", &b.id, Millis(7)).await.unwrap();
+    check("a revocation", (0, 1, 1));
+    store.revoke("t", &b.id, Millis(8)).await.unwrap();
+    check("a second revocation", (0, 1, 1));
+    let on_revoked = store
+        .update(
+            "t",
+            &b.id,
+            patch(json!({"locationIds": ["l9"]})),
+            None,
+            Millis(9),
+        )
+        .await;
+    assert!(matches!(on_revoked, Err(StoreError::Revoked)));
+    check("an update of a revoked device", (0, 1, 1));
+
+    store
+        .rotate_key("t", &a.id, hash("dhk_rotated"), Millis(10))
+        .await
+        .unwrap();
+    check("a rotation", (0, 1, 1));
+    let missing = store
+        .revoke("t", "dev_01ARZ3NDEKTSV4RRFFQ69G5FAV", Millis(11))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)));
+    check("a write to a missing device", (0, 1, 1));
+
+    let at = |location: &str| {
+        let query = ListQuery {
+            location_id: Some(location.into()),
+            ..Default::default()
+        };
+        ids(&store.list("t", &query).unwrap())
+    };
+    assert!(at("l1").is_empty(), "a left l1");
+    assert_eq!(at("l3"), std::slice::from_ref(&a.id));
+    assert_eq!(store.all_stats().unwrap().total(), 3);
+}
+
+#[actix_web::test]
+async fn filtered_pages_walk_their_index_in_either_order() {
+    let (_dir, store) = open();
+    let mut inactive_at_x = Vec::new();
+    for i in 0..40u64 {
+        let status = if i % 3 == 0 { "inactive" } else { "active" };
+        let location = if i % 2 == 0 { "x" } else { "y" };
+        let d = create(
+            &store,
+            "t",
+            json!({"name": format!("Dev {i}"), "status": status, "locationIds": [location]}),
+            1_000 + i,
+        )
+        .await;
+        if status == "inactive" && location == "x" {
+            inactive_at_x.push(d.id);
+        }
+    }
+    // Status and location together, a page at a time, oldest and newest first.
+    for order in [Order::Asc, Order::Desc] {
+        let mut expected = inactive_at_x.clone();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list(
+                    "t",
+                    &ListQuery {
+                        status: Some(DeviceStatus::Inactive),
+                        location_id: Some("x".into()),
+                        order,
+                        limit: Some(2),
+                        starting_after: after.clone(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            seen.extend(ids(&page));
+            after = seen.last().cloned();
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+    let newest = store
+        .list(
+            "t",
+            &ListQuery {
+                order: Order::Desc,
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(newest.devices[0].name, "Dev 39");
+    assert!(newest.has_more);
+}
+
+#[actix_web::test]
+async fn search_and_check_in_filters_combine_with_paging() {
+    let (_dir, store) = open();
+    let names = [
+        "Front Scanner",
+        "back SCANNER",
+        "Kiosk",
+        "Ölscanner",
+        "Gate",
+    ];
+    let mut devices = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        devices.push(create(&store, "t", json!({"name": name}), 1_000 + i as u64).await);
+    }
+    store.touch("t", &devices[0].id, Millis(10_000));
+    store.touch("t", &devices[1].id, Millis(20_000));
+    store.touch("t", &devices[2].id, Millis(30_000));
+    let list = |query: ListQuery| -> Vec<String> {
+        store
+            .list("t", &query)
+            .unwrap()
+            .devices
+            .into_iter()
+            .map(|d| d.name)
+            .collect()
+    };
+    let q = |text: &str| ListQuery {
+        name_contains: Some(text.to_lowercase()),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(q("scanner")),
+        ["Front Scanner", "back SCANNER", "Ölscanner"]
+    );
+    assert_eq!(list(q("ÖL")), ["Ölscanner"]);
+    assert!(list(q("printer")).is_empty());
+    let second = ListQuery {
+        limit: Some(1),
+        starting_after: Some(devices[0].id.clone()),
+        ..q("scanner")
+    };
+    let page = store.list("t", &second).unwrap();
+    assert_eq!(page.devices[0].name, "back SCANNER");
+    assert!(page.has_more);
+
+    let before = |ms| ListQuery {
+        last_seen_before: Some(Millis(ms)),
+        ..Default::default()
+    };
+    // Before 20 s: seen at 10 s, and the two never seen.
+    assert_eq!(list(before(20_000)), ["Front Scanner", "Ölscanner", "Gate"]);
+    let after = ListQuery {
+        last_seen_after: Some(Millis(20_000)),
+        ..Default::default()
+    };
+    assert_eq!(list(after), ["back SCANNER", "Kiosk"]);
+    let both = ListQuery {
+        last_seen_after: Some(Millis(10_000)),
+        ..q("scanner")
+    };
+    let mut both_desc = both.clone();
+    both_desc.order = Order::Desc;
+    assert_eq!(list(both), ["Front Scanner", "back SCANNER"]);
+    assert_eq!(list(both_desc), ["back SCANNER", "Front Scanner"]);
+}
+
+#[actix_web::test]
+async fn a_cursor_streams_a_snapshot_in_batches() {
+    let (_dir, store) = open();
+    for i in 0..25u64 {
+        create(&store, "t", json!({"name": format!("d{i}")}), 1_000 + i).await;
+    }
+    let mut cursor = store.cursor("t", ListQuery::default()).unwrap();
+    // A write after the cursor opened is not part of its snapshot.
+    create(&store, "t", json!({"name": "late"}), 5_000).await;
+    let mut all = Vec::new();
+    let mut turns = 0;
+    while cursor.next_batch(10, 7, &mut all).unwrap() {
+        turns += 1;
+        assert!(turns < 10, "the walk must end");
+    }
+    assert_eq!(all.len(), 25);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(all.iter().all(|d| d.name != "late"));
+}
+
+#[actix_web::test]
+async fn the_quota_refuses_registrations_past_it_and_counts_revoked_devices() {
+    let (_dir, store) = open();
+    let quota = Some(2);
+    let register = |name: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .create(
+                    "t",
+                    new_device(json!({"name": name})),
+                    NewDeviceKey::generate().unwrap().hash,
+                    Millis(1_000),
+                    quota,
+                )
+                .await
+        }
+    };
+    let first = register("a").await.unwrap();
+    register("b").await.unwrap();
+    store.revoke("t", &first.id, Millis(2_000)).await.unwrap();
+    assert!(matches!(
+        register("c").await,
+        Err(StoreError::QuotaExceeded(2))
+    ));
+    assert_eq!(stats_of(&store, "t"), (1, 0, 1));
+    assert_eq!(
+        store
+            .list("t", &ListQuery::default())
+            .unwrap()
+            .devices
+            .len(),
+        2
+    );
+    store.verify_indexes().unwrap();
+    // Another tenant has a quota of its own.
+    store
+        .create(
+            "u",
+            new_device(json!({"name": "u"})),
+            NewDeviceKey::generate().unwrap().hash,
+            Millis(1_000),
+            quota,
+        )
+        .await
+        .unwrap();
+}
+
+/// The first release's file, as `tests/fixtures/v1/make-v1.py` wrote it.
+#[derive(serde::Deserialize)]
+struct Manifest {
+    devices: Vec<FixtureDevice>,
+}
+
+#[derive(serde::Deserialize)]
+struct FixtureDevice {
+    tenant: String,
+    id: String,
+    key: String,
+    #[serde(rename = "oldKey")]
+    old_key: Option<String>,
+    etag: String,
+    device: serde_json::Value,
+}
+
+#[actix_web::test]
+async fn a_first_release_file_is_upgraded_in_place_once() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(fixtures.join("manifest.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    std::fs::copy(fixtures.join("devicehub.redb"), &path).unwrap();
+
+    for round in 0..2 {
+        let store = Store::open(&path).unwrap();
+        store
+            .verify_indexes()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        for tenant in ["acme", "globex"] {
+            let mut expected = (0, 0, 0);
+            for d in manifest.devices.iter().filter(|d| d.tenant == tenant) {
+                match d.device["status"].as_str().unwrap() {
+                    "active" => expected.0 += 1,
+                    "inactive" => expected.1 += 1,
+                    _ => expected.2 += 1,
+                }
+            }
+            if tenant == "acme" {
+                // One device registered after each earlier round's upgrade.
+                expected.0 += round;
+            }
+            assert_eq!(stats_of(&store, tenant), expected, "{tenant}");
+        }
+        for d in &manifest.devices {
+            let device = store.get(&d.tenant, &d.id).unwrap();
+            assert_eq!(device.etag(), d.etag, "{}", d.id);
+            let mut shown = serde_json::to_value(&device).unwrap();
+            let mut then = d.device.clone();
+            // Check-ins newer than the last stored one lived only in memory.
+            shown.as_object_mut().unwrap().remove("lastSeenAt");
+            then.as_object_mut().unwrap().remove("lastSeenAt");
+            assert_eq!(shown, then, "{}", d.id);
+            let (tenant, found) = store.find_by_key(&hash(&d.key)).unwrap().unwrap();
+            assert_eq!(
+                (tenant.as_str(), found.id.as_str()),
+                (d.tenant.as_str(), d.id.as_str())
+            );
+            if let Some(old) = &d.old_key {
+                assert!(store.find_by_key(&hash(old)).unwrap().is_none());
+            }
+        }
+        let acme_inactive = store
+            .list(
+                "acme",
+                &ListQuery {
+                    status: Some(DeviceStatus::Inactive),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(acme_inactive.devices.len(), 2);
+        // The upgraded file takes writes that keep the indexes right.
+        create(
+            &store,
+            "acme",
+            json!({"name": format!("after upgrade {round}")}),
+            9_000,
+        )
+        .await;
+        store.verify_indexes().unwrap();
+    }
+    let db = Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let version = txn
+        .open_table(META)
+        .unwrap()
+        .get(SCHEMA_VERSION_KEY)
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(version, SCHEMA_VERSION);
+}
