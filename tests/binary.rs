@@ -663,6 +663,8 @@ fn every_acknowledged_write_survives_sigkill() {
     index.sort();
     keys.sort();
     assert_eq!(index, keys);
+    // So do the status and location indexes and the counts, after every crash.
+    store.verify_indexes().unwrap();
 }
 
 fn rss_kib(pid: u32) -> u64 {

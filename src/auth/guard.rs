@@ -12,7 +12,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 
 use super::device_key;
 use super::token::{Principal, Scopes};
-use crate::devices::{Device, DeviceStatus};
+use crate::devices::{Device, DeviceStatus, Millis};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -113,6 +113,9 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 pub struct DeviceAuth {
     pub tenant: String,
     pub device: Device,
+    /// The key is the one replaced by the last rotation, still in its grace
+    /// period: the device should pick up its new key.
+    pub deprecated: bool,
 }
 
 impl FromRequest for DeviceAuth {
@@ -130,14 +133,21 @@ fn authenticate_device(req: &HttpRequest) -> Result<DeviceAuth, ApiError> {
     if !device_key::is_well_formed(key) {
         return Err(ApiError::unauthorized("unknown device key"));
     }
-    match state(req)?.store.find_by_key(&device_key::hash(key))? {
+    let owner = state(req)?
+        .store
+        .find_by_key(&device_key::hash(key), Millis::now())?;
+    match owner {
         None => Err(ApiError::unauthorized("unknown device key")),
-        Some((_, device)) if device.status == DeviceStatus::Revoked => {
+        Some(owner) if owner.device.status == DeviceStatus::Revoked => {
             Err(ApiError::DeviceRevokedAuth)
         }
-        Some((_, device)) if device.status == DeviceStatus::Inactive => {
+        Some(owner) if owner.device.status == DeviceStatus::Inactive => {
             Err(ApiError::DeviceInactive)
         }
-        Some((tenant, device)) => Ok(DeviceAuth { tenant, device }),
+        Some(owner) => Ok(DeviceAuth {
+            tenant: owner.tenant,
+            device: owner.device,
+            deprecated: owner.deprecated,
+        }),
     }
 }

@@ -104,7 +104,7 @@ fn as_rfc3339<S: Serializer>(value: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&value.to_rfc3339())
 }
 
-fn opt_as_rfc3339<S: Serializer>(value: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+pub fn opt_as_rfc3339<S: Serializer>(value: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(m) => s.serialize_str(&m.to_rfc3339()),
         None => s.serialize_none(),
@@ -281,6 +281,40 @@ impl NewDevice {
     }
 }
 
+/// The optional body of a key rotation: `{"gracePeriodSeconds": n}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// How long the old key keeps working beside the new one.
+    pub grace_period_seconds: u64,
+}
+
+/// The longest grace period a rotation may give the old key (7 days).
+pub const MAX_GRACE_PERIOD_SECONDS: u64 = 604_800;
+
+impl KeyRotation {
+    pub fn parse(body: &Map<String, Value>) -> Result<KeyRotation, ApiError> {
+        const FIELD: &str = "gracePeriodSeconds";
+        if let Some(unknown) = body.keys().find(|k| k.as_str() != FIELD) {
+            return Err(ApiError::invalid(unknown, "unknown field"));
+        }
+        let grace_period_seconds = match body.get(FIELD) {
+            None => 0,
+            Some(value) => value
+                .as_u64()
+                .filter(|n| *n <= MAX_GRACE_PERIOD_SECONDS)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        FIELD,
+                        format!("must be a whole number of seconds from 0 to {MAX_GRACE_PERIOD_SECONDS}"),
+                    )
+                })?,
+        };
+        Ok(KeyRotation {
+            grace_period_seconds,
+        })
+    }
+}
+
 fn parse_settable_status(value: &Value) -> Result<DeviceStatus, ApiError> {
     match value.as_str().map(DeviceStatus::parse) {
         Some(Some(DeviceStatus::Revoked)) => Err(ApiError::invalid(
@@ -374,6 +408,33 @@ mod tests {
         assert_eq!(
             DevicePatch::parse(&Map::new()).unwrap(),
             DevicePatch::default()
+        );
+    }
+
+    #[test]
+    fn rotation_takes_an_optional_grace_period_of_at_most_a_week() {
+        let parse = |v| KeyRotation::parse(&obj(v)).map(|r| r.grace_period_seconds);
+        assert_eq!(parse(json!({})).unwrap(), 0);
+        assert_eq!(parse(json!({"gracePeriodSeconds": 0})).unwrap(), 0);
+        assert_eq!(
+            parse(json!({"gracePeriodSeconds": 604800})).unwrap(),
+            604_800
+        );
+        for bad in [
+            json!({"gracePeriodSeconds": 604801}),
+            json!({"gracePeriodSeconds": -1}),
+            json!({"gracePeriodSeconds": 1.5}),
+            json!({"gracePeriodSeconds": "60"}),
+            json!({"gracePeriodSeconds": null}),
+        ] {
+            assert!(
+                message(parse(bad.clone()).unwrap_err()).starts_with("gracePeriodSeconds:"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            message(parse(json!({"grace": 5})).unwrap_err()),
+            "grace: unknown field"
         );
     }
 

@@ -13,7 +13,9 @@ use super::list_gate::ListPass;
 use super::{allowed_methods, blocking, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
-use crate::devices::{self, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
+use crate::devices::{
+    self, Device, DevicePatch, DeviceStatus, IfMatch, KeyRotation, Millis, NewDevice,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{DeviceCursor, ListQuery, Order};
@@ -66,10 +68,27 @@ async fn by_id(
         }
         (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, id, state).await,
         (DEVICE_KEY, &Method::POST) => {
-            rotate_key(TenantAuth::extract(&req).await?, id, state).await
+            let auth = TenantAuth::extract(&req).await?;
+            let rotation = if has_body(&req) {
+                let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
+                KeyRotation::parse(&body.0)?
+            } else {
+                KeyRotation::default()
+            };
+            rotate_key(auth, id, rotation, state).await
         }
         _ => Err(ApiError::MethodNotAllowed(allowed_methods(route))),
     }
+}
+
+/// Whether the request carries a body (the rotation's is optional).
+fn has_body(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// `/api/tenant/devices/<id>` → (id, false); `…/<id>/api-key` → (id, true).
@@ -88,6 +107,15 @@ fn split_device_path(path: &str) -> Option<(&str, bool)> {
 struct DataWithKey<'a> {
     data: &'a Device,
     api_key: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotatedKey<'a> {
+    data: &'a Device,
+    api_key: &'a str,
+    #[serde(serialize_with = "devices::opt_as_rfc3339")]
+    previous_key_expires_at: Option<Millis>,
 }
 
 #[derive(Serialize)]
@@ -318,20 +346,28 @@ async fn revoke(
 async fn rotate_key(
     auth: TenantAuth<Admin>,
     id: &str,
+    rotation: KeyRotation,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let key = new_key()?;
-    let device = state
+    let (device, previous_key_expires_at) = state
         .store
-        .rotate_key(auth.tenant(), id, key.hash, Millis::now())
+        .rotate_key(
+            auth.tenant(),
+            id,
+            key.hash,
+            rotation.grace_period_seconds,
+            Millis::now(),
+        )
         .await?;
     log_change(&auth, "key rotated", &device);
     with_etag(
         StatusCode::OK,
         &device,
-        &DataWithKey {
+        &RotatedKey {
             data: &device,
             api_key: &key.key,
+            previous_key_expires_at,
         },
     )
 }

@@ -16,7 +16,8 @@ use super::MAX_BODY_BYTES;
 use crate::auth::guard::MAX_CREDENTIAL_BYTES;
 use crate::auth::token::Scopes;
 use crate::devices::{
-    id, Device, DeviceStatus, Millis, NAME_MAX_CHARS, TAGS_MAX_ENTRIES, TAG_MAX_CHARS,
+    id, Device, DeviceStatus, Millis, MAX_GRACE_PERIOD_SECONDS, NAME_MAX_CHARS, TAGS_MAX_ENTRIES,
+    TAG_MAX_CHARS,
 };
 use crate::error::ApiError;
 
@@ -213,12 +214,36 @@ fn operations() -> Vec<Operation> {
             method: "post",
             id: "rotateDeviceKey",
             tag: "devices",
-            summary: "Issue a new API key; the old one stops working at once",
+            summary: "Issue a new API key; the old one stops at once or after its grace period",
             access: admin,
             parameters: vec![],
-            body: None,
-            success: (200, with_key("The device and its new one-time API key", &[])),
-            errors: &[401, 403, 404, 405, 409, 500, 503],
+            body: Some(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"gracePeriodSeconds": {
+                    "type": "integer", "minimum": 0, "maximum": MAX_GRACE_PERIOD_SECONDS, "default": 0,
+                    "description": "how long the old key keeps working beside the new one"
+                }}
+            })),
+            success: (
+                200,
+                response(
+                    "The device, its new one-time API key, and when the old key stops",
+                    object(&[
+                        ("data", device.clone()),
+                        ("apiKey", json!({"$ref": "#/components/schemas/ApiKey"})),
+                        (
+                            "previousKeyExpiresAt",
+                            json!({"type": ["string", "null"], "format": "date-time"}),
+                        ),
+                    ]),
+                    &[(
+                        "ETag",
+                        "The device's strong entity tag: it changes exactly when the stored device does",
+                    )],
+                ),
+            ),
+            errors: &[400, 401, 403, 404, 405, 409, 413, 415, 500, 503],
         },
         Operation {
             path: "/api/device/me",
@@ -231,7 +256,14 @@ fn operations() -> Vec<Operation> {
             body: None,
             success: (
                 200,
-                response("The device", object(&[("data", device.clone())]), &[]),
+                response(
+                    "The device",
+                    object(&[("data", device.clone())]),
+                    &[(
+                        "Deprecation",
+                        "`true` when the key used is the previous one, within its grace period",
+                    )],
+                ),
             ),
             errors: &[401, 403, 405, 500],
         },
@@ -292,8 +324,10 @@ fn build() -> Value {
             operation["parameters"] = Value::Array(op.parameters);
         }
         if let Some(body) = op.body {
+            // Only the rotation's body may be left out.
+            let required = op.path != DEVICE_KEY;
             operation["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": body}}});
+                json!({"required": required, "content": {"application/json": {"schema": body}}});
         }
         let item = paths.entry(op.path).or_default();
         if op.path.contains("{id}") {

@@ -22,6 +22,7 @@ use redb::{
 
 pub use indexes::StatusCounts;
 pub use list::{DeviceCursor, ListQuery, Order, Page};
+
 use serde::{Deserialize, Serialize};
 
 use crate::auth::device_key::{self, KeyHash};
@@ -114,6 +115,19 @@ struct DeviceRecord {
     version: u64,
     /// Hex SHA-256 of the current API key.
     key_hash: String,
+    /// Hex SHA-256 of the key replaced by the last rotation, while it has a
+    /// grace period (API.md §3), and when that ends (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev_key_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev_key_expires_ms: Option<u64>,
+}
+
+/// A device's keys as stored: the current one and, after a rotation with a
+/// grace period, the previous one with the end of its grace (Unix ms).
+struct Keys {
+    current: String,
+    previous: Option<(String, u64)>,
 }
 
 impl DeviceRecord {
@@ -124,6 +138,25 @@ impl DeviceRecord {
 
     fn encode(&self) -> StoreResult<Vec<u8>> {
         serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn keys(&self) -> Keys {
+        Keys {
+            current: self.key_hash.clone(),
+            previous: self.prev_key_hash.clone().zip(self.prev_key_expires_ms),
+        }
+    }
+
+    /// Whether `hash` is this device's key at `now`: `Some(false)` for the
+    /// current key, `Some(true)` for the previous one within its grace.
+    fn key_status(&self, hash: &KeyHash, now: Millis) -> Option<bool> {
+        let hex = device_key::to_hex(hash);
+        if self.key_hash == hex {
+            return Some(false);
+        }
+        let in_grace = self.prev_key_hash.as_deref() == Some(hex.as_str())
+            && self.prev_key_expires_ms.is_some_and(|end| now.0 < end);
+        in_grace.then_some(true)
     }
 
     fn into_device(self, id: &str, last_seen: Option<Millis>) -> Device {
@@ -141,7 +174,8 @@ impl DeviceRecord {
         }
     }
 
-    fn from_device(device: &Device, key_hash: String) -> DeviceRecord {
+    fn from_device(device: &Device, keys: Keys) -> DeviceRecord {
+        let (prev_key_hash, prev_key_expires_ms) = keys.previous.unzip();
         DeviceRecord {
             name: device.name.clone(),
             status: device.status,
@@ -151,7 +185,9 @@ impl DeviceRecord {
             created_ms: device.created_at.0,
             updated_ms: device.updated_at.0,
             version: device.version,
-            key_hash,
+            key_hash: keys.current,
+            prev_key_hash,
+            prev_key_expires_ms,
         }
     }
 }
@@ -160,7 +196,17 @@ impl DeviceRecord {
 enum Change {
     None,
     Fields,
-    Key(KeyHash),
+    /// A new key; the old one keeps working for this many milliseconds.
+    Key(KeyHash, u64),
+}
+
+/// The device a key belongs to.
+#[derive(Debug)]
+pub struct KeyOwner {
+    pub tenant: String,
+    pub device: Device,
+    /// The key is the previous one, still within its grace period.
+    pub deprecated: bool,
 }
 
 pub struct Store {
@@ -275,8 +321,9 @@ impl Store {
         })
     }
 
-    /// The device a key belongs to, with its tenant.
-    pub fn find_by_key(&self, hash: &KeyHash) -> StoreResult<Option<(String, Device)>> {
+    /// The device a key belongs to at `now`, with its tenant: its current
+    /// key, or the previous one within its grace period (`deprecated`).
+    pub fn find_by_key(&self, hash: &KeyHash, now: Millis) -> StoreResult<Option<KeyOwner>> {
         self.inner.db.run(|db| {
             let txn = read_txn(db)?;
             let index = txn.open_table(KEY_INDEX)?;
@@ -291,12 +338,16 @@ impl Store {
                 )));
             };
             let record = DeviceRecord::decode(value.value())?;
+            let Some(deprecated) = record.key_status(hash, now) else {
+                return Ok(None);
+            };
             let seen = txn.open_table(LAST_SEEN)?;
             let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
-            Ok(Some((
-                tenant.to_string(),
-                record.into_device(device_id, last_seen),
-            )))
+            Ok(Some(KeyOwner {
+                tenant: tenant.to_string(),
+                device: record.into_device(device_id, last_seen),
+                deprecated,
+            }))
         })
     }
 
@@ -342,6 +393,7 @@ impl Store {
             })
         })
         .await
+        .map(|(device, _)| device)
     }
 
     /// Marks the device revoked; revoking it again changes nothing.
@@ -354,21 +406,27 @@ impl Store {
             Ok(Change::Fields)
         })
         .await
+        .map(|(device, _)| device)
     }
 
-    /// Replaces the device's key: the old one stops working in the same commit.
+    /// Replaces the device's key. The old one stops working in the same
+    /// commit, or keeps working for `grace_seconds` beside the new one; a
+    /// key older than that stops at once. Returns when the old key's grace
+    /// ends (None without one).
     pub async fn rotate_key(
         &self,
         tenant: &str,
         device_id: &str,
         new_hash: KeyHash,
+        grace_seconds: u64,
         now: Millis,
-    ) -> StoreResult<Device> {
+    ) -> StoreResult<(Device, Option<Millis>)> {
+        let grace_ms = grace_seconds.min(crate::devices::MAX_GRACE_PERIOD_SECONDS) * 1000;
         self.modify(tenant, device_id, now, move |device| {
             if device.status == DeviceStatus::Revoked {
                 return Err(StoreError::Revoked);
             }
-            Ok(Change::Key(new_hash))
+            Ok(Change::Key(new_hash, grace_ms))
         })
         .await
     }
@@ -379,7 +437,7 @@ impl Store {
         device_id: &str,
         now: Millis,
         change: F,
-    ) -> StoreResult<Device>
+    ) -> StoreResult<(Device, Option<Millis>)>
     where
         F: FnOnce(&mut Device) -> StoreResult<Change> + Send + 'static,
     {
@@ -436,7 +494,8 @@ impl Store {
         })
     }
 
-    /// Every device's stored key hash, for consistency checks.
+    /// Every device's stored key hashes (current and previous), for
+    /// consistency checks.
     pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
         self.inner.db.run(|db| {
             let txn = read_txn(db)?;
@@ -446,9 +505,13 @@ impl Store {
                 let (key, value) = entry?;
                 let (tenant, device) = key.value();
                 let record = DeviceRecord::decode(value.value())?;
-                let hash = device_key::from_hex(&record.key_hash)
-                    .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
-                out.push((tenant.to_string(), device.to_string(), hash));
+                let keys = record.keys();
+                let previous = keys.previous.map(|(hex, _)| hex);
+                for hex in std::iter::once(keys.current).chain(previous) {
+                    let hash = device_key::from_hex(&hex)
+                        .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
+                    out.push((tenant.to_string(), device.to_string(), hash));
+                }
             }
             Ok(out)
         })
@@ -547,7 +610,11 @@ impl Inner {
             last_seen_at: None,
             version: 1,
         };
-        let record = DeviceRecord::from_device(&device, device_key::to_hex(&key_hash));
+        let keys = Keys {
+            current: device_key::to_hex(&key_hash),
+            previous: None,
+        };
+        let record = DeviceRecord::from_device(&device, keys);
         devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
@@ -565,7 +632,8 @@ impl Inner {
 
     /// One read-modify-write of a device: `change` edits it in place and says
     /// what it changed; a change bumps the version and `updatedAt`. A refusal
-    /// returns before anything is written.
+    /// returns before anything is written. Also returns when the previous
+    /// key's grace ends, if it has one.
     fn modify_in(
         &self,
         txn: &WriteTransaction,
@@ -573,19 +641,20 @@ impl Inner {
         device_id: &str,
         now: Millis,
         change: impl FnOnce(&mut Device) -> StoreResult<Change>,
-    ) -> StoreResult<Device> {
+    ) -> StoreResult<(Device, Option<Millis>)> {
         let mut devices = txn.open_table(DEVICES)?;
         let record = match devices.get((tenant, device_id))? {
             Some(v) => DeviceRecord::decode(v.value())?,
             None => return Err(StoreError::NotFound),
         };
-        let mut key_hash = record.key_hash.clone();
+        let mut keys = record.keys();
         let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
         let before = (record.status, record.location_ids.clone());
         let mut device = record.into_device(device_id, last_seen);
         let change = change(&mut device)?;
         if let Change::None = change {
-            return Ok(device);
+            let grace_end = keys.previous.map(|(_, end)| Millis(end));
+            return Ok((device, grace_end));
         }
         indexes::change(
             txn,
@@ -602,17 +671,37 @@ impl Inner {
         )?;
         device.version += 1;
         device.updated_at = now.max(device.updated_at);
-        if let Change::Key(new_hash) = change {
-            let mut index = txn.open_table(KEY_INDEX)?;
-            if let Some(old) = device_key::from_hex(&key_hash) {
-                index.remove(&old)?;
+        let mut key_index = txn.open_table(KEY_INDEX)?;
+        let mut forget = |hex: &str| -> StoreResult<()> {
+            if let Some(hash) = device_key::from_hex(hex) {
+                key_index.remove(&hash)?;
             }
-            index.insert(&new_hash, (tenant, device_id))?;
-            key_hash = device_key::to_hex(&new_hash);
+            Ok(())
+        };
+        if let Change::Key(new_hash, grace_ms) = change {
+            // A device holds at most two keys: the one before the current
+            // one ends now, whatever was left of its grace.
+            if let Some((older, _)) = keys.previous.take() {
+                forget(&older)?;
+            }
+            if grace_ms > 0 {
+                keys.previous = Some((keys.current.clone(), now.0 + grace_ms));
+            } else {
+                forget(&keys.current)?;
+            }
+            keys.current = device_key::to_hex(&new_hash);
+            key_index.insert(&new_hash, (tenant, device_id))?;
+        } else if device.status == DeviceStatus::Revoked {
+            // Revocation ends both keys; the current one's hash stays so the
+            // device can be told it is revoked.
+            if let Some((older, _)) = keys.previous.take() {
+                forget(&older)?;
+            }
         }
-        let record = DeviceRecord::from_device(&device, key_hash);
+        let grace_end = keys.previous.as_ref().map(|(_, end)| Millis(*end));
+        let record = DeviceRecord::from_device(&device, keys);
         devices.insert((tenant, device_id), record.encode()?.as_slice())?;
-        Ok(device)
+        Ok((device, grace_end))
     }
 }
 

@@ -199,13 +199,16 @@ async fn revocation_is_final_and_idempotent() {
     ));
     assert!(matches!(
         store
-            .rotate_key("t", &d.id, hash("dhk_new"), Millis(4_000))
+            .rotate_key("t", &d.id, hash("dhk_new"), 0, Millis(4_000))
             .await,
         Err(StoreError::Revoked)
     ));
     // The key still finds the device, so it can be told it is revoked.
-    let (_, found) = store.find_by_key(&hash(&key)).unwrap().unwrap();
-    assert_eq!(found.status, DeviceStatus::Revoked);
+    let found = store
+        .find_by_key(&hash(&key), Millis(5_000))
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.device.status, DeviceStatus::Revoked);
 }
 
 #[actix_web::test]
@@ -213,14 +216,28 @@ async fn rotation_swaps_the_index_entry_in_one_commit() {
     let (_dir, store) = open();
     let (d, old) = add(&store, "t", "a", 1_000).await;
     let new = NewDeviceKey::generate().unwrap();
-    let rotated = store
-        .rotate_key("t", &d.id, new.hash, Millis(2_000))
+    let (rotated, grace_end) = store
+        .rotate_key("t", &d.id, new.hash, 0, Millis(2_000))
         .await
         .unwrap();
+    assert_eq!(grace_end, None);
     assert_ne!(rotated.etag(), d.etag());
-    assert!(store.find_by_key(&hash(&old)).unwrap().is_none());
-    let (tenant, found) = store.find_by_key(&new.hash).unwrap().unwrap();
-    assert_eq!((tenant.as_str(), found.id.as_str()), ("t", d.id.as_str()));
+    assert!(store
+        .find_by_key(&hash(&old), Millis(2_000))
+        .unwrap()
+        .is_none());
+    let found = store
+        .find_by_key(&new.hash, Millis(2_000))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            found.tenant.as_str(),
+            found.device.id.as_str(),
+            found.deprecated
+        ),
+        ("t", d.id.as_str(), false)
+    );
     let mut index = store.key_index_entries().unwrap();
     let mut hashes = store.device_key_hashes().unwrap();
     index.sort();
@@ -442,6 +459,59 @@ async fn concurrent_registrations_get_increasing_ids_in_commit_order() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 200, "ids are unique");
+}
+
+#[actix_web::test]
+async fn a_grace_period_keeps_the_old_key_until_it_ends_and_never_a_third() {
+    let (_dir, store) = open();
+    let (d, first) = add(&store, "t", "a", 1_000).await;
+    let second = NewDeviceKey::generate().unwrap();
+    let (_, grace_end) = store
+        .rotate_key("t", &d.id, second.hash, 60, Millis(2_000))
+        .await
+        .unwrap();
+    assert_eq!(grace_end, Some(Millis(62_000)));
+    let owner = |key: &KeyHash, at: u64| {
+        store
+            .find_by_key(key, Millis(at))
+            .unwrap()
+            .map(|o| o.deprecated)
+    };
+    assert_eq!(owner(&hash(&first), 61_999), Some(true), "in its grace");
+    assert_eq!(owner(&hash(&first), 62_000), None, "grace over");
+    assert_eq!(owner(&second.hash, 62_000), Some(false));
+
+    // Rotating again ends the first key at once, whatever its grace.
+    let third = NewDeviceKey::generate().unwrap();
+    let (_, grace_end) = store
+        .rotate_key("t", &d.id, third.hash, 30, Millis(3_000))
+        .await
+        .unwrap();
+    assert_eq!(grace_end, Some(Millis(33_000)));
+    assert_eq!(owner(&hash(&first), 3_000), None);
+    assert_eq!(owner(&second.hash, 3_000), Some(true));
+    assert_eq!(owner(&third.hash, 3_000), Some(false));
+    let mut index = store.key_index_entries().unwrap();
+    let mut hashes = store.device_key_hashes().unwrap();
+    index.sort();
+    hashes.sort();
+    assert_eq!(index, hashes);
+    assert_eq!(index.len(), 2, "at most two keys");
+
+    // A PATCH keeps the grace; revocation ends both keys.
+    store
+        .update("t", &d.id, patch(json!({"name": "b"})), None, Millis(4_000))
+        .await
+        .unwrap();
+    assert_eq!(owner(&second.hash, 4_000), Some(true));
+    store.revoke("t", &d.id, Millis(5_000)).await.unwrap();
+    assert_eq!(owner(&second.hash, 5_000), None, "the old key is unknown");
+    let revoked = store
+        .find_by_key(&third.hash, Millis(5_000))
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.device.status, DeviceStatus::Revoked);
+    assert_eq!(store.key_index_entries().unwrap().len(), 1);
 }
 
 mod fleet;

@@ -97,7 +97,7 @@ async fn indexes_and_counts_follow_every_kind_of_write() {
     check("an update of a revoked device", (0, 1, 1));
 
     store
-        .rotate_key("t", &a.id, hash("dhk_rotated"), Millis(10))
+        .rotate_key("t", &a.id, hash("dhk_rotated"), 0, Millis(10))
         .await
         .unwrap();
     check("a rotation", (0, 1, 1));
@@ -370,13 +370,18 @@ async fn a_first_release_file_is_upgraded_in_place_once() {
             shown.as_object_mut().unwrap().remove("lastSeenAt");
             then.as_object_mut().unwrap().remove("lastSeenAt");
             assert_eq!(shown, then, "{}", d.id);
-            let (tenant, found) = store.find_by_key(&hash(&d.key)).unwrap().unwrap();
+            let now = Millis::now();
+            let found = store.find_by_key(&hash(&d.key), now).unwrap().unwrap();
             assert_eq!(
-                (tenant.as_str(), found.id.as_str()),
-                (d.tenant.as_str(), d.id.as_str())
+                (
+                    found.tenant.as_str(),
+                    found.device.id.as_str(),
+                    found.deprecated
+                ),
+                (d.tenant.as_str(), d.id.as_str(), false)
             );
             if let Some(old) = &d.old_key {
-                assert!(store.find_by_key(&hash(old)).unwrap().is_none());
+                assert!(store.find_by_key(&hash(old), now).unwrap().is_none());
             }
         }
         let acme_inactive = store
