@@ -4,7 +4,7 @@
 //! after the commit that holds its change: "2xx means on disk" holds, and
 //! concurrent writers share the cost of the fsync.
 //!
-//! A job that is refused (404, 409, 412) changed nothing and does not affect
+//! A job that is refused (404, 409, 412, quota) changed nothing and does not affect
 //! its neighbours. A job that fails midway (an I/O error) may have left part
 //! of its change in the transaction, so that batch is dropped uncommitted and
 //! every job in it is answered with the error.
@@ -107,7 +107,8 @@ impl Writer {
                 Err(
                     refused @ (StoreError::NotFound
                     | StoreError::Revoked
-                    | StoreError::PreconditionFailed),
+                    | StoreError::PreconditionFailed
+                    | StoreError::QuotaExceeded(_)),
                 ) => Applied::Sound(Box::new(move |_| done(Err(refused)))),
                 Err(broken) => {
                     let answer = broken.clone();

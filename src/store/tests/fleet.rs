@@ -315,6 +315,45 @@ async fn the_quota_refuses_registrations_past_it_and_counts_revoked_devices() {
         .unwrap();
 }
 
+#[actix_web::test]
+async fn a_quota_refusal_does_not_fail_its_batch() {
+    let (_dir, store) = open();
+    let store = std::sync::Arc::new(store);
+    let (live, _) = add(&store, "full", "only", 1_000).await;
+    let held = hold_writer(&store, 1_000);
+    let refused = {
+        let store = store.clone();
+        actix_web::rt::spawn(async move {
+            store
+                .create(
+                    "full",
+                    new_device(json!({"name": "one too many"})),
+                    NewDeviceKey::generate().unwrap().hash,
+                    Millis(2_000),
+                    Some(1),
+                )
+                .await
+        })
+    };
+    actix_web::rt::task::yield_now().await;
+    let neighbour = store.update(
+        "full",
+        &live.id,
+        patch(json!({"name": "renamed"})),
+        None,
+        Millis(2_000),
+    );
+    let renamed = neighbour.await.unwrap();
+    held.await.unwrap().unwrap();
+    assert!(matches!(
+        refused.await.unwrap(),
+        Err(StoreError::QuotaExceeded(1))
+    ));
+    assert_eq!(renamed.name, "renamed");
+    assert_eq!(store.get("full", &live.id).unwrap().name, "renamed");
+    store.verify_indexes().unwrap();
+}
+
 /// The first release's file, as `tests/fixtures/v1/make-v1.py` wrote it.
 #[derive(serde::Deserialize)]
 struct Manifest {
