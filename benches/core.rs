@@ -86,7 +86,7 @@ fn store(c: &mut Criterion) {
             let key = NewDeviceKey::generate().unwrap();
             ids.push(
                 store
-                    .create("acme", new, key.hash, Millis::now(), None)
+                    .create("acme", new, key.hash, Millis::now(), None, None)
                     .await
                     .unwrap()
                     .id,

@@ -121,7 +121,7 @@ pub async fn seed(store: &Store) -> Result<bool, StartupError> {
         // Registered over the past weeks, in fleet order.
         let created = Millis(now - (40 - i as u64) * day + (i as u64 * 3_600_000));
         let device = store
-            .create(TENANT, new, key.hash, created, None)
+            .create(TENANT, new, key.hash, created, None, None)
             .await
             .map_err(fail)?;
         if *name == REVOKED {

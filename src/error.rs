@@ -39,6 +39,8 @@ pub enum ApiError {
     DeviceRevokedConflict,
     #[error("the device has changed since the given ETag")]
     PreconditionFailed,
+    #[error("{0}")]
+    IdempotencyConflict(&'static str),
     #[error("the tenant already has its maximum of {0} devices (limits.max_devices_per_tenant)")]
     QuotaExceeded(u64),
     #[error("the request body is larger than {0} bytes")]
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(""),
             ApiError::DeviceRevokedConflict,
             ApiError::PreconditionFailed,
+            ApiError::IdempotencyConflict(""),
             ApiError::QuotaExceeded(0),
             ApiError::PayloadTooLarge(0),
             ApiError::UnsupportedMediaType,
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PreconditionFailed => "precondition_failed",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal(_) => "internal",
@@ -155,7 +159,9 @@ impl ResponseError for ApiError {
             | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::DeviceRevokedConflict => StatusCode::CONFLICT,
+            ApiError::DeviceRevokedConflict | ApiError::IdempotencyConflict(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

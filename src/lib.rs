@@ -8,6 +8,7 @@ pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod startup;
 pub mod state;
 pub mod store;

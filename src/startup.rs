@@ -43,6 +43,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         tokens,
         limits: settings.limits.clone(),
         lists: http::ListGate::default(),
+        idempotency: Default::default(),
     });
     let server = HttpServer::new(move || {
         App::new()

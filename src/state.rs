@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::token::TokenVerifier;
 use crate::config::LimitSettings;
 use crate::http::ListGate;
+use crate::idempotency::InFlight;
 use crate::store::Store;
 
 pub struct AppState {
@@ -13,4 +14,6 @@ pub struct AppState {
     pub limits: LimitSettings,
     /// Admission for unlimited (streamed) lists.
     pub lists: ListGate,
+    /// `Idempotency-Key`s whose request is under way.
+    pub idempotency: InFlight,
 }

@@ -309,6 +309,7 @@ fn a_large_fleet_pages_smoothly() {
                     key.hash,
                     devicehub::devices::Millis::now(),
                     None,
+                    None,
                 )
                 .await
                 .unwrap();

@@ -40,7 +40,7 @@ fn seed(store: &Arc<Store>, tenant: &str, n: usize) -> Vec<String> {
                     let new = NewDevice::parse(body.as_object().unwrap()).unwrap();
                     let key = NewDeviceKey::generate().unwrap();
                     store
-                        .create(&tenant, new, key.hash, Millis::now(), None)
+                        .create(&tenant, new, key.hash, Millis::now(), None, None)
                         .await
                         .unwrap()
                         .id

@@ -49,11 +49,44 @@ impl FromRequest for JsonObject {
                 .await
                 .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?
                 .map_err(|_| ApiError::invalid("body", "could not be read"))?;
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(map)) => Ok(JsonObject(map)),
-                Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
-                Err(e) => Err(ApiError::invalid("body", format!("malformed JSON ({e})"))),
-            }
+            parse_object(&bytes)
         })
+    }
+}
+
+/// Reads a body of at most `MAX_BODY_BYTES` whatever its type, for a
+/// request that must be fingerprinted before it is checked (an idempotent
+/// write); None when it is larger. `json_object` then checks it as the
+/// extractor would.
+pub async fn read_limited(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Option<web::Bytes>, ApiError> {
+    if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Ok(None);
+    }
+    match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+        Err(_) => Ok(None),
+        Ok(read) => read
+            .map(Some)
+            .map_err(|_| ApiError::invalid("body", "could not be read")),
+    }
+}
+
+/// The checks of `JsonObject` (415, 413, 400) on a body read by
+/// `read_limited`.
+pub fn json_object(req: &HttpRequest, body: Option<&web::Bytes>) -> Result<JsonObject, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = body.ok_or(ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
+    parse_object(bytes)
+}
+
+fn parse_object(bytes: &[u8]) -> Result<JsonObject, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(JsonObject(map)),
+        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::invalid("body", format!("malformed JSON ({e})"))),
     }
 }

@@ -9,14 +9,16 @@ use actix_web::web::Bytes;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::idempotent::{self, Pending, Prepared};
 use super::list_gate::ListPass;
-use super::{allowed_methods, blocking, json, resource, Data, JsonObject};
+use super::{allowed_methods, blocking, body, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
 use crate::devices::{
     self, Device, DevicePatch, DeviceStatus, IfMatch, KeyRotation, Millis, NewDevice,
 };
 use crate::error::{ApiError, ApiResult};
+use crate::idempotency::Answer;
 use crate::state::AppState;
 use crate::store::{DeviceCursor, ListQuery, Order};
 
@@ -69,13 +71,17 @@ async fn by_id(
         (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, id, state).await,
         (DEVICE_KEY, &Method::POST) => {
             let auth = TenantAuth::extract(&req).await?;
+            let raw = body::read_limited(&req, payload).await?;
+            let pending = match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state)? {
+                Prepared::Replay(response) => return Ok(response),
+                Prepared::Run(pending) => pending,
+            };
             let rotation = if has_body(&req) {
-                let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
-                KeyRotation::parse(&body.0)?
+                KeyRotation::parse(&body::json_object(&req, raw.as_ref())?.0)?
             } else {
                 KeyRotation::default()
             };
-            rotate_key(auth, id, rotation, state).await
+            rotate_key(auth, id, rotation, pending, state).await
         }
         _ => Err(ApiError::MethodNotAllowed(allowed_methods(route))),
     }
@@ -282,11 +288,20 @@ async fn get(
 
 async fn register(
     auth: TenantAuth<Admin>,
-    body: JsonObject,
+    req: HttpRequest,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let new = NewDevice::parse(&body.0)?;
+    let raw = body::read_limited(&req, payload).await?;
+    let pending = match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state)? {
+        Prepared::Replay(response) => return Ok(response),
+        Prepared::Run(pending) => pending,
+    };
+    let new = NewDevice::parse(&body::json_object(&req, raw.as_ref())?.0)?;
     let key = new_key()?;
+    let api_key = key.key.clone();
+    let remember =
+        pending.remember(auth.tenant(), move |device, _| registered(device, &api_key))?;
     let device = state
         .store
         .create(
@@ -295,21 +310,47 @@ async fn register(
             key.hash,
             Millis::now(),
             state.limits.max_devices_per_tenant,
+            remember,
         )
         .await?;
     log_change(&auth, "registered", &device);
-    let mut response = with_etag(
-        StatusCode::CREATED,
-        &device,
-        &DataWithKey {
-            data: &device,
-            api_key: &key.key,
-        },
-    )?;
-    let location = header::HeaderValue::from_str(&format!("/api/tenant/devices/{}", device.id))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
+    idempotent::respond(&registered(&device, &key.key)?, false)
+}
+
+/// The answer to a registration: 201, the device and its one-time key.
+fn registered(device: &Device, api_key: &str) -> ApiResult<Answer> {
+    Ok(Answer {
+        status: StatusCode::CREATED.as_u16(),
+        headers: vec![
+            (header::ETAG.to_string(), device.etag()),
+            (
+                header::LOCATION.to_string(),
+                format!("{DEVICES}/{}", device.id),
+            ),
+        ],
+        body: to_json(&DataWithKey {
+            data: device,
+            api_key,
+        })?,
+    })
+}
+
+/// The answer to a rotation: the device, its new key, and when the old one
+/// stops.
+fn rotated(device: &Device, api_key: &str, grace_end: Option<Millis>) -> ApiResult<Answer> {
+    Ok(Answer {
+        status: StatusCode::OK.as_u16(),
+        headers: vec![(header::ETAG.to_string(), device.etag())],
+        body: to_json(&RotatedKey {
+            data: device,
+            api_key,
+            previous_key_expires_at: grace_end,
+        })?,
+    })
+}
+
+fn to_json(body: &impl Serialize) -> ApiResult<String> {
+    serde_json::to_string(body).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 async fn update(
@@ -347,10 +388,15 @@ async fn rotate_key(
     auth: TenantAuth<Admin>,
     id: &str,
     rotation: KeyRotation,
+    pending: Pending,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let key = new_key()?;
-    let (device, previous_key_expires_at) = state
+    let api_key = key.key.clone();
+    let remember = pending.remember(auth.tenant(), move |device, grace_end| {
+        rotated(device, &api_key, grace_end)
+    })?;
+    let (device, grace_end) = state
         .store
         .rotate_key(
             auth.tenant(),
@@ -358,18 +404,11 @@ async fn rotate_key(
             key.hash,
             rotation.grace_period_seconds,
             Millis::now(),
+            remember,
         )
         .await?;
     log_change(&auth, "key rotated", &device);
-    with_etag(
-        StatusCode::OK,
-        &device,
-        &RotatedKey {
-            data: &device,
-            api_key: &key.key,
-            previous_key_expires_at,
-        },
-    )
+    idempotent::respond(&rotated(&device, &key.key, grace_end)?, false)
 }
 
 /// `status`, `locationId`, `q`, `lastSeenBefore`, `lastSeenAfter`, `order`,

@@ -4,6 +4,7 @@ mod body;
 mod dashboard;
 mod device_api;
 mod devices;
+mod idempotent;
 mod list_gate;
 mod meta;
 mod openapi;

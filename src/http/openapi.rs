@@ -20,6 +20,7 @@ use crate::devices::{
     TAG_MAX_CHARS,
 };
 use crate::error::ApiError;
+use crate::idempotency;
 
 /// The description as served, built once.
 pub fn document() -> &'static str {
@@ -155,7 +156,7 @@ fn operations() -> Vec<Operation> {
             tag: "devices",
             summary: "Register a device; its API key is returned once",
             access: admin,
-            parameters: vec![],
+            parameters: vec![idempotency_key()],
             body: Some(write_body(true)),
             success: (
                 201,
@@ -164,7 +165,7 @@ fn operations() -> Vec<Operation> {
                     &[("Location", "The device's URL")],
                 ),
             ),
-            errors: &[400, 401, 403, 405, 413, 415, 500, 503],
+            errors: &[400, 401, 403, 405, 409, 413, 415, 500, 503],
         },
         Operation {
             path: DEVICE,
@@ -216,7 +217,7 @@ fn operations() -> Vec<Operation> {
             tag: "devices",
             summary: "Issue a new API key; the old one stops at once or after its grace period",
             access: admin,
-            parameters: vec![],
+            parameters: vec![idempotency_key()],
             body: Some(json!({
                 "type": "object",
                 "additionalProperties": false,
@@ -489,6 +490,16 @@ fn statuses(list: &[DeviceStatus]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str()).collect()
 }
 
+/// The `Idempotency-Key` request header of registration and rotation.
+fn idempotency_key() -> Value {
+    json!({
+        "name": idempotency::HEADER, "in": "header", "required": false,
+        "description": "Retry safely: for 24 h the same key, path and body get the first answer again, with Idempotent-Replayed: true",
+        "schema": {"type": "string", "minLength": idempotency::MIN_CHARS,
+                   "maxLength": idempotency::MAX_CHARS, "pattern": "^[!-~]+$"}
+    })
+}
+
 fn query(name: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "schema": schema})
 }
@@ -608,10 +619,15 @@ mod tests {
             "unsupported_media_type",
             "internal",
             "storage_unavailable",
+            "quota_exceeded",
+            "idempotency_conflict",
         ] {
             assert!(codes.contains(&code), "{code}");
         }
-        assert_eq!(error_codes(Some(409)), vec!["device_revoked"]);
+        assert_eq!(
+            error_codes(Some(409)),
+            vec!["device_revoked", "idempotency_conflict"]
+        );
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! of its change in the transaction, so that batch is dropped uncommitted and
 //! every job in it is answered with the error.
 
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::WriteTransaction;
 use tokio::sync::oneshot;
@@ -20,6 +21,10 @@ use super::{write_txn, Inner, StoreError, StoreResult};
 
 /// At most this many jobs share one commit.
 pub const MAX_BATCH: usize = 512;
+
+/// How often the writer deletes what has expired (`Inner::housekeeping`),
+/// between batches or when idle.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 type Job = Box<dyn FnOnce(Step<'_>) -> Option<Applied> + Send>;
 
@@ -53,15 +58,27 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("devicehub-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
+                let mut housekeeping_at = Instant::now() + HOUSEKEEPING_EVERY;
+                loop {
+                    let wait = housekeeping_at.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(first) => {
+                            let mut batch = vec![first];
+                            while batch.len() < MAX_BATCH {
+                                match rx.try_recv() {
+                                    Ok(job) => batch.push(job),
+                                    Err(_) => break,
+                                }
+                            }
+                            commit_batch(&inner, batch);
                         }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    commit_batch(&inner, batch);
+                    if Instant::now() >= housekeeping_at {
+                        commit_batch(&inner, vec![housekeeping_job()]);
+                        housekeeping_at = Instant::now() + HOUSEKEEPING_EVERY;
+                    }
                 }
             })?;
         Ok(Writer {
@@ -122,6 +139,29 @@ impl Writer {
             .send(job)
             .map_err(|_| StoreError::Internal("the writer stopped".into()))
     }
+}
+
+/// A job of the writer's own: delete what has expired, as one commit.
+fn housekeeping_job() -> Job {
+    Box::new(|step| {
+        let Step::Apply(inner, txn) = step else {
+            return None;
+        };
+        Some(
+            match inner.housekeeping(txn, crate::devices::Millis::now()) {
+                Ok(pruned) => {
+                    if pruned > 0 {
+                        log::info!("housekeeping: deleted {pruned} expired records");
+                    }
+                    Applied::Sound(Box::new(|_| {}))
+                }
+                Err(e) => {
+                    log::warn!("housekeeping failed: {e}");
+                    Applied::Broken(e, Box::new(|_| {}))
+                }
+            },
+        )
+    })
 }
 
 impl Drop for Writer {

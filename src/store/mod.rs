@@ -28,13 +28,14 @@ use serde::{Deserialize, Serialize};
 use crate::auth::device_key::{self, KeyHash};
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
 use crate::error::{ApiError, StartupError};
+use crate::idempotency::{self, Fingerprint, KeyId};
 use commit::Writer;
 use handle::DbHandle;
 use indexes::Indexed;
 use last_seen::LastSeen;
 use tables::{
-    DEVICES, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
+    DEVICES, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,6 +201,52 @@ enum Change {
     Key(KeyHash, u64),
 }
 
+/// Seals the answer to a write once the write has made the device (and,
+/// for a rotation, knows when the old key's grace ends).
+pub type Sealer = Box<dyn FnOnce(&Device, Option<Millis>) -> Result<Vec<u8>, String> + Send>;
+
+/// An `Idempotency-Key`'s answer to keep with the write it answers.
+pub struct Remember {
+    pub id: KeyId,
+    pub fingerprint: Fingerprint,
+    pub seal: Sealer,
+}
+
+/// An answer kept for an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub stored_at: Millis,
+    pub fingerprint: Fingerprint,
+    pub sealed: Vec<u8>,
+}
+
+impl Remembered {
+    fn encode(&self) -> Vec<u8> {
+        [
+            self.stored_at.0.to_be_bytes().as_slice(),
+            &self.fingerprint,
+            &self.sealed,
+        ]
+        .concat()
+    }
+
+    fn decode(bytes: &[u8]) -> StoreResult<Remembered> {
+        if bytes.len() < 40 {
+            return Err(StoreError::Internal("a short idempotency record".into()));
+        }
+        let (at, rest) = bytes.split_at(8);
+        let (fingerprint, sealed) = rest.split_at(32);
+        Ok(Remembered {
+            stored_at: Millis(u64::from_be_bytes(at.try_into().unwrap_or_default())),
+            fingerprint: fingerprint.try_into().unwrap_or_default(),
+            sealed: sealed.to_vec(),
+        })
+    }
+}
+
+/// At most this many expired records go in one housekeeping commit.
+const PRUNE_BATCH: usize = 1_000;
+
 /// The device a key belongs to.
 #[derive(Debug)]
 pub struct KeyOwner {
@@ -362,10 +409,45 @@ impl Store {
         key_hash: KeyHash,
         now: Millis,
         quota: Option<u64>,
+        remember: Option<Remember>,
     ) -> StoreResult<Device> {
         let tenant = tenant.to_string();
         self.writer
-            .submit(move |inner, txn| inner.create_in(txn, &tenant, &new, key_hash, now, quota))
+            .submit(move |inner, txn| {
+                let device = inner.create_in(txn, &tenant, &new, key_hash, now, quota)?;
+                if let Some(remember) = remember {
+                    remember_in(txn, &tenant, remember, &device, None, now)?;
+                }
+                Ok(device)
+            })
+            .await
+    }
+
+    /// The answer kept for an `Idempotency-Key`, unless it has expired.
+    pub fn remembered(
+        &self,
+        tenant: &str,
+        id: &KeyId,
+        now: Millis,
+    ) -> StoreResult<Option<Remembered>> {
+        self.inner.db.run(|db| {
+            let txn = read_txn(db)?;
+            let table = txn.open_table(IDEMPOTENCY)?;
+            let Some(value) = table.get((tenant, id))? else {
+                return Ok(None);
+            };
+            let record = Remembered::decode(value.value())?;
+            let live = now.0 < record.stored_at.0.saturating_add(idempotency::KEEP_MS);
+            Ok(live.then_some(record))
+        })
+    }
+
+    /// Deletes what has expired (idempotency records older than 24 h), at
+    /// most `PRUNE_BATCH` at a time; the writer also does this by itself
+    /// every few minutes. Returns how many went.
+    pub async fn prune(&self, now: Millis) -> StoreResult<usize> {
+        self.writer
+            .submit(move |inner, txn| inner.housekeeping(txn, now))
             .await
     }
 
@@ -420,15 +502,25 @@ impl Store {
         new_hash: KeyHash,
         grace_seconds: u64,
         now: Millis,
+        remember: Option<Remember>,
     ) -> StoreResult<(Device, Option<Millis>)> {
         let grace_ms = grace_seconds.min(crate::devices::MAX_GRACE_PERIOD_SECONDS) * 1000;
-        self.modify(tenant, device_id, now, move |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Err(StoreError::Revoked);
-            }
-            Ok(Change::Key(new_hash, grace_ms))
-        })
-        .await
+        let (tenant, device_id) = (tenant.to_string(), device_id.to_string());
+        self.writer
+            .submit(move |inner, txn| {
+                let (device, grace_end) =
+                    inner.modify_in(txn, &tenant, &device_id, now, |device| {
+                        if device.status == DeviceStatus::Revoked {
+                            return Err(StoreError::Revoked);
+                        }
+                        Ok(Change::Key(new_hash, grace_ms))
+                    })?;
+                if let Some(remember) = remember {
+                    remember_in(txn, &tenant, remember, &device, grace_end, now)?;
+                }
+                Ok((device, grace_end))
+            })
+            .await
     }
 
     async fn modify<F>(
@@ -518,7 +610,56 @@ impl Store {
     }
 }
 
+/// Keeps an `Idempotency-Key`'s answer in the write it answers.
+fn remember_in(
+    txn: &WriteTransaction,
+    tenant: &str,
+    remember: Remember,
+    device: &Device,
+    grace_end: Option<Millis>,
+    now: Millis,
+) -> StoreResult<()> {
+    let sealed = (remember.seal)(device, grace_end)
+        .map_err(|e| StoreError::Internal(format!("sealing an idempotent answer: {e}")))?;
+    let mut table = txn.open_table(IDEMPOTENCY)?;
+    let mut expiry = txn.open_table(IDEMPOTENCY_EXPIRY)?;
+    // A record past its 24 h may still be here: this one replaces it.
+    if let Some(old) = table.get((tenant, &remember.id))? {
+        let old = Remembered::decode(old.value())?;
+        expiry.remove((old.stored_at.0, tenant, &remember.id))?;
+    }
+    let record = Remembered {
+        stored_at: now,
+        fingerprint: remember.fingerprint,
+        sealed,
+    };
+    table.insert((tenant, &remember.id), record.encode().as_slice())?;
+    expiry.insert((now.0, tenant, &remember.id), ())?;
+    Ok(())
+}
+
 impl Inner {
+    /// Deletes expired records, at most `PRUNE_BATCH` per call.
+    fn housekeeping(&self, txn: &WriteTransaction, now: Millis) -> StoreResult<usize> {
+        let cutoff = now.0.saturating_sub(idempotency::KEEP_MS);
+        let mut expiry = txn.open_table(IDEMPOTENCY_EXPIRY)?;
+        let mut table = txn.open_table(IDEMPOTENCY)?;
+        let mut due = Vec::new();
+        for entry in expiry.range::<(u64, &str, &[u8; 32])>(..(cutoff, "", &[0u8; 32]))? {
+            let (key, _) = entry?;
+            let (at, tenant, id) = key.value();
+            due.push((at, tenant.to_string(), *id));
+            if due.len() == PRUNE_BATCH {
+                break;
+            }
+        }
+        for (at, tenant, id) in &due {
+            expiry.remove((*at, tenant.as_str(), id))?;
+            table.remove((tenant.as_str(), id))?;
+        }
+        Ok(due.len())
+    }
+
     fn check_schema(&self) -> StoreResult<()> {
         self.db.run(|db| {
             let txn = write_txn(db)?;
@@ -551,6 +692,8 @@ impl Inner {
                 txn.open_table(STATUS_INDEX)?;
                 txn.open_table(LOCATION_INDEX)?;
                 txn.open_table(TENANT_COUNTS)?;
+                txn.open_table(IDEMPOTENCY)?;
+                txn.open_table(IDEMPOTENCY_EXPIRY)?;
             }
             txn.commit()?;
             Ok(())

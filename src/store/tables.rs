@@ -36,6 +36,19 @@ pub const LOCATION_INDEX: TableDefinition<(&str, &str, &str), ()> =
 /// have that status. Exact: kept in the write transaction.
 pub const TENANT_COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("tenant_counts");
 
+/// key: (tenant_id, SHA-256 of an Idempotency-Key) · value: Unix ms when
+/// the answer was stored (8 bytes, big-endian), the request's fingerprint
+/// (32 bytes), then the answer sealed under a key derived from the
+/// Idempotency-Key (`idempotency.rs`). Written in the same transaction as the
+/// change it answers.
+pub const IDEMPOTENCY: TableDefinition<(&str, &[u8; 32]), &[u8]> =
+    TableDefinition::new("idempotency");
+
+/// key: (stored at, Unix ms; tenant_id; key id) · value: nothing. The
+/// `IDEMPOTENCY` entries in the order they expire, for pruning.
+pub const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &[u8; 32]), ()> =
+    TableDefinition::new("idempotency_expiry");
+
 /// The layout version this build reads and writes. Version 1 (the first
 /// release) had no status, location or count tables; it is upgraded in place.
 pub const SCHEMA_VERSION: u64 = 2;

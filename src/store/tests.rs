@@ -25,6 +25,7 @@ async fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, Stri
             key.hash,
             Millis(now),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -57,7 +58,7 @@ async fn pages_filter_and_know_whether_more_exist() {
                 new_device(json!({"name": format!("d{i}"), "status": status, "locationIds": [format!("loc{}", i % 2)]})),
                 key.hash,
                 Millis(1_000 + i),
-                None,
+                None, None,
             ).await
             .unwrap();
         ids.push(d.id);
@@ -199,7 +200,7 @@ async fn revocation_is_final_and_idempotent() {
     ));
     assert!(matches!(
         store
-            .rotate_key("t", &d.id, hash("dhk_new"), 0, Millis(4_000))
+            .rotate_key("t", &d.id, hash("dhk_new"), 0, Millis(4_000), None)
             .await,
         Err(StoreError::Revoked)
     ));
@@ -217,7 +218,7 @@ async fn rotation_swaps_the_index_entry_in_one_commit() {
     let (d, old) = add(&store, "t", "a", 1_000).await;
     let new = NewDeviceKey::generate().unwrap();
     let (rotated, grace_end) = store
-        .rotate_key("t", &d.id, new.hash, 0, Millis(2_000))
+        .rotate_key("t", &d.id, new.hash, 0, Millis(2_000), None)
         .await
         .unwrap();
     assert_eq!(grace_end, None);
@@ -444,6 +445,7 @@ async fn concurrent_registrations_get_increasing_ids_in_commit_order() {
                     key.hash,
                     Millis(1_000),
                     None,
+                    None,
                 )
                 .await
                 .unwrap()
@@ -467,7 +469,7 @@ async fn a_grace_period_keeps_the_old_key_until_it_ends_and_never_a_third() {
     let (d, first) = add(&store, "t", "a", 1_000).await;
     let second = NewDeviceKey::generate().unwrap();
     let (_, grace_end) = store
-        .rotate_key("t", &d.id, second.hash, 60, Millis(2_000))
+        .rotate_key("t", &d.id, second.hash, 60, Millis(2_000), None)
         .await
         .unwrap();
     assert_eq!(grace_end, Some(Millis(62_000)));
@@ -484,7 +486,7 @@ async fn a_grace_period_keeps_the_old_key_until_it_ends_and_never_a_third() {
     // Rotating again ends the first key at once, whatever its grace.
     let third = NewDeviceKey::generate().unwrap();
     let (_, grace_end) = store
-        .rotate_key("t", &d.id, third.hash, 30, Millis(3_000))
+        .rotate_key("t", &d.id, third.hash, 30, Millis(3_000), None)
         .await
         .unwrap();
     assert_eq!(grace_end, Some(Millis(33_000)));

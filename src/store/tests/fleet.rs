@@ -16,6 +16,7 @@ async fn create(store: &Store, tenant: &str, body: serde_json::Value, now: u64) 
             NewDeviceKey::generate().unwrap().hash,
             Millis(now),
             None,
+            None,
         )
         .await
         .unwrap()
@@ -97,7 +98,7 @@ async fn indexes_and_counts_follow_every_kind_of_write() {
     check("an update of a revoked device", (0, 1, 1));
 
     store
-        .rotate_key("t", &a.id, hash("dhk_rotated"), 0, Millis(10))
+        .rotate_key("t", &a.id, hash("dhk_rotated"), 0, Millis(10), None)
         .await
         .unwrap();
     check("a rotation", (0, 1, 1));
@@ -281,6 +282,7 @@ async fn the_quota_refuses_registrations_past_it_and_counts_revoked_devices() {
                     NewDeviceKey::generate().unwrap().hash,
                     Millis(1_000),
                     quota,
+                    None,
                 )
                 .await
         }
@@ -310,6 +312,7 @@ async fn the_quota_refuses_registrations_past_it_and_counts_revoked_devices() {
             NewDeviceKey::generate().unwrap().hash,
             Millis(1_000),
             quota,
+            None,
         )
         .await
         .unwrap();
@@ -331,6 +334,7 @@ async fn a_quota_refusal_does_not_fail_its_batch() {
                     NewDeviceKey::generate().unwrap().hash,
                     Millis(2_000),
                     Some(1),
+                    None,
                 )
                 .await
         })
