@@ -8,6 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::header;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::token::TokenVerifier;
@@ -46,6 +48,10 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     });
     let server = HttpServer::new(move || {
         App::new()
+            // Answers carry device keys (registration, rotation) and tenant
+            // data: no cache may keep them. Errors included; pages that set
+            // their own policy keep it.
+            .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
             .app_data(state.clone())
             .configure(http::configure)
             .default_service(web::to(http::not_found))
