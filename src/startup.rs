@@ -12,9 +12,11 @@ use actix_web::http::header;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::secret;
 use crate::auth::token::TokenVerifier;
 use crate::config::Settings;
 use crate::error::StartupError;
+use crate::files;
 use crate::http;
 use crate::state::AppState;
 use crate::store::Store;
@@ -24,12 +26,20 @@ pub struct Running {
     pub server: Server,
     pub addr: SocketAddr,
     pub store: Arc<Store>,
+    /// Whether this start made the HS256 secret: then no token exists yet.
+    pub made_secret: bool,
 }
 
-/// Opens the database, loads the token key and binds the listener. Must be
-/// called inside an actix system.
+/// Checks the storage path, loads the token key, opens the database and
+/// binds the listener. Must be called inside an actix system.
+///
+/// Nothing is written before the storage path is known to name a file; the
+/// folder and the database file are made private before the store opens them.
 pub fn start(settings: &Settings) -> Result<Running, StartupError> {
+    files::check_storage_path(settings)?;
+    let made_secret = secret::will_be_made(settings);
     let tokens = TokenVerifier::from_settings(settings)?;
+    files::prepare_database_file(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
     let listener = TcpListener::bind(settings.bind).map_err(|e| {
         StartupError::new(format!(
@@ -65,6 +75,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         server,
         addr,
         store,
+        made_secret,
     })
 }
 
@@ -89,6 +100,10 @@ impl Running {
     }
 }
 
+/// Logged once, on the start that made the HS256 secret (no token can exist
+/// yet). It says how to get a token and never contains one.
+pub const FIRST_TOKEN_HINT: &str = "no access token exists yet: get one with `devicehub token --tenant <tenant> --scope \"devices:read admin\"` (same --config and environment as this server)";
+
 /// Runs the server until SIGINT or SIGTERM, then drains and returns. With
 /// `demo`, seeds the demo tenant into an empty database and prints its banner.
 pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
@@ -102,6 +117,9 @@ pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
             }
             Some(crate::demo::banner(settings, running.addr)?)
         } else {
+            if running.made_secret {
+                log::info!("{}", FIRST_TOKEN_HINT);
+            }
             None
         };
         running
