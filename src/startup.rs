@@ -1,15 +1,21 @@
 //! Builds and runs the HTTP server from validated settings.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Payload, Server, Service, ServiceRequest};
+use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::middleware::DefaultHeaders;
+use actix_web::web::Bytes;
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::secret;
@@ -62,6 +68,14 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
             // data: no cache may keep them. Errors included; pages that set
             // their own policy keep it.
             .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
+            .wrap_fn(|mut req, service| {
+                let held = hold_chunked_body(&mut req);
+                let answer = service.call(req);
+                async move {
+                    let res = answer.await?;
+                    Ok(res.map_body(|_, body| HoldingBody { body, held }))
+                }
+            })
             .app_data(state.clone())
             .configure(http::configure)
             .default_service(web::to(http::not_found))
@@ -77,6 +91,74 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         store,
         made_secret,
     })
+}
+
+/// A chunked request body, shared between the handler that reads it and the
+/// answer's body.
+///
+/// When an answer goes out before its request body is whole (a 401, or the
+/// 408 of a body that missed its deadline), actix closes the connection,
+/// except for a chunked body whose reader has gone: that one it drains first,
+/// for as long as the client keeps sending. Holding the request body until
+/// the answer's body is sent keeps its reader alive when actix decides, so
+/// the connection is closed instead.
+struct HeldBody(Rc<RefCell<Payload>>);
+
+/// An answer's body, with the request body it holds (if chunked).
+struct HoldingBody<B> {
+    body: B,
+    held: Option<HeldBody>,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for HoldingBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
+
+    fn try_into_bytes(self) -> Result<Bytes, Self>
+    where
+        Self: Sized,
+    {
+        // Only an answer that holds nothing may become plain bytes: the
+        // bytes would outlive nothing.
+        match self.held {
+            None => self
+                .body
+                .try_into_bytes()
+                .map_err(|body| HoldingBody { body, held: None }),
+            held => Err(HoldingBody {
+                body: self.body,
+                held,
+            }),
+        }
+    }
+}
+
+impl futures_core::Stream for HeldBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_next(cx)
+    }
+}
+
+fn hold_chunked_body(req: &mut ServiceRequest) -> Option<HeldBody> {
+    if !req.chunked().unwrap_or(false) {
+        return None;
+    }
+    let shared = Rc::new(RefCell::new(req.take_payload()));
+    let stream: Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(HeldBody(shared.clone()));
+    req.set_payload(Payload::from(stream));
+    Some(HeldBody(shared))
 }
 
 impl Running {
