@@ -6,9 +6,12 @@ use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
 
-/// `devicehub serve [--demo]`.
-pub fn serve(config: Option<&Path>, demo: bool) -> Result<(), StartupError> {
-    let settings = Settings::load(config)?;
+/// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
+pub fn serve(config: Option<&Path>, bind: Option<&str>, demo: bool) -> Result<(), StartupError> {
+    let mut settings = Settings::load(config)?;
+    if let Some(bind) = bind {
+        settings.bind = crate::config::parse_bind_flag(bind)?;
+    }
     crate::startup::serve(&settings, demo)
 }
 
@@ -29,7 +32,14 @@ pub fn token(
     if tenant.trim().is_empty() {
         return Err(StartupError::new("--tenant: must not be empty"));
     }
+    if !token::is_tenant_id(tenant) {
+        return Err(StartupError::new(format!(
+            "--tenant: must be 1-{} characters without control characters",
+            token::TENANT_ID_MAX_CHARS
+        )));
+    }
     let ttl_secs = token::parse_ttl(ttl).map_err(|e| StartupError::new(format!("--ttl: {e}")))?;
+    crate::files::check_storage_path(&settings)?;
     let secret = secret::load_or_create(&settings)?;
     token::mint_hs256(
         &secret,

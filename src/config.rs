@@ -23,6 +23,19 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("limits", &["max_devices_per_tenant"]),
 ];
 
+/// The environment `devicehub serve --help` lists (one line per variable).
+pub const ENVIRONMENT_HELP: &str = "\
+Environment (over the config file, which is over the built-in defaults; --bind wins over all):
+  DEVICEHUB_CONFIG                           configuration file (TOML), like --config
+  DEVICEHUB__SERVER__BIND                    HOST:PORT to listen on [default: 127.0.0.1:8080]; port 0 picks a free one
+  DEVICEHUB__STORAGE__PATH                   the database file, relative to the working directory [default: data/devicehub.redb]
+  DEVICEHUB__AUTH__HS256_SECRET              HS256 token secret, at least 32 bytes [default: made on first start, kept in <storage dir>/jwt-secret]
+  DEVICEHUB__AUTH__PUBLIC_KEY_FILE           PEM public key (RSA, EC P-256, Ed25519): verify RS256/ES256/EdDSA tokens instead
+  DEVICEHUB__AUTH__ISSUER                    when set, tokens must carry this `iss`
+  DEVICEHUB__AUTH__AUDIENCE                  when set, tokens must carry this `aud`
+  DEVICEHUB__LIMITS__MAX_DEVICES_PER_TENANT  most devices a tenant may register, revoked ones included [default: no limit]
+  RUST_LOG                                   log level or filter [default: info]";
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -67,7 +80,12 @@ impl Settings {
                 .add_source(File::from_str(&text, FileFormat::Toml))
                 .build()
                 .map_err(|e| {
-                    StartupError::new(format!("config file {}: invalid: {e}", path.display()))
+                    let mut err =
+                        StartupError::new(format!("config file {}: invalid: {e}", path.display()));
+                    if looks_unquoted(&err.0) {
+                        err.0.push_str(UNQUOTED_HINT);
+                    }
+                    err
                 })?;
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         }
@@ -166,6 +184,18 @@ impl Settings {
     }
 }
 
+/// TOML reads an unquoted `127.0.0.1:8080` or `data/x.redb` as a broken
+/// number or a bare word: say what to do.
+const UNQUOTED_HINT: &str =
+    " (addresses, paths and other text must be quoted, for example bind = \"127.0.0.1:8080\")";
+
+/// Whether a TOML parse error is about a value that needed quotes.
+fn looks_unquoted(message: &str) -> bool {
+    ["invalid float", "string values must be quoted"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
 fn unknown_key(name: &str) -> StartupError {
     let env = format!("DEVICEHUB__{}", name.replace('.', "__").to_uppercase());
     StartupError::new(format!(
@@ -173,10 +203,19 @@ fn unknown_key(name: &str) -> StartupError {
     ))
 }
 
+/// `--bind HOST:PORT`, which wins over `server.bind` from any source.
+pub fn parse_bind_flag(text: &str) -> Result<SocketAddr, StartupError> {
+    parse_bind_named("--bind", text.trim())
+}
+
 fn parse_bind(text: &str) -> Result<SocketAddr, StartupError> {
+    parse_bind_named("server.bind", text)
+}
+
+fn parse_bind_named(name: &str, text: &str) -> Result<SocketAddr, StartupError> {
     let invalid = || {
         StartupError::new(format!(
-            "server.bind: `{text}` is not a HOST:PORT address (for example 127.0.0.1:8080)"
+            "{name}: `{text}` is not a HOST:PORT address (for example 127.0.0.1:8080)"
         ))
     };
     if let Ok(addr) = text.parse() {
@@ -247,6 +286,53 @@ mod tests {
         assert_eq!(settings.limits.max_devices_per_tenant, Some(250));
         let unset = Settings::from_tree(tree("")).unwrap();
         assert_eq!(unset.limits.max_devices_per_tenant, None);
+    }
+
+    fn load_error(toml: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("devicehub.toml");
+        std::fs::write(&file, toml).unwrap();
+        Settings::load(Some(&file)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_unquoted_value_gets_a_hint_to_quote_it() {
+        for toml in [
+            "[server]\nbind = 127.0.0.1:0\n",
+            "[server]\nbind = 8080.5.1\n",
+            "[storage]\npath = data/x.redb\n",
+        ] {
+            let err = load_error(toml);
+            assert!(err.contains("devicehub.toml: invalid"), "{err}");
+            assert!(err.contains("must be quoted, for example"), "{toml}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let other = load_error("[server\n");
+        assert!(!other.contains("must be quoted, for example"), "{other}");
+    }
+
+    #[test]
+    fn the_help_lists_every_environment_variable() {
+        for (section, keys) in KNOWN_KEYS {
+            for key in *keys {
+                let env = format!("DEVICEHUB__{}__{}", section, key).to_uppercase();
+                assert!(ENVIRONMENT_HELP.contains(&format!("  {env} ")), "{env}");
+            }
+        }
+        assert!(ENVIRONMENT_HELP.contains("DEVICEHUB_CONFIG"));
+        assert!(ENVIRONMENT_HELP.contains("RUST_LOG"));
+    }
+
+    #[test]
+    fn the_bind_flag_names_itself() {
+        assert_eq!(
+            parse_bind_flag(" 127.0.0.1:9 ").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert!(parse_bind_flag("9090")
+            .unwrap_err()
+            .to_string()
+            .starts_with("--bind:"));
     }
 
     #[test]

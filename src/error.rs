@@ -47,6 +47,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request body must be sent as application/json")]
     UnsupportedMediaType,
+    /// The body did not arrive in time; the connection is then closed.
+    #[error("the request body did not arrive within {0} s of the request head")]
+    BodyTimeout(u64),
     /// The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::QuotaExceeded(0),
             ApiError::PayloadTooLarge(0),
             ApiError::UnsupportedMediaType,
+            ApiError::BodyTimeout(0),
             ApiError::Internal(String::new()),
             ApiError::StorageUnavailable,
         ]
@@ -94,6 +98,7 @@ impl ApiError {
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::Internal(_) => "internal",
             ApiError::StorageUnavailable => "storage_unavailable",
         }
@@ -165,6 +170,7 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -189,6 +195,10 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed(allow) = self {
             response.insert_header((header::ALLOW, *allow));
+        }
+        if let ApiError::BodyTimeout(_) = self {
+            // The rest of the body may still come: never wait to drain it.
+            response.force_close();
         }
         response.body(body)
     }

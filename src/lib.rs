@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod devices;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod idempotency;
 pub mod startup;

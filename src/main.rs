@@ -5,7 +5,12 @@ use clap::{Args, Parser, Subcommand};
 
 /// A device registry serving the Devices API from one embedded database file.
 #[derive(Parser)]
-#[command(name = "devicehub", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "devicehub",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = devicehub::config::ENVIRONMENT_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -16,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (the default).
+    #[command(after_help = devicehub::config::ENVIRONMENT_HELP)]
     Serve(ServeArgs),
     /// Print a signed access token for a tenant.
     Token(TokenArgs),
@@ -26,6 +32,9 @@ struct ServeArgs {
     /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Listen on HOST:PORT instead of `server.bind` (port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT")]
+    bind: Option<String>,
     /// Seed a demo tenant (only into an empty database) and print a
     /// dashboard URL with ready admin and read-only tokens.
     #[arg(long)]
@@ -51,12 +60,16 @@ struct TokenArgs {
     config: Option<PathBuf>,
 }
 
+fn serve(args: ServeArgs) -> Result<(), devicehub::error::StartupError> {
+    devicehub::cli::serve(args.config.as_deref(), args.bind.as_deref(), args.demo)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => devicehub::cli::serve(cli.serve.config.as_deref(), cli.serve.demo),
-        Some(Command::Serve(args)) => devicehub::cli::serve(args.config.as_deref(), args.demo),
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
         Some(Command::Token(args)) => devicehub::cli::token(
             args.config.as_deref(),
             &args.tenant,

@@ -1,18 +1,28 @@
 //! Builds and runs the HTTP server from validated settings.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Payload, Server, Service, ServiceRequest};
+use actix_web::error::PayloadError;
+use actix_web::http::header;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::web::Bytes;
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::secret;
 use crate::auth::token::TokenVerifier;
 use crate::config::Settings;
 use crate::error::StartupError;
+use crate::files;
 use crate::http;
 use crate::state::AppState;
 use crate::store::Store;
@@ -22,12 +32,20 @@ pub struct Running {
     pub server: Server,
     pub addr: SocketAddr,
     pub store: Arc<Store>,
+    /// Whether this start made the HS256 secret: then no token exists yet.
+    pub made_secret: bool,
 }
 
-/// Opens the database, loads the token key and binds the listener. Must be
-/// called inside an actix system.
+/// Checks the storage path, loads the token key, opens the database and
+/// binds the listener. Must be called inside an actix system.
+///
+/// Nothing is written before the storage path is known to name a file; the
+/// folder and the database file are made private before the store opens them.
 pub fn start(settings: &Settings) -> Result<Running, StartupError> {
+    files::check_storage_path(settings)?;
+    let made_secret = secret::will_be_made(settings);
     let tokens = TokenVerifier::from_settings(settings)?;
+    files::prepare_database_file(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
     let listener = TcpListener::bind(settings.bind).map_err(|e| {
         StartupError::new(format!(
@@ -47,6 +65,18 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     });
     let server = HttpServer::new(move || {
         App::new()
+            // Answers carry device keys (registration, rotation) and tenant
+            // data: no cache may keep them. Errors included; pages that set
+            // their own policy keep it.
+            .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
+            .wrap_fn(|mut req, service| {
+                let held = hold_chunked_body(&mut req);
+                let answer = service.call(req);
+                async move {
+                    let res = answer.await?;
+                    Ok(res.map_body(|_, body| HoldingBody { body, held }))
+                }
+            })
             .app_data(state.clone())
             .configure(http::configure)
             .default_service(web::to(http::not_found))
@@ -60,7 +90,76 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         server,
         addr,
         store,
+        made_secret,
     })
+}
+
+/// A chunked request body, shared between the handler that reads it and the
+/// answer's body.
+///
+/// When an answer goes out before its request body is whole (a 401, or the
+/// 408 of a body that missed its deadline), actix closes the connection,
+/// except for a chunked body whose reader has gone: that one it drains first,
+/// for as long as the client keeps sending. Holding the request body until
+/// the answer's body is sent keeps its reader alive when actix decides, so
+/// the connection is closed instead.
+struct HeldBody(Rc<RefCell<Payload>>);
+
+/// An answer's body, with the request body it holds (if chunked).
+struct HoldingBody<B> {
+    body: B,
+    held: Option<HeldBody>,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for HoldingBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
+
+    fn try_into_bytes(self) -> Result<Bytes, Self>
+    where
+        Self: Sized,
+    {
+        // Only an answer that holds nothing may become plain bytes: the
+        // bytes would outlive nothing.
+        match self.held {
+            None => self
+                .body
+                .try_into_bytes()
+                .map_err(|body| HoldingBody { body, held: None }),
+            held => Err(HoldingBody {
+                body: self.body,
+                held,
+            }),
+        }
+    }
+}
+
+impl futures_core::Stream for HeldBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_next(cx)
+    }
+}
+
+fn hold_chunked_body(req: &mut ServiceRequest) -> Option<HeldBody> {
+    if !req.chunked().unwrap_or(false) {
+        return None;
+    }
+    let shared = Rc::new(RefCell::new(req.take_payload()));
+    let stream: Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(HeldBody(shared.clone()));
+    req.set_payload(Payload::from(stream));
+    Some(HeldBody(shared))
 }
 
 impl Running {
@@ -84,6 +183,10 @@ impl Running {
     }
 }
 
+/// Logged once, on the start that made the HS256 secret (no token can exist
+/// yet). It says how to get a token and never contains one.
+pub const FIRST_TOKEN_HINT: &str = "no access token exists yet: get one with `devicehub token --tenant <tenant> --scope \"devices:read admin\"` (same --config and environment as this server)";
+
 /// Runs the server until SIGINT or SIGTERM, then drains and returns. With
 /// `demo`, seeds the demo tenant into an empty database and prints its banner.
 pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
@@ -97,6 +200,9 @@ pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
             }
             Some(crate::demo::banner(settings, running.addr)?)
         } else {
+            if running.made_secret {
+                log::info!("{}", FIRST_TOKEN_HINT);
+            }
             None
         };
         running

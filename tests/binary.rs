@@ -831,3 +831,166 @@ fn a_damaged_database_file_stops_start_up_cleanly() {
     std::fs::write(dir.path().join("data/devicehub.redb"), &garbage).unwrap();
     assert_refused(run(&mut command(dir.path())), "storage.path");
 }
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn what_a_first_start_creates_is_private_and_the_log_says_how_to_get_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(command(dir.path()));
+    assert_eq!(mode_of(&data), 0o700);
+    assert_eq!(mode_of(&data.join("devicehub.redb")), 0o600);
+    assert_eq!(mode_of(&data.join("jwt-secret")), 0o600);
+
+    let hint = "devicehub token --tenant";
+    server.wait_for_log(hint);
+    let log = server.log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter().filter(|l| l.contains(hint)).count(),
+        1,
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("eyJ")),
+        "never a token in the log: {log:?}"
+    );
+    drop(server);
+
+    // A token may exist now: later starts say nothing of it.
+    let again = Server::start(command(dir.path()));
+    again.wait_for_log("listening on");
+    assert!(!again.log.lock().unwrap().iter().any(|l| l.contains(hint)));
+    drop(again);
+    let configured = tempfile::tempdir().unwrap();
+    let mut cmd = command(configured.path());
+    cmd.env("DEVICEHUB__AUTH__HS256_SECRET", "s".repeat(32));
+    let server = Server::start(cmd);
+    assert!(!server.log.lock().unwrap().iter().any(|l| l.contains(hint)));
+    assert_eq!(mode_of(&configured.path().join("data")), 0o700);
+    assert_eq!(
+        mode_of(&configured.path().join("data/devicehub.redb")),
+        0o600
+    );
+}
+
+#[test]
+fn a_storage_path_that_is_a_folder_stops_serve_and_token_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("store");
+    std::fs::create_dir(&folder).unwrap();
+    let with_folder = || {
+        let mut cmd = command(dir.path());
+        cmd.env("DEVICEHUB__STORAGE__PATH", &folder);
+        cmd
+    };
+    assert_refused(run(&mut with_folder()), "storage.path");
+    assert_refused(
+        run(with_folder().arg("serve").arg("--demo")),
+        "storage.path",
+    );
+    assert_refused(
+        run(with_folder().args(["token", "--tenant", "t", "--scope", "admin"])),
+        "storage.path",
+    );
+    let written: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(written, vec![std::ffi::OsString::from("store")]);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_kept_secret_others_can_read_or_with_a_second_link_stops_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("data/jwt-secret");
+    // `token` made the secret, privately.
+    let _ = token(dir.path(), "acme", "admin");
+    assert_eq!(mode_of(&secret), 0o600);
+    let shown = secret.display().to_string();
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for out in [
+        run(&mut command(dir.path())),
+        run(command(dir.path()).args(["token", "--tenant", "t", "--scope", "admin"])),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_refused(out, "auth.hs256_secret");
+        assert!(stderr.lines().last().unwrap().contains(&shown), "{stderr}");
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&secret, dir.path().join("copy")).unwrap();
+    let out = run(&mut command(dir.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_refused(out, "auth.hs256_secret");
+    assert!(stderr.lines().last().unwrap().contains(&shown), "{stderr}");
+    std::fs::remove_file(dir.path().join("copy")).unwrap();
+    drop(Server::start(command(dir.path())));
+}
+
+#[test]
+fn serve_help_lists_the_environment_and_bind_overrides_server_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = run(command(dir.path()).args(["serve", "--help"]));
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in [
+        "--bind",
+        "DEVICEHUB_CONFIG",
+        "DEVICEHUB__SERVER__BIND",
+        "DEVICEHUB__STORAGE__PATH",
+        "DEVICEHUB__AUTH__HS256_SECRET",
+        "DEVICEHUB__AUTH__PUBLIC_KEY_FILE",
+        "DEVICEHUB__AUTH__ISSUER",
+        "DEVICEHUB__AUTH__AUDIENCE",
+        "DEVICEHUB__LIMITS__MAX_DEVICES_PER_TENANT",
+        "RUST_LOG",
+    ] {
+        assert!(help.contains(name), "{name} in: {help}");
+    }
+
+    // --bind wins over the environment (which wins over the file).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let server = Server::start({
+        let mut cmd = command(dir.path());
+        cmd.env("DEVICEHUB__SERVER__BIND", &taken_addr)
+            .args(["serve", "--bind", "127.0.0.1:0"]);
+        cmd
+    });
+    assert_ne!(server.addr.to_string(), taken_addr);
+    assert_eq!(server.app().call("GET", "/healthz", "", None).status, 200);
+    drop(server);
+    // The default command takes it too, and a bad value names the flag.
+    assert_refused(
+        run(command(dir.path()).args(["--bind", "nowhere"])),
+        "--bind",
+    );
+    assert_refused(
+        run(command(dir.path()).args(["serve", "--bind", "127.0.0.1"])),
+        "--bind",
+    );
+}
+
+#[test]
+fn an_unquoted_address_in_the_config_file_gets_a_hint_to_quote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("devicehub.toml");
+    std::fs::write(&file, "[server]\nbind = 127.0.0.1:0\n").unwrap();
+    let out = run(command(dir.path()).arg("--config").arg(&file));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_refused(out, "devicehub.toml");
+    assert!(stderr.contains("must be quoted"), "{stderr}");
+}

@@ -100,3 +100,108 @@ fn a_token_for_one_tenant_reaches_only_that_tenant() {
     let victim = app.get(&path, &token_for("victim", "devices:read")).json();
     assert_eq!(victim["data"], device);
 }
+
+/// What became of a connection that dribbles a request body.
+#[derive(Debug, Default, Clone)]
+struct Dribble {
+    /// When the server closed it, counted from the request head.
+    closed_after: Option<Duration>,
+    answer: Vec<u8>,
+}
+
+/// Sends `head`, then one byte of body a second, until the server closes the
+/// connection or 20 s pass.
+fn dribble(addr: std::net::SocketAddr, head: String, byte: u8) -> Dribble {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut outcome = Dribble::default();
+    let mut buf = [0u8; 4096];
+    let mut next_byte = started;
+    while started.elapsed() < Duration::from_secs(20) {
+        if Instant::now() >= next_byte {
+            if s.write_all(&[byte]).is_err() {
+                outcome.closed_after = Some(started.elapsed());
+                return outcome;
+            }
+            next_byte += Duration::from_secs(1);
+        }
+        match s.read(&mut buf) {
+            Ok(0) => {
+                outcome.closed_after = Some(started.elapsed());
+                return outcome;
+            }
+            Ok(n) => outcome.answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                outcome.closed_after = Some(started.elapsed());
+                return outcome;
+            }
+        }
+    }
+    outcome
+}
+
+#[test]
+fn a_request_body_must_arrive_within_10_seconds_of_the_head() {
+    let app = common::spawn_app();
+    let admin = token_for("acme", "admin");
+    let addr = app.addr;
+    let sized = |auth: &str| {
+        format!(
+            "POST /api/tenant/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        )
+    };
+    let chunked = |auth: &str| {
+        format!(
+            "POST /api/tenant/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n{{"
+        )
+    };
+    let heads: Vec<(&str, String)> = vec![
+        ("sized", sized(&admin)),
+        ("sized", sized(&admin)),
+        ("sized", sized(&admin)),
+        ("sized", sized(&admin)),
+        ("chunked", chunked(&admin)),
+        ("chunked", chunked(&admin)),
+        // Answered at once without reading the body: closed, not drained.
+        ("unauthenticated", sized("nope")),
+        ("unauthenticated", chunked("nope")),
+    ];
+    let workers: Vec<_> = heads
+        .into_iter()
+        .map(|(kind, head)| (kind, std::thread::spawn(move || dribble(addr, head, b' '))))
+        .collect();
+    // Meanwhile, others are served at once.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (_, _) = app.register(&admin, json!({"name": "prompt"}));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for (kind, worker) in workers {
+        let outcome = worker.join().unwrap();
+        let closed = outcome
+            .closed_after
+            .unwrap_or_else(|| panic!("{kind}: still open after 20 s: {outcome:?}"));
+        let answer = String::from_utf8_lossy(&outcome.answer).to_string();
+        if kind == "unauthenticated" {
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(closed < Duration::from_secs(5), "{kind}: {closed:?}");
+            continue;
+        }
+        assert!(
+            closed >= Duration::from_secs(9) && closed < Duration::from_secs(13),
+            "{kind}: closed after {closed:?}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{kind}: {answer}");
+        assert!(answer.contains("\"request_timeout\""), "{kind}: {answer}");
+    }
+    // Nothing was registered by the cut-off requests.
+    let list = app.get("/api/tenant/devices", &admin);
+    assert_eq!(list.data_ids().len(), 5);
+}

@@ -357,3 +357,93 @@ fn unusable_public_keys_stop_start_up_naming_the_key() {
         assert!(err.starts_with("auth.public_key_file:"), "{path:?}: {err}");
     }
 }
+
+#[test]
+fn scope_words_are_split_at_spaces_only() {
+    let app = spawn_app();
+    let register = |scope: &str| {
+        let token = hs256(&claims(json!({ "scope": scope })));
+        app.send_json("POST", "/api/tenant/devices", &token, &json!({"name": "x"}))
+            .status
+    };
+    assert_eq!(register("x\tadmin"), 403, "a tab does not separate scopes");
+    assert_eq!(register("x\nadmin"), 403);
+    assert_eq!(register("devices:read  admin"), 201);
+}
+
+#[test]
+fn tenant_id_is_1_to_128_characters_without_control_characters() {
+    let app = spawn_app();
+    let with = |tenant: &str| status_with(&app, &hs256(&claims(json!({ "tenant_id": tenant }))));
+    assert_eq!(with(&"t".repeat(128)), 200);
+    assert_eq!(with(&"ü".repeat(128)), 200, "counted in characters");
+    assert_eq!(with(&"t".repeat(129)), 401);
+    assert_eq!(with("acme\u{0}"), 401);
+    assert_eq!(with("acme\u{85}"), 401);
+    let response = app.get(
+        "/api/tenant/devices",
+        &hs256(&claims(json!({"tenant_id": "a\nb"}))),
+    );
+    assert!(response.error_message().contains("tenant_id"));
+}
+
+#[test]
+fn a_token_whose_header_has_crit_is_refused() {
+    let app = spawn_app();
+    let sign = |crit: Option<Vec<String>>| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = crit;
+        encode(
+            &header,
+            &claims(json!({})),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    assert_eq!(status_with(&app, &sign(None)), 200);
+    for crit in [vec!["exp".to_string()], vec!["b64".to_string()], vec![]] {
+        let response = app.get("/api/tenant/devices", &sign(Some(crit.clone())));
+        assert_eq!(response.status, 401, "{crit:?}");
+        assert!(response.error_message().contains("crit"), "{crit:?}");
+    }
+}
+
+#[test]
+fn a_credential_with_non_ascii_characters_is_named_as_such() {
+    let app = spawn_app();
+    let raw = |value: &[u8]| {
+        let mut request =
+            b"GET /api/tenant/devices HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+                .to_vec();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n\r\n");
+        common::raw(app.addr, &request)
+    };
+    let placeholder = raw("Bearer dhk_\u{2026}".as_bytes());
+    assert_eq!(placeholder.status, 401);
+    assert_eq!(placeholder.error_code(), "unauthorized");
+    let message = placeholder.error_message();
+    assert!(
+        message.contains("characters that are not allowed"),
+        "{message}"
+    );
+    assert!(!message.contains("Bearer <token>"), "{message}");
+    let challenge = placeholder.header("www-authenticate").unwrap();
+    assert!(challenge.contains("not allowed"), "{challenge}");
+    // Without the scheme, the scheme is what is wrong.
+    let unschemed = raw("dhk_\u{2026}".as_bytes());
+    assert!(unschemed.error_message().contains("Bearer <token>"));
+}
+
+#[test]
+fn a_device_key_sent_to_the_tenant_api_is_pointed_to_the_device_api() {
+    let app = spawn_app();
+    let (_, key) = app.register(&common::token_for("acme", "admin"), json!({"name": "x"}));
+    let response = app.get("/api/tenant/devices", &key);
+    assert_eq!(response.status, 401);
+    assert_eq!(response.error_code(), "unauthorized");
+    let message = response.error_message();
+    assert!(message.contains("/api/device/me"), "{message}");
+    assert!(!message.contains(&key), "the key is not echoed");
+    assert_eq!(app.get("/api/device/me", &key).status, 200);
+}

@@ -69,6 +69,11 @@ impl<S: RequiredScope> FromRequest for TenantAuth<S> {
 
 fn authenticate<S: RequiredScope>(req: &HttpRequest) -> Result<TenantAuth<S>, ApiError> {
     let token = bearer(req)?;
+    if token.starts_with(device_key::PREFIX) {
+        return Err(ApiError::unauthorized(
+            "this is a device key: device keys are for GET /api/device/me; the tenant API takes an access token",
+        ));
+    }
     let principal = state(req)?.tokens.verify(token)?;
     if !S::granted(principal.scopes) {
         return Err(ApiError::InsufficientScope(S::NAME));
@@ -94,7 +99,19 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         return Err(ApiError::missing_credentials());
     };
     let malformed = || ApiError::unauthorized("the Authorization header must be `Bearer <token>`");
-    let value = value.to_str().map_err(|_| malformed())?;
+    let value = value.to_str().map_err(|_| {
+        // Usually a placeholder with a literal ellipsis copied from the docs:
+        // the header has the right shape, its token does not. (The message
+        // also goes into `WWW-Authenticate`, so it stays ASCII itself.)
+        let bytes = value.as_bytes();
+        if bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+            ApiError::unauthorized(
+                "the token has characters that are not allowed: only printable ASCII (was a placeholder with an ellipsis copied from the docs?)",
+            )
+        } else {
+            malformed()
+        }
+    })?;
     let (scheme, credential) = value.split_once(' ').ok_or_else(malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(malformed());

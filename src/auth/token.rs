@@ -27,7 +27,7 @@ impl Scopes {
     pub const DEVICES_READ: &'static str = "devices:read";
     pub const ADMIN: &'static str = "admin";
 
-    /// Exact-word matching over a space-separated list (RFC 9068).
+    /// Exact-word matching over a list of words (RFC 9068).
     pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Scopes {
         let mut scopes = Scopes::default();
         for word in words {
@@ -38,6 +38,12 @@ impl Scopes {
             }
         }
         scopes
+    }
+
+    /// The words of a `scope` string: separated by U+0020 only (RFC 6749
+    /// §3.3), so `"x\tadmin"` is one unknown word, not `admin`.
+    pub fn parse_str(text: &str) -> Scopes {
+        Scopes::parse(text.split(' ').filter(|w| !w.is_empty()))
     }
 
     pub fn can_read(self) -> bool {
@@ -181,7 +187,9 @@ impl TokenVerifier {
         let (principal, exp) = self.verify_uncached(token)?;
         let principal = Arc::new(principal);
         // `exp` was checked (leeway included); the entry lives no longer.
-        let valid_until = exp.max(0.0) as u64 + LEEWAY_SECS;
+        // A float cast saturates, and so must the sum: an `exp` of 2^64-1 is
+        // merely a token that never expires.
+        let valid_until = (exp.max(0.0) as u64).saturating_add(LEEWAY_SECS);
         self.verified.put(token, principal.clone(), valid_until);
         Ok(principal)
     }
@@ -201,16 +209,28 @@ impl TokenVerifier {
                     _ => "the token is malformed",
                 })
             })?;
+        // No extension is understood, so none that is critical can be honoured
+        // (RFC 7515 §4.1.11).
+        if data.header.crit.is_some() {
+            return Err(ApiError::unauthorized(
+                "the token's header has `crit`: no extension is understood",
+            ));
+        }
         let claims = data.claims;
         let tenant_id = match claims.tenant_id {
-            Some(Value::String(t)) if !t.is_empty() => t,
+            Some(Value::String(t)) if is_tenant_id(&t) => t,
+            Some(Value::String(_)) => {
+                return Err(ApiError::unauthorized(
+                    "the token's tenant_id must be 1-128 characters without control characters",
+                ))
+            }
             _ => return Err(ApiError::unauthorized("the token has no tenant_id")),
         };
         let bad_scope = || ApiError::unauthorized("the token's scope claim is malformed");
         let scopes = match (claims.scope, claims.scp) {
-            (Some(Value::String(s)), _) => Scopes::parse(s.split_ascii_whitespace()),
+            (Some(Value::String(s)), _) => Scopes::parse_str(&s),
             (Some(_), _) => return Err(bad_scope()),
-            (None, Some(Value::String(s))) => Scopes::parse(s.split_ascii_whitespace()),
+            (None, Some(Value::String(s))) => Scopes::parse_str(&s),
             (None, Some(Value::Array(items))) => {
                 let mut words = Vec::with_capacity(items.len());
                 for item in &items {
@@ -237,6 +257,14 @@ impl TokenVerifier {
             exp,
         ))
     }
+}
+
+/// The longest `tenant_id` accepted, in characters.
+pub const TENANT_ID_MAX_CHARS: usize = 128;
+
+/// 1-128 characters (Unicode scalar values), none of them a control character.
+pub fn is_tenant_id(text: &str) -> bool {
+    (1..=TENANT_ID_MAX_CHARS).contains(&text.chars().count()) && !text.chars().any(char::is_control)
 }
 
 /// Recognises the key type from the PEM and picks the one algorithm it verifies.
@@ -385,6 +413,74 @@ mod tests {
         assert!(Scopes::parse(["admin"]).can_read());
         assert!(!Scopes::parse(["devices:read"]).is_admin());
         assert!(!Scopes::parse(["Admin", "DEVICES:READ"]).can_read());
+    }
+
+    #[test]
+    fn scope_words_are_separated_by_spaces_only() {
+        assert!(Scopes::parse_str("devices:read  admin").is_admin());
+        assert!(Scopes::parse_str(" devices:read ").can_read());
+        for smuggled in [
+            "x\tadmin",
+            "x\nadmin",
+            "x\u{a0}admin",
+            "admin\r",
+            "\u{3000}admin",
+        ] {
+            assert_eq!(
+                Scopes::parse_str(smuggled),
+                Scopes::default(),
+                "{smuggled:?}"
+            );
+        }
+    }
+
+    fn signed(header: Header, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn tenant_ids_are_1_to_128_characters_without_controls() {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let with = |tenant: &str| {
+            let token = signed(
+                Header::new(Algorithm::HS256),
+                serde_json::json!({"tenant_id": tenant, "scope": "admin", "exp": exp}),
+            );
+            verifier().verify(&token).map(|p| p.tenant_id.clone())
+        };
+        assert_eq!(with(&"é".repeat(128)).unwrap(), "é".repeat(128));
+        for bad in ["", "acme\n", "a\u{0}b", "\u{7f}", &"a".repeat(129)] {
+            assert!(
+                matches!(with(bad), Err(ApiError::Unauthorized { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_with_crit_is_refused() {
+        let claims = serde_json::json!({"tenant_id": "t", "scope": "admin",
+            "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let mut header = Header::new(Algorithm::HS256);
+        assert!(verifier()
+            .verify(&signed(header.clone(), claims.clone()))
+            .is_ok());
+        header.crit = Some(vec!["exp".into()]);
+        let refused = verifier().verify(&signed(header, claims));
+        assert!(
+            matches!(refused, Err(ApiError::Unauthorized { message, .. }) if message.contains("crit"))
+        );
+    }
+
+    #[test]
+    fn the_largest_exp_neither_overflows_nor_expires() {
+        let verifier = verifier();
+        let token = signed(
+            Header::new(Algorithm::HS256),
+            serde_json::json!({"tenant_id": "t", "scope": "admin", "exp": u64::MAX}),
+        );
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&token).is_ok(), "and again, from the cache");
     }
 
     #[test]

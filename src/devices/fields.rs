@@ -29,12 +29,23 @@ impl DeviceName {
         if trimmed.chars().any(char::is_control) {
             return Err("must not contain control characters");
         }
+        if trimmed.chars().any(is_bidi_control) {
+            return Err(
+                "must not contain bidirectional embedding, override or isolate characters (U+202A-U+202E, U+2066-U+2069)",
+            );
+        }
         Ok(DeviceName(trimmed.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The characters that reorder the text around them where a name is shown
+/// (embeddings, overrides and isolates), as in CVE-2021-42574.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A list of location or PIM segment ids: at most 100 as sent, each 1-64
@@ -121,6 +132,23 @@ mod tests {
             "name: must not contain control characters"
         );
         assert_eq!(name_err(json!(5)), "name: must be a string");
+    }
+
+    #[test]
+    fn names_refuse_bidirectional_controls() {
+        for c in ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}') {
+            let err = name_err(json!(format!("Kasse {c}1")));
+            assert!(
+                err.starts_with("name: must not contain bidirectional"),
+                "{c:?}: {err}"
+            );
+        }
+        // Neighbours and the plain marks stay allowed.
+        for c in [
+            '\u{2029}', '\u{202F}', '\u{2065}', '\u{206A}', '\u{200E}', '\u{200F}',
+        ] {
+            assert!(DeviceName::new(&format!("Kasse {c}1")).is_ok(), "{c:?}");
+        }
     }
 
     #[test]

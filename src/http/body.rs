@@ -1,5 +1,8 @@
 //! The JSON body of a write: `application/json` (else 415), at most 64 KiB
-//! (else 413), a JSON object (else 400).
+//! (else 413), complete within `BODY_DEADLINE` of the request head (else 408
+//! and the connection is closed), a JSON object (else 400).
+
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -9,6 +12,11 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a body may take to arrive once its request head has. A client
+/// that dribbles a body holds a connection and a worker's attention; past
+/// this it is cut off. The head has its own 5 s (`client_request_timeout`).
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
 
@@ -43,10 +51,15 @@ impl FromRequest for JsonObject {
                 .into_inner()
                 .map_err(|_| ApiError::invalid("body", "could not be read"))
         };
+        // Extractors run as soon as the head is parsed, and the timer starts
+        // when `timeout` is called: the deadline counts from the head.
+        let read = checked.map(|body| {
+            actix_web::rt::time::timeout(BODY_DEADLINE, body.to_bytes_limited(MAX_BODY_BYTES))
+        });
         Box::pin(async move {
-            let bytes = checked?
-                .to_bytes_limited(MAX_BODY_BYTES)
+            let bytes = read?
                 .await
+                .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE.as_secs()))?
                 .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?
                 .map_err(|_| ApiError::invalid("body", "could not be read"))?;
             parse_object(&bytes)
