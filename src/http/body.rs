@@ -78,7 +78,11 @@ pub async fn read_limited(
     if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Ok(None);
     }
-    match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+    let read =
+        actix_web::rt::time::timeout(BODY_DEADLINE, payload.to_bytes_limited(MAX_BODY_BYTES))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE.as_secs()))?;
+    match read {
         Err(_) => Ok(None),
         Ok(read) => read
             .map(Some)

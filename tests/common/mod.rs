@@ -83,6 +83,13 @@ impl Drop for TestApp {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The server's worker threads let go of their state (and so of the
+        // database) a moment after the server future ends: wait for that, so
+        // that whoever reopens the file next finds it free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.store) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
