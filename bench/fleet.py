@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The fleet-scale benchmark (stdlib only): one tenant of 100,000 devices.
+
+    bench/fleet.py [BINARY]        # default: target/release/devicehub
+
+Starts the binary on 127.0.0.1 with a fresh database, registers DEVICES
+(default 100000) devices into one tenant through the API (1 % inactive, spread
+over 100 locations), then prints:
+
+- the server's RSS growth while 16 unlimited lists of the whole tenant run at
+  once (target: at most 64 MiB);
+- the p50 of `?status=inactive&limit=10` and of `?locationId=…&limit=10`
+  against the p50 of a full list (target: at most 5 %);
+- the p50 of `GET /api/tenant/stats` (target: at most 2 ms).
+
+Env: DEVICES=100000 PORT=18200 SEED_THREADS=16 LISTS=16 SAMPLES=300
+"""
+import http.client, json, os, statistics, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from seed import mint  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = int(os.environ.get("DEVICES", "100000"))
+PORT = int(os.environ.get("PORT", "18200"))
+THREADS = int(os.environ.get("SEED_THREADS", "16"))
+LISTS = int(os.environ.get("LISTS", "16"))
+SAMPLES = int(os.environ.get("SAMPLES", "300"))
+TENANT = "fleet"
+SECRET = "fleet-bench-secret-" + os.urandom(16).hex()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def request(conn, path, token, method="GET", body=None):
+    headers = {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body, headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status >= 300:
+        raise SystemExit(f"{method} {path}: {resp.status} {data[:200]!r}")
+    return data
+
+
+def seed(admin):
+    def worker(n):
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        for i in range(n, DEVICES, THREADS):
+            body = json.dumps({
+                "name": f"Fleet Scanner {i:06d}",
+                "status": "inactive" if i % 100 == 0 else "active",
+                "locationIds": [f"loc-{i % 100:03d}"],
+            })
+            request(conn, "/api/tenant/devices", admin, "POST", body)
+
+    started = time.time()
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.time() - started
+
+
+def p50_ms(path, token, samples):
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        request(conn, path, token)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/devicehub")
+    work = tempfile.mkdtemp(prefix="devicehub-fleet.")
+    env = dict(os.environ, DEVICEHUB__SERVER__BIND=f"127.0.0.1:{PORT}",
+               DEVICEHUB__STORAGE__PATH=os.path.join(work, "devicehub.redb"),
+               DEVICEHUB__AUTH__HS256_SECRET=SECRET, RUST_LOG="warn")
+    server = subprocess.Popen([binary, "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                http.client.HTTPConnection("127.0.0.1", PORT, timeout=1).request("GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.05)
+        admin, reader = mint(SECRET, TENANT, "admin"), mint(SECRET, TENANT, "devices:read")
+        took = seed(admin)
+        print(f"seeded {DEVICES} devices into one tenant in {took:.1f} s ({DEVICES / took:.0f}/s)")
+
+        idle = rss_kib(server.pid)
+        peak, done = idle, threading.Event()
+
+        def full_list():
+            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=300)
+            data = request(conn, "/api/tenant/devices", reader)
+            assert data.endswith(b'"hasMore":false}'), "a whole list"
+
+        lists = [threading.Thread(target=full_list) for _ in range(LISTS)]
+        started = time.time()
+        for t in lists:
+            t.start()
+
+        def sample():
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss_kib(server.pid))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        for t in lists:
+            t.join()
+        done.set()
+        sampler.join()
+        growth = (peak - idle) / 1024
+        print(f"{LISTS} unlimited lists at once: {time.time() - started:.1f} s, RSS {idle / 1024:.1f} MiB idle, "
+              f"{peak / 1024:.1f} MiB peak, growth {growth:.1f} MiB (target <= 64)")
+
+        full = p50_ms("/api/tenant/devices", reader, 5)
+        inactive = p50_ms("/api/tenant/devices?status=inactive&limit=10", reader, SAMPLES)
+        located = p50_ms("/api/tenant/devices?locationId=loc-042&limit=10", reader, SAMPLES)
+        stats = p50_ms("/api/tenant/stats", reader, SAMPLES)
+        print(f"full list p50 {full:.1f} ms")
+        print(f"?status=inactive&limit=10 p50 {inactive:.3f} ms = {100 * inactive / full:.2f} % of a full list (target <= 5 %)")
+        print(f"?locationId=loc-042&limit=10 p50 {located:.3f} ms = {100 * located / full:.2f} % of a full list (target <= 5 %)")
+        print(f"/api/tenant/stats p50 {stats:.3f} ms (target <= 2 ms)")
+    finally:
+        server.terminate()
+        server.wait()
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
