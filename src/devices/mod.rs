@@ -299,8 +299,16 @@ impl KeyRotation {
         }
         let grace_period_seconds = match body.get(FIELD) {
             None => 0,
+            // JSON has one number type: 60.0 is the integer 60, as JSON
+            // Schema's `integer` says.
             Some(value) => value
                 .as_u64()
+                .or_else(|| {
+                    value
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                        .map(|f| f as u64)
+                })
                 .filter(|n| *n <= MAX_GRACE_PERIOD_SECONDS)
                 .ok_or_else(|| {
                     ApiError::invalid(
@@ -422,6 +430,8 @@ mod tests {
         );
         for bad in [
             json!({"gracePeriodSeconds": 604801}),
+            json!({"gracePeriodSeconds": 604801.0}),
+            json!({"gracePeriodSeconds": -0.5}),
             json!({"gracePeriodSeconds": -1}),
             json!({"gracePeriodSeconds": 1.5}),
             json!({"gracePeriodSeconds": "60"}),
