@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::tables::{DEVICES, LOCATION_INDEX, STATUS_INDEX, TENANT_COUNTS};
+use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, STATUS_INDEX, TENANT_COUNTS};
 use super::{DeviceRecord, StoreError, StoreResult};
 use crate::devices::DeviceStatus;
 
@@ -167,9 +167,11 @@ pub fn rebuild(txn: &WriteTransaction) -> StoreResult<u64> {
     Ok(indexed)
 }
 
-/// Compares the indexes and counts with what `DEVICES` says they must hold;
-/// an error names the first difference. For tests and consistency checks.
+/// Compares the key, status and location indexes and the counts with what
+/// `DEVICES` says they must hold; an error names the first difference. For
+/// tests and consistency checks.
 pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
+    let mut keys = BTreeSet::new();
     let mut statuses = BTreeSet::new();
     let mut locations = BTreeSet::new();
     let mut counts = std::collections::BTreeMap::<(String, u8), u64>::new();
@@ -177,12 +179,26 @@ pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
         let (key, value) = entry?;
         let (tenant, id) = key.value();
         let record = DeviceRecord::decode(value.value())?;
+        let held = record.keys();
+        for hex in std::iter::once(held.current).chain(held.previous.map(|(hex, _)| hex)) {
+            keys.insert((hex, tenant.to_string(), id.to_string()));
+        }
         let code = status_code(record.status);
         statuses.insert((tenant.to_string(), code, id.to_string()));
         for location in &record.location_ids {
             locations.insert((tenant.to_string(), location.clone(), id.to_string()));
         }
         *counts.entry((tenant.to_string(), code)).or_default() += 1;
+    }
+    let mut found_keys = BTreeSet::new();
+    for entry in txn.open_table(KEY_INDEX)?.iter()? {
+        let (hash, owner) = entry?;
+        let (t, i) = owner.value();
+        found_keys.insert((
+            crate::auth::device_key::to_hex(hash.value()),
+            t.to_string(),
+            i.to_string(),
+        ));
     }
     let mut found_statuses = BTreeSet::new();
     for entry in txn.open_table(STATUS_INDEX)?.iter()? {
@@ -208,6 +224,9 @@ pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
             "{what} disagrees with devices"
         )))
     };
+    if keys != found_keys {
+        return differ("the key index");
+    }
     if statuses != found_statuses {
         return differ("the status index");
     }

@@ -349,7 +349,8 @@ impl Store {
         self.inner.db.run(|db| indexes::all_counts(&read_txn(db)?))
     }
 
-    /// Checks that the indexes and counts agree with the devices.
+    /// Checks that the key, status and location indexes and the counts
+    /// agree with the devices.
     pub fn verify_indexes(&self) -> StoreResult<()> {
         self.inner.db.run(|db| indexes::verify(&read_txn(db)?))
     }
@@ -581,29 +582,6 @@ impl Store {
                 let (hash, owner) = entry?;
                 let (tenant, device) = owner.value();
                 out.push((tenant.to_string(), device.to_string(), *hash.value()));
-            }
-            Ok(out)
-        })
-    }
-
-    /// Every device's stored key hashes (current and previous), for
-    /// consistency checks.
-    pub fn device_key_hashes(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let mut out = Vec::new();
-            for entry in devices.iter()? {
-                let (key, value) = entry?;
-                let (tenant, device) = key.value();
-                let record = DeviceRecord::decode(value.value())?;
-                let keys = record.keys();
-                let previous = keys.previous.map(|(hex, _)| hex);
-                for hex in std::iter::once(keys.current).chain(previous) {
-                    let hash = device_key::from_hex(&hex)
-                        .ok_or_else(|| StoreError::Internal("bad stored key hash".into()))?;
-                    out.push((tenant.to_string(), device.to_string(), hash));
-                }
             }
             Ok(out)
         })
