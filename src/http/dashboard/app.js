@@ -711,6 +711,9 @@ function showPage(list) {
   }
   ui.tbody.replaceChildren(frag);
   renderPager();
+  // For measurements (Performance API): when a list became visible, and for
+  // which search. The first one is the dashboard's first usable paint.
+  performance.mark('devicehub:list-shown', { detail: { q: S.filters.q, rows: list.length } });
 }
 
 function rememberLocations(device) {
@@ -741,6 +744,9 @@ function renderPager() {
   ui.tableWrap.setAttribute('aria-busy', S.loading ? 'true' : 'false');
   ui.tableWrap.classList.toggle('is-loading', S.loading);
   ui.clearFilters.hidden = !filtering();
+  const f = S.filters;
+  const more = [f.status, f.location, f.stale, f.order !== 'desc'].filter(Boolean).length;
+  ui.filtersToggle.textContent = more ? `Filters (${more})` : 'Filters';
 
   let info = '';
   if (S.loading && !S.loaded) info = 'Loading devices…';
@@ -1637,7 +1643,7 @@ function bind() {
     'expiry-warning', 'expiry-warning-text', 'expiry-renew', 'signin', 'signin-form', 'token-input',
     'signin-error', 'devices', 'devices-title', 'register-open', 'stats', 'filters', 'status-filter',
     'location-filter', 'location-options', 'search', 'stale-filter', 'order', 'clear-filters',
-    'list-error', 'list-error-text', 'retry', 'table-wrap', 'empty-message', 'page-first',
+    'filters-toggle', 'filters-more', 'list-error', 'list-error-text', 'retry', 'table-wrap', 'empty-message', 'page-first',
     'page-prev', 'page-next', 'page-info', 'row-menu', 'drawer', 'drawer-name', 'drawer-close',
     'drawer-badges', 'drawer-id', 'drawer-copy', 'drawer-copy-status', 'drawer-seen',
     'drawer-created', 'drawer-updated', 'drawer-locations', 'drawer-pim', 'drawer-segments',
@@ -1669,6 +1675,7 @@ function bind() {
     applyLocationFilter();
   });
   ui.search.addEventListener('input', () => {
+    performance.mark('devicehub:search-input', { detail: { q: ui.search.value.trim() } });
     clearTimeout(searchTimer);
     searchTimer = setTimeout(applySearch, SEARCH_DELAY_MS);
   });
@@ -1686,6 +1693,12 @@ function bind() {
   ui.staleFilter.addEventListener('change', () => applyFilters({ stale: ui.staleFilter.checked }));
   ui.order.addEventListener('change', () => applyFilters({ order: ui.order.value === 'asc' ? 'asc' : 'desc' }));
   ui.clearFilters.addEventListener('click', clearFilters);
+  // Phones: the filters other than the search fold away behind one button.
+  ui.filtersToggle.addEventListener('click', () => {
+    const open = !ui.filtersMore.classList.contains('is-open');
+    ui.filtersMore.classList.toggle('is-open', open);
+    ui.filtersToggle.setAttribute('aria-expanded', String(open));
+  });
   ui.retry.addEventListener('click', () => load());
   ui.pageNext.addEventListener('click', goNext);
   ui.pagePrev.addEventListener('click', goPrev);
