@@ -203,6 +203,33 @@ fn assert_accessible(browser: &Browser, when: &str) {
     assert!(list.is_empty(), "axe violations {when}: {list:#?}");
 }
 
+/// What axe does not check: input borders against the surface they sit on
+/// at 3:1 or more (WCAG 1.4.11), and no `aria-label` on an element without
+/// a role that allows one.
+fn assert_borders_and_labels(browser: &Browser, when: &str) {
+    let problems = js(
+        browser,
+        "const rgb = c => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+         const lum = c => { const [r, g, b] = rgb(c).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+           return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+         const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+         const surface = el => { for (let e = el.parentElement; e; e = e.parentElement) {
+           const bg = getComputedStyle(e).backgroundColor; if (bg !== 'rgba(0, 0, 0, 0)' && bg !== 'transparent') return bg; }
+           return 'rgb(255, 255, 255)'; };
+         const out = [];
+         for (const i of document.querySelectorAll('input[type=text], input[type=search], select, textarea')) {
+           if (!i.getClientRects().length) continue;
+           const r = ratio(getComputedStyle(i).borderTopColor, surface(i));
+           if (r < 3) out.push(`#${i.id} border ${r.toFixed(2)}:1`);
+         }
+         for (const e of document.querySelectorAll('div[aria-label]:not([role]), span[aria-label]:not([role]), p[aria-label]:not([role])')) {
+           out.push(`aria-label on a role-less ${e.tagName}: ${e.outerHTML.slice(0, 80)}`);
+         }
+         return out;",
+    );
+    assert_eq!(problems, json!([]), "{when}");
+}
+
 /// Every visible control sits inside the viewport: nothing is out of reach
 /// sideways.
 fn assert_nothing_off_screen(browser: &Browser, when: &str) {
@@ -333,6 +360,7 @@ fn the_dashboard_end_to_end() {
         "no warning for an hour-long token"
     );
     assert_accessible(&browser, "on the list");
+    assert_borders_and_labels(&browser, "on the list");
 
     // "Rotate key" is named by its visible text (WCAG 2.5.3), and so is
     // every other row action.
@@ -639,6 +667,7 @@ fn the_dashboard_end_to_end() {
         json!("rgb(15, 19, 24)")
     );
     assert_accessible(&browser, "in dark mode");
+    assert_borders_and_labels(&browser, "in dark mode");
     browser.set_dark(false);
 
     // A #token= link never replaces the session silently: it asks, naming
@@ -706,6 +735,7 @@ fn the_dashboard_end_to_end() {
         (!browser.text("#signin-error").is_empty()).then_some(())
     });
     assert_accessible(&browser, "on the sign-in form");
+    assert_borders_and_labels(&browser, "on the sign-in form");
     assert_no_page_errors(&browser);
 }
 
@@ -979,8 +1009,32 @@ fn every_flow_works_from_the_keyboard() {
     let id = top[0].0.clone();
     assert_eq!(device(&app, &id)["locationIds"], json!(["store-k"]));
 
+    // The counts filter by status (Enter), the checkbox by Space.
+    tab_to(&browser, "#stats button[data-status='inactive']", 10);
+    browser.keys(ENTER);
+    wait_rows(&browser, "no inactive device", |r| r.is_empty());
+    browser.find("#empty-state");
+    tab_back_to(&browser, "#stats button[data-status='']", 5);
+    browser.keys(" ");
+    wait_rows(&browser, "every device", |r| r.len() == 50);
+    tab_to(&browser, "#stale-filter", 12);
+    browser.keys(" ");
+    wait_js(
+        &browser,
+        "the stale filter in the URL",
+        "return location.search",
+        json!("?seen=stale"),
+    );
+    browser.keys(" ");
+    wait_js(
+        &browser,
+        "no filter in the URL",
+        "return location.search",
+        json!(""),
+    );
+
     // Search.
-    tab_to(&browser, "#search", 10);
+    tab_back_to(&browser, "#search", 10);
     browser.keys("keyboard");
     wait_rows(&browser, "the search hit", |r| ids(r) == [id.clone()]);
 
@@ -1079,5 +1133,16 @@ fn every_flow_works_from_the_keyboard() {
         "the focus is not lost at the last page: {}",
         focused(&browser)
     );
+
+    // Sign out and in again.
+    tab_back_to(&browser, "#signout", 200);
+    browser.keys(ENTER);
+    wait_focus(&browser, "#token-input");
+    browser.keys(&reader());
+    browser.keys(ENTER);
+    browser.wait_for("the reader's session", || {
+        (browser.text("#role") == "Read-only").then_some(())
+    });
+    wait_focus(&browser, "#devices-title");
     assert_no_page_errors(&browser);
 }
