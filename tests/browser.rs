@@ -606,7 +606,7 @@ fn the_dashboard_end_to_end() {
     // list cannot be read (the network is down), then can again.
     js(
         &browser,
-        "window.__fetch = window.fetch; window.fetch = (u, o) => String(u).includes('/api/tenant/devices?') \
+        "window.__fetch = window.fetch; window.fetch = (u, o) => String(u).includes('/api/') \
          ? Promise.reject(new TypeError('offline')) : window.__fetch(u, o); return true",
     );
     browser.click("#status-filter option[value='active']");
@@ -622,8 +622,25 @@ fn the_dashboard_end_to_end() {
         json!(0),
         "the inline error is the only one"
     );
+    // Trying again while the server is still out of reach: the counts fail
+    // too, and say so in place, not in a second message.
+    browser.click("#retry");
+    browser.wait_for("the counts to say they are unavailable", || {
+        (browser.text("#device-count") == "counts unavailable").then_some(())
+    });
+    assert!(browser.shown("#list-error"));
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('#toast-alerts .toast-item').length"
+        ),
+        json!(0)
+    );
     js(&browser, "window.fetch = window.__fetch; return true");
     browser.click("#retry");
+    browser.wait_for("the counts again", || {
+        (browser.text("#device-count") == "4 devices").then_some(())
+    });
     wait_rows(&browser, "the active rows", |r| {
         r.len() == 2 && r.iter().all(|x| x.1 == "active")
     });

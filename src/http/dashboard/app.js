@@ -63,6 +63,7 @@ const S = {
   loading: false,
   loaded: false,
   stats: null,
+  statsError: false,
   editing: null, // { id, etag, name }
   highlight: null, // id of a device just registered
   pendingToken: null, // a #token= link waiting for the user's answer
@@ -444,7 +445,9 @@ function scheduleExpiry() {
   }
 }
 
-function startSession(token) {
+// `keepCursor`: stay on the page the address bar names (a reload); any other
+// sign-in starts at the first page.
+function startSession(token, keepCursor = false) {
   const claims = decodeClaims(token);
   if (!claims) {
     forgetToken();
@@ -458,6 +461,11 @@ function startSession(token) {
   S.scopes = scopeWords(claims);
   S.admin = S.scopes.includes('admin');
   S.stats = null;
+  S.statsError = false;
+  if (!keepCursor) {
+    S.cursor = null;
+    S.offset = 0;
+  }
   storeToken(token);
 
   ui.tenant.textContent = tenantOf(claims);
@@ -570,11 +578,13 @@ async function loadStats() {
     for (const k of ['total', 'active', 'inactive', 'revoked']) {
       S.stats[k] = Number.isSafeInteger(s[k]) ? s[k] : null;
     }
-    dismissToast('stats');
+    S.statsError = false;
   } catch (err) {
     if (err && err.handled) return;
+    // Said next to the counts, not in a toast: when the server is down the
+    // list says so already, and one message is enough.
     S.stats = null;
-    toast(`Could not load the device counts: ${describe(err)}`, { key: 'stats' });
+    S.statsError = true;
   }
   renderStats();
   renderPager();
@@ -589,7 +599,8 @@ function renderStats() {
     button.setAttribute('aria-pressed', String(button.dataset.status === S.filters.status));
   }
   const total = S.stats ? S.stats.total : null;
-  ui.count.textContent = total === null || total === undefined ? '' : plural(total, 'device');
+  if (S.statsError) ui.count.textContent = 'counts unavailable';
+  else ui.count.textContent = total === null || total === undefined ? '' : plural(total, 'device');
 }
 
 // --- list
@@ -1399,6 +1410,12 @@ function showRegistered(device) {
   S.cursor = null;
   S.offset = 0;
   const gen = S.gen + 1;
+  setTimeout(() => {
+    if (S.highlight !== device.id) return;
+    S.highlight = null;
+    const row = S.rows.get(device.id);
+    if (row) row.classList.remove('is-new');
+  }, 8000);
   load().then(() => {
     if (gen !== S.gen) return;
     const hidden = S.loaded && ui.listError.hidden && !S.byId.has(device.id);
@@ -1791,6 +1808,7 @@ function bind() {
   window.addEventListener('popstate', () => {
     if (!S.token) return;
     const { filters, cursor } = readUrl();
+    if (JSON.stringify({ filters, cursor }) === JSON.stringify({ filters: S.filters, cursor: S.cursor })) return;
     S.filters = filters;
     S.cursor = cursor;
     S.offset = cursor ? null : 0;
@@ -1821,10 +1839,10 @@ function init() {
   const fromFragment = takeFragmentToken();
   const stored = storedToken();
   if (stored && decodeClaims(stored)) {
-    startSession(stored);
+    startSession(stored, true);
     if (fromFragment) offerToken(fromFragment);
   } else if (fromFragment) {
-    startSession(fromFragment);
+    startSession(fromFragment, true);
   } else {
     showSignin('');
   }
