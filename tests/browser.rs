@@ -551,6 +551,22 @@ fn the_dashboard_end_to_end() {
     wait_focus(&browser, &in_row(&scanner_id, "[data-action='rotate']"));
     assert_eq!(app.get("/api/device/me", &scanner_key).status, 401);
     assert_eq!(app.get("/api/device/me", &new_key).status, 200);
+    // With a grace period, the old key keeps working beside the new one, and
+    // the key dialog says until when.
+    browser.click(&in_row(&kiosk_id, ".row-actions [data-action='rotate']"));
+    browser.find("#grace");
+    browser.click("#grace option[value='86400']");
+    browser.click("#confirm-ok");
+    let kiosk_new = browser.wait_for("the kiosk's new key", || {
+        let text = browser.text("#key-value");
+        (text.starts_with("dhk_") && text != new_key).then_some(text)
+    });
+    assert!(browser.text("#key-grace").contains("keeps working until"));
+    browser.click("#key-done");
+    let old = app.get("/api/device/me", &kiosk_key);
+    assert_eq!(old.status, 200, "the old key works during its grace");
+    assert_eq!(old.header("deprecation"), Some("true"));
+    assert_eq!(app.get("/api/device/me", &kiosk_new).status, 200);
 
     // Revoke: the confirmation names the device; the row reads as final.
     browser.click(&in_row(&scanner_id, ".row-actions [data-action='revoke']"));

@@ -1024,8 +1024,10 @@ function onDialogClosed(event) {
 
 let confirmResolve = null;
 
-function confirmAction(title, message, okLabel, ret) {
+function confirmAction(title, message, okLabel, ret, withGrace = false) {
   if (confirmResolve) confirmResolve(false);
+  ui.graceField.hidden = !withGrace;
+  ui.grace.value = '0';
   ui.confirmTitle.textContent = title;
   ui.confirmMessage.replaceChildren(message);
   ui.confirmOk.textContent = okLabel;
@@ -1046,8 +1048,11 @@ function onConfirmClosed() {
 
 let keyAcknowledged = true;
 
-function showKey(key, device, title, ret) {
+function showKey(key, device, title, ret, previousUntil = null) {
   ui.keyTitle.textContent = title;
+  ui.keyGrace.textContent = typeof previousUntil === 'string' && previousUntil
+    ? `The previous key keeps working until ${formatDate(previousUntil)}; then only this one does.`
+    : '';
   ui.keyFor.replaceChildren(msg('For ', quoted(device.name), ` (${device.id})`));
   ui.keyValue.textContent = key;
   ui.keyCopyStatus.textContent = '';
@@ -1561,19 +1566,22 @@ async function rotateKey(id, ret) {
   if (!d || !S.admin) return;
   const ok = await confirmAction(
     'Rotate API key',
-    msg('Rotate the API key of ', quoted(d.name), '? Its current key stops working at once. The new key is shown only once.'),
+    msg('Rotate the API key of ', quoted(d.name), '? The new key is shown only once.'),
     'Rotate key',
     ret,
+    true,
   );
   if (!ok) return;
+  const grace = Number(ui.grace.value) || 0;
   const key = `device:${id}`;
   try {
-    const { data } = await api('POST', `${devicePath(id)}/api-key`);
+    const options = grace > 0 ? { body: { gracePeriodSeconds: grace } } : {};
+    const { data } = await api('POST', `${devicePath(id)}/api-key`, options);
     const device = deviceFrom(data);
     updateDevice(device);
     dismissToast(key);
     if (typeof data.apiKey === 'string' && data.apiKey) {
-      showKey(data.apiKey, device, 'New API key', ret);
+      showKey(data.apiKey, device, 'New API key', ret, data.previousKeyExpiresAt);
     } else {
       toast(msg('The key of ', quoted(device.name), ' was rotated, but the server returned no key. Rotate again to get one.'), { key });
     }
@@ -1668,7 +1676,7 @@ function bind() {
     'edit-submit', 'edit-id', 'edit-conflict', 'edit-reload', 'key-dialog', 'key-title', 'key-for',
     'key-value', 'key-copy', 'key-done', 'key-copy-status', 'key-actions', 'key-confirm', 'key-back',
     'key-discard', 'confirm-dialog', 'confirm-title', 'confirm-message', 'confirm-ok',
-    'confirm-cancel', 'switch-dialog', 'switch-message', 'switch-ok', 'switch-keep',
+    'confirm-cancel', 'grace-field', 'grace', 'key-grace', 'switch-dialog', 'switch-message', 'switch-ok', 'switch-keep',
   ];
   for (const id of ids) ui[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
   const renamed = { count: 'device-count', locationError: 'location-filter-error', empty: 'empty-state' };
