@@ -257,6 +257,7 @@ fn screenshot(browser: &Browser, name: &str) {
         "document.activeElement && document.activeElement.blur(); \
          document.querySelectorAll('.toast-item').forEach(t => t.remove()); return true",
     );
+    browser.pointer_to(0, 0);
     std::fs::write(format!("{dir}/{name}"), browser.screenshot_png()).unwrap();
 }
 
@@ -816,6 +817,10 @@ fn a_fleet_of_three_thousand_devices() {
         "50 rows and the header"
     );
     assert!(browser.shown(&in_row(&seen_id, ".seen-online")));
+    assert!(
+        !browser.shown("#filters-toggle"),
+        "every filter is in view: nothing to unfold"
+    );
     screenshot(&browser, "dashboard-1440.png");
 
     // Paging: next, next, previous, and the first page again.

@@ -230,6 +230,16 @@ impl Browser {
         );
     }
 
+    /// Moves the mouse pointer to a point of the viewport.
+    pub fn pointer_to(&self, x: i64, y: i64) {
+        let actions = json!([{"type": "pointerMove", "x": x, "y": y, "origin": "viewport"}]);
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(&json!({"actions": [{"type": "pointer", "id": "mouse", "actions": actions}]})),
+        );
+    }
+
     /// Shift+Tab.
     pub fn shift_tab(&self) {
         let actions = json!([
