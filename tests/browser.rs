@@ -435,6 +435,31 @@ fn the_dashboard_end_to_end() {
     browser.type_into("#reg-name", "Forklift Terminal");
     browser.clear("#reg-locations");
     browser.type_into("#reg-locations", "store-c, store-c");
+    // The server's answer is lost on the way back: the form says so, once...
+    js(
+        &browser,
+        "window.__fetch = window.fetch; window.fetch = async (u, o) => { \
+           const r = await window.__fetch(u, o); \
+           if (o && o.method === 'POST') { window.fetch = window.__fetch; throw new TypeError('lost'); } \
+           return r; }; return true",
+    );
+    browser.click("#reg-submit");
+    browser.wait_for("the form's error", || {
+        browser
+            .text("#reg-error")
+            .contains("could not be reached")
+            .then_some(())
+    });
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('#toast-alerts .toast-item').length"
+        ),
+        json!(0),
+        "one message: in the form"
+    );
+    assert_eq!(api_ids(&app, "").len(), 4, "the server did register it");
+    // ...and sending it again gets that same answer: no second device.
     browser.click("#reg-submit");
     let key = browser.wait_for("the new key", || {
         let text = browser.text("#key-value");
@@ -449,6 +474,7 @@ fn the_dashboard_end_to_end() {
         r.len() == 4 && r[0].2 == "Forklift Terminal"
     });
     let forklift = listed[0].0.clone();
+    assert_eq!(api_ids(&app, "").len(), 4, "registered once");
     browser.wait_for("the success note", || {
         browser
             .text("#toast-status")

@@ -64,6 +64,7 @@ const S = {
   loaded: false,
   stats: null,
   statsError: false,
+  registerAttempt: null, // { body, key }: the Idempotency-Key of the form as sent
   editing: null, // { id, etag, name }
   highlight: null, // id of a device just registered
   pendingToken: null, // a #token= link waiting for the user's answer
@@ -267,6 +268,7 @@ async function api(method, path, options = {}) {
     body = JSON.stringify(options.body);
   }
   if (options.ifMatch) headers['If-Match'] = options.ifMatch;
+  if (options.idempotencyKey) headers['Idempotency-Key'] = options.idempotencyKey;
   let res;
   let text = '';
   try {
@@ -1370,8 +1372,14 @@ function setBusy(button, busy, busyLabel) {
 
 // --- register
 
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `dash-${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
 function openRegister() {
   if (!S.admin) return;
+  S.registerAttempt = null;
   ui.registerForm.reset();
   clearErrors('reg');
   setBusy(ui.regSubmit, false);
@@ -1387,9 +1395,19 @@ async function onRegister(event) {
     showClientErrors('reg', form.errors);
     return;
   }
+  // The same form sent again (after an answer was lost) carries the same
+  // Idempotency-Key, so the server answers it once: no second device.
+  const sent = JSON.stringify(form.body);
+  if (!S.registerAttempt || S.registerAttempt.body !== sent) {
+    S.registerAttempt = { body: sent, key: newIdempotencyKey() };
+  }
   setBusy(ui.regSubmit, true, 'Registering…');
   try {
-    const { data } = await api('POST', '/api/tenant/devices', { body: form.body });
+    const { data } = await api('POST', '/api/tenant/devices', {
+      body: form.body,
+      idempotencyKey: S.registerAttempt.key,
+    });
+    S.registerAttempt = null;
     const device = deviceFrom(data);
     ui.registerDialog.returnTo = null;
     ui.registerDialog.close();
