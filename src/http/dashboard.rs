@@ -53,3 +53,30 @@ async fn app_js() -> HttpResponse {
 async fn app_css() -> HttpResponse {
     asset("text/css; charset=utf-8", APP_CSS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain files, no build step, no CDN: the page loads its own two files
+    /// and nothing from anywhere else, and no test tool (axe-core) is bundled.
+    #[test]
+    fn the_dashboard_loads_nothing_from_elsewhere() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("app.css", APP_CSS),
+        ] {
+            for needle in ["http://", "https://", "//cdn", "@import", "axe"] {
+                assert!(!text.contains(needle), "{name} contains {needle:?}");
+            }
+        }
+        let sources: Vec<&str> = INDEX_HTML
+            .split(" src=\"")
+            .skip(1)
+            .chain(INDEX_HTML.split(" href=\"").skip(1))
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert_eq!(sources, ["/app.js", "data:,", "/app.css", "#main"]);
+    }
+}

@@ -12,6 +12,16 @@ use crate::common;
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// WebDriver's codes for keys that are not characters.
+pub const BACKSPACE: &str = "\u{E003}";
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
+pub const SHIFT: &str = "\u{E008}";
+pub const ESCAPE: &str = "\u{E00C}";
+pub const END: &str = "\u{E010}";
+pub const ARROW_UP: &str = "\u{E013}";
+pub const ARROW_DOWN: &str = "\u{E015}";
+
 pub struct Browser {
     driver: Child,
     addr: SocketAddr,
@@ -149,10 +159,6 @@ impl Browser {
         self.cmd("POST", &format!("/element/{}/click", e.0), Some(&json!({})));
     }
 
-    pub fn click_element(&self, e: &Element) {
-        self.cmd("POST", &format!("/element/{}/click", e.0), Some(&json!({})));
-    }
-
     pub fn clear(&self, css: &str) {
         let e = self.find(css);
         self.cmd("POST", &format!("/element/{}/clear", e.0), Some(&json!({})));
@@ -179,10 +185,6 @@ impl Browser {
             .to_string()
     }
 
-    pub fn within(&self, e: &Element, css: &str) -> Vec<Element> {
-        self.elements(&format!("/element/{}/elements", e.0), css)
-    }
-
     /// Polls `probe` for up to 10 s.
     pub fn wait_for<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -203,11 +205,86 @@ impl Browser {
             .unwrap()
     }
 
-    pub fn set_window(&self, width: u32, height: u32) {
+    /// Runs an asynchronous script: it calls `arguments[arguments.length - 1]`
+    /// with its result.
+    pub fn script_async(&self, script: &str, args: Value) -> Value {
         self.cmd(
             "POST",
-            "/window/rect",
-            Some(&json!({"width": width, "height": height})),
+            "/execute/async",
+            Some(&json!({"script": script, "args": args})),
+        )
+    }
+
+    /// Presses and releases each key of `keys` in turn, as a keyboard would,
+    /// on whatever has the focus. WebDriver key codes: `TAB`, `ENTER`, ...
+    pub fn keys(&self, keys: &str) {
+        let mut actions = Vec::new();
+        for k in keys.chars() {
+            actions.push(json!({"type": "keyDown", "value": k.to_string()}));
+            actions.push(json!({"type": "keyUp", "value": k.to_string()}));
+        }
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(&json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
+    /// Moves the mouse pointer to a point of the viewport.
+    pub fn pointer_to(&self, x: i64, y: i64) {
+        let actions = json!([{"type": "pointerMove", "x": x, "y": y, "origin": "viewport"}]);
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(&json!({"actions": [{"type": "pointer", "id": "mouse", "actions": actions}]})),
+        );
+    }
+
+    /// Shift+Tab.
+    pub fn shift_tab(&self) {
+        let actions = json!([
+            {"type": "keyDown", "value": SHIFT},
+            {"type": "keyDown", "value": TAB},
+            {"type": "keyUp", "value": TAB},
+            {"type": "keyUp", "value": SHIFT},
+        ]);
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(&json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
+    /// The accessible name the browser computes for an element.
+    pub fn accessible_name(&self, e: &Element) -> String {
+        self.cmd("GET", &format!("/element/{}/computedlabel", e.0), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A Chrome DevTools Protocol command.
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(&json!({"cmd": cmd, "params": params})),
+        )
+    }
+
+    /// Sets the page's viewport to exactly `width` x `height` CSS pixels.
+    pub fn set_viewport(&self, width: u32, height: u32) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        );
+    }
+
+    /// Emulates `prefers-color-scheme: dark` (or light).
+    pub fn set_dark(&self, dark: bool) {
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": if dark { "dark" } else { "light" }}]}),
         );
     }
 

@@ -1,18 +1,25 @@
 // devicehub dashboard: plain ES2020 (loaded as a module, so strict and
 // scoped), no dependencies. Talks to the tenant API with the access token
 // the user pasted (kept in sessionStorage only).
+//
+// Built for big fleets: the list shows one page at a time (newest first by
+// default), searching, filtering and counting all happen on the server, and
+// the filters live in the address bar's query string.
 
 const TOKEN_KEY = 'devicehub.token';
-const PAGE_SIZE = 100;
-const MAX_LIMIT = 1000;
+const PAGE_SIZE = 50;
+const SEARCH_DELAY_MS = 150;
 const MAX_TAGS = 100;
 const TAG_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 const TAG_RULE = '1-64 characters of A-Z a-z 0-9 _ - . :';
+const ID_RE = /^dev_[0-9A-HJKMNP-TV-Z]{26}$/;
 const CONTROL_RE = /\p{Cc}/u;
+const ONLINE_MS = 15 * 60000;
+const STALE_MS = 24 * 3600000;
+const EXPIRY_WARNING_MS = 10 * 60000;
+const STATUSES = ['active', 'inactive', 'revoked'];
 const NOT_A_TOKEN =
   'That does not look like an access token: expected a JWT (three base64url parts separated by dots).';
-const CONFLICT_MESSAGE =
-  'Someone else changed this device since you opened it. Reload to see their changes.';
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {
@@ -21,6 +28,18 @@ const el = (tag, cls, text) => {
   if (text !== undefined) node.textContent = text;
   return node;
 };
+// A name set apart from the text around it, so that right-to-left or
+// direction-changing characters in it cannot reorder the sentence.
+const bdi = (text) => el('bdi', null, text);
+// Builds a text node list from strings and nodes: msg('Revoke ', bdi(name), '?').
+const msg = (...parts) => {
+  const frag = document.createDocumentFragment();
+  for (const p of parts) frag.append(typeof p === 'string' ? document.createTextNode(p) : p);
+  return frag;
+};
+const quoted = (name) => msg('“', bdi(name), '”');
+const numberFormat = new Intl.NumberFormat();
+const fmt = (n) => numberFormat.format(n);
 
 // --- state
 
@@ -30,18 +49,25 @@ const S = {
   scopes: [],
   admin: false,
   session: 0, // bumped on sign in / sign out; stale responses are dropped
-  gen: 0, // bumped on every list reload; stale pages are dropped
-  order: [], // device ids in creation order
-  byId: new Map(), // id -> device
+  gen: 0, // bumped on every list load; stale pages are dropped
+  controller: null, // aborts the list request in flight
+  page: [], // the devices shown, in display order
+  byId: new Map(),
   rows: new Map(), // id -> <tr>
   knownLocations: new Set(),
-  hasMore: false,
+  filters: { q: '', status: '', location: '', stale: false, order: 'desc' },
+  cursor: null, // null (first page), { after: id } or { before: id }
+  offset: 0, // index of the page's first device, when known (else null)
+  hasNext: false,
+  hasPrev: false,
   loading: false,
-  listError: '',
-  shown: 0,
-  status: '',
-  location: '',
+  loaded: false,
+  stats: null,
+  statsError: false,
+  registerAttempt: null, // { body, key }: the Idempotency-Key of the form as sent
   editing: null, // { id, etag, name }
+  highlight: null, // id of a device just registered
+  pendingToken: null, // a #token= link waiting for the user's answer
 };
 
 const ui = {};
@@ -111,9 +137,26 @@ function scopeWords(claims) {
   return [];
 }
 
+function tenantOf(claims) {
+  return claims && claims.tenant_id !== undefined && claims.tenant_id !== null ? String(claims.tenant_id) : '';
+}
+
+function expiryOf(claims) {
+  const exp = claims ? claims.exp : undefined;
+  if (typeof exp !== 'number' || !Number.isFinite(exp) || Math.abs(exp) > 8.64e12) return null;
+  return exp * 1000;
+}
+
 // --- time
 
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium' });
+
+function formatDay(iso) {
+  const t = Date.parse(iso);
+  return Number.isNaN(t) ? String(iso) : dayFormat.format(t);
+}
 
 function formatDate(iso) {
   const t = Date.parse(iso);
@@ -121,7 +164,7 @@ function formatDate(iso) {
 }
 
 function plural(n, word) {
-  return `${n} ${word}${n === 1 ? '' : 's'}`;
+  return `${fmt(n)} ${word}${n === 1 ? '' : 's'}`;
 }
 
 function span(ms) {
@@ -143,23 +186,48 @@ function relTime(iso) {
   return `${span(ms)} ago`;
 }
 
-// --- toast
+// online: seen in the last 15 min; quiet: in the last 24 h; stale: longer
+// ago; never: not seen since it was registered.
+function activity(d) {
+  if (!d.lastSeenAt) return { kind: 'never', label: 'Never seen' };
+  const t = Date.parse(d.lastSeenAt);
+  if (Number.isNaN(t)) return { kind: 'never', label: 'Unknown' };
+  const ms = Date.now() - t;
+  if (ms <= ONLINE_MS) return { kind: 'online', label: 'Online' };
+  if (ms <= STALE_MS) return { kind: 'quiet', label: 'Quiet' };
+  return { kind: 'stale', label: 'Stale' };
+}
+
+// --- toasts
+// Errors go to an alert region and stay until dismissed or until the
+// problem is gone (the same key is cleared by a later success); successes go
+// to a polite status region and leave after a few seconds.
 
 function sentence(text) {
   const s = String(text || '').trim();
   return /[.!?]$/.test(s) ? s : `${s}.`;
 }
 
-function toast(message, kind = 'error') {
+function toast(content, { kind = 'error', key = '' } = {}) {
+  const region = kind === 'error' ? ui.toastAlerts : ui.toastStatus;
+  if (key) dismissToast(key);
   const item = el('div', `toast-item toast-${kind}`);
-  const close = el('button', 'toast-close', '×');
+  if (key) item.dataset.key = key;
+  const text = el('p', 'toast-text');
+  text.append(typeof content === 'string' ? document.createTextNode(content) : content);
+  const close = el('button', 'toast-close', 'Dismiss');
   close.type = 'button';
-  close.setAttribute('aria-label', 'Dismiss message');
   close.addEventListener('click', () => item.remove());
-  item.append(el('span', 'toast-text', message), close);
-  ui.toast.append(item);
-  while (ui.toast.children.length > 4) ui.toast.firstElementChild.remove();
+  item.append(text, close);
+  region.append(item);
+  while (region.children.length > 3) region.firstElementChild.remove();
   if (kind !== 'error') setTimeout(() => item.remove(), 6000);
+}
+
+function dismissToast(key) {
+  for (const item of document.querySelectorAll('.toast-item[data-key]')) {
+    if (item.dataset.key === key) item.remove();
+  }
 }
 
 function describe(err) {
@@ -168,11 +236,6 @@ function describe(err) {
     return sentence(err.message) + tail;
   }
   return sentence((err && err.message) || String(err));
-}
-
-function report(context, err) {
-  if (err && err.handled) return;
-  toast(`${context}: ${describe(err)}`);
 }
 
 // --- API
@@ -205,14 +268,19 @@ async function api(method, path, options = {}) {
     body = JSON.stringify(options.body);
   }
   if (options.ifMatch) headers['If-Match'] = options.ifMatch;
+  if (options.idempotencyKey) headers['Idempotency-Key'] = options.idempotencyKey;
   let res;
   let text = '';
   try {
-    res = await fetch(path, { method, headers, body, cache: 'no-store', credentials: 'same-origin' });
+    res = await fetch(path, {
+      method, headers, body, cache: 'no-store', credentials: 'same-origin', signal: options.signal,
+    });
     text = await res.text();
   } catch (_) {
-    const e = new ApiError(0, 'network_error', 'the server could not be reached. Check the network connection and try again');
-    if (session !== S.session) e.handled = true;
+    const aborted = options.signal && options.signal.aborted;
+    const e = new ApiError(0, aborted ? 'aborted' : 'network_error',
+      'the server could not be reached. Check the network connection and try again');
+    if (aborted || session !== S.session) e.handled = true;
     throw e;
   }
   if (session !== S.session) {
@@ -253,6 +321,7 @@ const devicePath = (id) => `/api/tenant/devices/${encodeURIComponent(id)}`;
 function normalize(d) {
   if (!d || typeof d !== 'object' || typeof d.id !== 'string') return null;
   const list = (v) => (Array.isArray(v) ? v.filter((x) => typeof x === 'string') : []);
+  const time = (v) => (typeof v === 'string' && v ? v : null);
   return {
     ...d,
     name: typeof d.name === 'string' ? d.name : '',
@@ -260,6 +329,9 @@ function normalize(d) {
     locationIds: list(d.locationIds),
     pimEnabled: d.pimEnabled === true,
     pimSegmentIds: list(d.pimSegmentIds),
+    createdAt: time(d.createdAt),
+    updatedAt: time(d.updatedAt),
+    lastSeenAt: time(d.lastSeenAt),
   };
 }
 
@@ -267,6 +339,55 @@ function deviceFrom(data) {
   const d = normalize(data && data.data);
   if (!d) throw new ApiError(200, 'bad_response', 'the server sent no device');
   return d;
+}
+
+// --- the address bar: filters and the page cursor live in the query string
+
+function readUrl() {
+  const p = new URLSearchParams(window.location.search);
+  const f = { q: '', status: '', location: '', stale: false, order: 'desc' };
+  const q = (p.get('q') || '').trim();
+  if (q && [...q].length <= 200) f.q = q;
+  if (STATUSES.includes(p.get('status'))) f.status = p.get('status');
+  const loc = p.get('location') || '';
+  if (TAG_RE.test(loc)) f.location = loc;
+  f.stale = p.get('seen') === 'stale';
+  if (p.get('order') === 'asc') f.order = 'asc';
+  let cursor = null;
+  if (ID_RE.test(p.get('after') || '')) cursor = { after: p.get('after') };
+  else if (ID_RE.test(p.get('before') || '')) cursor = { before: p.get('before') };
+  return { filters: f, cursor };
+}
+
+function writeUrl() {
+  const f = S.filters;
+  const p = new URLSearchParams();
+  if (f.q) p.set('q', f.q);
+  if (f.status) p.set('status', f.status);
+  if (f.location) p.set('location', f.location);
+  if (f.stale) p.set('seen', 'stale');
+  if (f.order !== 'desc') p.set('order', f.order);
+  if (S.cursor && S.cursor.after) p.set('after', S.cursor.after);
+  if (S.cursor && S.cursor.before) p.set('before', S.cursor.before);
+  const query = p.toString();
+  const url = window.location.pathname + (query ? `?${query}` : '');
+  if (url !== window.location.pathname + window.location.search) history.replaceState(history.state, '', url);
+}
+
+function filtersToForm() {
+  const f = S.filters;
+  ui.search.value = f.q;
+  ui.statusFilter.value = f.status;
+  ui.locationFilter.value = f.location;
+  ui.locationError.textContent = '';
+  ui.locationFilter.removeAttribute('aria-invalid');
+  ui.staleFilter.checked = f.stale;
+  ui.order.value = f.order;
+}
+
+function filtering() {
+  const f = S.filters;
+  return Boolean(f.q || f.status || f.location || f.stale);
 }
 
 // --- session
@@ -277,30 +398,58 @@ function showSignin(message) {
   ui.signin.hidden = false;
   ui.signinError.textContent = message || '';
   ui.tokenInput.value = '';
+  renderExpiry();
   ui.tokenInput.focus();
 }
 
 function renderExpiry() {
-  const exp = S.claims ? S.claims.exp : undefined;
+  const at = expiryOf(S.claims);
   ui.expiry.classList.remove('is-expired', 'is-soon');
-  if (typeof exp !== 'number' || !Number.isFinite(exp) || Math.abs(exp) > 8.64e12) {
+  let warning = '';
+  if (!S.token) {
+    ui.expiry.textContent = '';
+  } else if (at === null) {
     ui.expiry.textContent = 'no expiry given';
     ui.expiry.removeAttribute('title');
-    return;
-  }
-  const at = exp * 1000;
-  const left = at - Date.now();
-  ui.expiry.title = `${new Date(at).toISOString()} (${dateFormat.format(at)})`;
-  if (left <= 0) {
-    ui.expiry.textContent = `expired ${span(-left)} ago`;
-    ui.expiry.classList.add('is-expired');
   } else {
-    ui.expiry.textContent = `in ${span(left)}`;
-    if (left < 10 * 60000) ui.expiry.classList.add('is-soon');
+    const left = at - Date.now();
+    ui.expiry.title = `${new Date(at).toISOString()} (${dateFormat.format(at)})`;
+    if (left <= 0) {
+      ui.expiry.textContent = `expired ${span(-left)} ago`;
+      ui.expiry.classList.add('is-expired');
+      warning = 'Your access token has expired. Sign in with a new token to go on.';
+    } else {
+      ui.expiry.textContent = `in ${span(left)}`;
+      if (left < EXPIRY_WARNING_MS) {
+        ui.expiry.classList.add('is-soon');
+        warning = `Your access token expires in ${span(left)}. Sign in with a new token before then to keep working.`;
+      }
+    }
+  }
+  if (ui.expiryWarningText.textContent !== warning) ui.expiryWarningText.textContent = warning;
+  ui.expiryWarning.classList.toggle('is-shown', Boolean(warning));
+  ui.expiryRenew.hidden = !warning;
+}
+
+let expiryTimer = 0;
+
+function scheduleExpiry() {
+  clearTimeout(expiryTimer);
+  const at = expiryOf(S.claims);
+  if (at === null || !S.token) return;
+  // Wake at the warning threshold and at expiry; the 30 s tick does the rest.
+  const next = [at - EXPIRY_WARNING_MS, at].map((t) => t - Date.now()).filter((ms) => ms > 0);
+  if (next.length) {
+    expiryTimer = setTimeout(() => {
+      renderExpiry();
+      scheduleExpiry();
+    }, Math.min(Math.min(...next) + 50, 2 ** 31 - 1));
   }
 }
 
-function startSession(token) {
+// `keepCursor`: stay on the page the address bar names (a reload); any other
+// sign-in starts at the first page.
+function startSession(token, keepCursor = false) {
   const claims = decodeClaims(token);
   if (!claims) {
     forgetToken();
@@ -313,27 +462,25 @@ function startSession(token) {
   S.claims = claims;
   S.scopes = scopeWords(claims);
   S.admin = S.scopes.includes('admin');
+  S.stats = null;
+  S.statsError = false;
+  if (!keepCursor) {
+    S.cursor = null;
+    S.offset = 0;
+  }
   storeToken(token);
 
-  ui.tenant.textContent = claims.tenant_id === undefined || claims.tenant_id === null ? '' : String(claims.tenant_id);
+  ui.tenant.textContent = tenantOf(claims);
   ui.scopes.textContent = S.scopes.join(' ');
   ui.role.textContent = S.admin ? 'Admin' : 'Read-only';
   ui.role.classList.toggle('is-admin', S.admin);
   if (typeof claims.sub === 'string' && claims.sub) ui.role.title = `Signed in as ${claims.sub}`;
   else ui.role.removeAttribute('title');
   renderExpiry();
+  scheduleExpiry();
 
   ui.registerOpen.hidden = !S.admin;
-  ui.actionsHead.hidden = !S.admin;
   document.body.classList.toggle('is-admin', S.admin);
-
-  ui.statusFilter.value = '';
-  ui.locationFilter.value = '';
-  ui.locationError.textContent = '';
-  ui.locationFilter.removeAttribute('aria-invalid');
-  ui.search.value = '';
-  S.status = '';
-  S.location = '';
   S.knownLocations.clear();
   ui.locationOptions.replaceChildren();
 
@@ -343,25 +490,31 @@ function startSession(token) {
   ui.session.hidden = false;
   ui.devices.hidden = false;
   ui.devicesTitle.focus();
-  clearList();
-  reload(false);
+  clearPage();
+  renderStats();
+  load();
 }
 
 function signOut(message) {
   S.session += 1;
   S.gen += 1;
+  if (S.controller) S.controller.abort();
+  S.controller = null;
   S.token = null;
   S.claims = null;
   S.scopes = [];
   S.admin = false;
   S.loading = false;
   S.editing = null;
+  S.stats = null;
+  clearTimeout(expiryTimer);
   forgetToken();
+  closeMenu(false);
   closeAllDialogs();
-  clearList();
-  ui.toast.replaceChildren();
+  clearPage();
+  ui.toastAlerts.replaceChildren();
+  ui.toastStatus.replaceChildren();
   ui.registerOpen.hidden = true;
-  ui.actionsHead.hidden = true;
   document.body.classList.remove('is-admin');
   showSignin(message);
 }
@@ -380,25 +533,200 @@ function onSignin(event) {
   startSession(token);
 }
 
+// A `#token=` link: signs in at once when no session is open; otherwise asks
+// first, naming both tenants, and never replaces the session silently.
+function offerToken(token) {
+  if (!token) return;
+  if (!S.token) {
+    startSession(token);
+    return;
+  }
+  if (token === S.token) return;
+  const claims = decodeClaims(token);
+  if (!claims) {
+    toast(msg('The link did not carry a valid access token; you are still signed in to tenant ', bdi(tenantOf(S.claims)), '.'), { key: 'link' });
+    return;
+  }
+  S.pendingToken = token;
+  const next = tenantOf(claims);
+  const current = tenantOf(S.claims);
+  const scopes = scopeWords(claims).join(' ') || 'no scopes';
+  const same = next === current ? ' (the same tenant, another token)' : '';
+  ui.switchMessage.replaceChildren(msg(
+    'The link you opened signs in to tenant ', bdi(next), ` with ${scopes}${same}. `,
+    'You are signed in to tenant ', bdi(current), '. Switch to the new session?',
+  ));
+  ui.switchOk.replaceChildren(msg('Switch to ', bdi(next)));
+  ui.switchDialog.returnValue = '';
+  openDialog(ui.switchDialog, ui.switchKeep, { el: document.activeElement });
+}
+
+function onSwitchClosed() {
+  const token = S.pendingToken;
+  S.pendingToken = null;
+  if (token && ui.switchDialog.returnValue === 'switch') startSession(token);
+}
+
+// --- stats
+
+async function loadStats() {
+  const session = S.session;
+  try {
+    const { data } = await api('GET', '/api/tenant/stats');
+    if (session !== S.session) return;
+    const s = data && data.data;
+    if (!s || typeof s !== 'object') throw new ApiError(200, 'bad_response', 'the server sent no counts');
+    S.stats = {};
+    for (const k of ['total', 'active', 'inactive', 'revoked']) {
+      S.stats[k] = Number.isSafeInteger(s[k]) ? s[k] : null;
+    }
+    S.statsError = false;
+  } catch (err) {
+    if (err && err.handled) return;
+    // Said next to the counts, not in a toast: when the server is down the
+    // list says so already, and one message is enough.
+    S.stats = null;
+    S.statsError = true;
+  }
+  renderStats();
+  renderPager();
+}
+
+function renderStats() {
+  for (const node of ui.stats.querySelectorAll('[data-stat]')) {
+    const v = S.stats ? S.stats[node.dataset.stat] : null;
+    node.textContent = v === null || v === undefined ? '–' : fmt(v);
+  }
+  for (const button of ui.stats.querySelectorAll('button[data-status]')) {
+    button.setAttribute('aria-pressed', String(button.dataset.status === S.filters.status));
+  }
+  const total = S.stats ? S.stats.total : null;
+  if (S.statsError) ui.count.textContent = 'counts unavailable';
+  else ui.count.textContent = total === null || total === undefined ? '' : plural(total, 'device');
+}
+
 // --- list
 
-function clearList() {
-  S.order = [];
+function clearPage() {
+  S.page = [];
   S.byId.clear();
   S.rows.clear();
-  S.hasMore = false;
-  S.listError = '';
-  S.shown = 0;
+  S.hasNext = false;
+  S.hasPrev = false;
+  S.loaded = false;
   ui.tbody.replaceChildren();
-  updateChrome();
+  setListError('');
+  renderPager();
 }
 
-function searchQuery() {
-  return ui.search.value.trim().toLowerCase();
+function setListError(text) {
+  ui.listErrorText.textContent = text;
+  ui.listError.hidden = !text;
 }
 
-function matches(device, q) {
-  return !q || device.name.toLowerCase().includes(q);
+function listParams(limit, after, order) {
+  const f = S.filters;
+  const params = new URLSearchParams();
+  params.set('limit', String(limit));
+  params.set('order', order);
+  if (after) params.set('startingAfter', after);
+  if (f.q) params.set('q', f.q);
+  if (f.status) params.set('status', f.status);
+  if (f.location) params.set('locationId', f.location);
+  if (f.stale) params.set('lastSeenBefore', new Date(Date.now() - STALE_MS).toISOString());
+  return `/api/tenant/devices?${params}`;
+}
+
+async function fetchPage(limit, after, order, signal) {
+  const { data } = await api('GET', listParams(limit, after, order), { signal });
+  const list = [];
+  if (Array.isArray(data.data)) {
+    for (const raw of data.data) {
+      const d = normalize(raw);
+      if (d) list.push(d);
+    }
+  }
+  return { list, hasMore: data.hasMore === true };
+}
+
+const flip = (order) => (order === 'desc' ? 'asc' : 'desc');
+
+// Loads the page at S.cursor: the first page, the page after a device, or
+// the page before one (read in the opposite order, then reversed).
+async function load({ focus = null, withStats = true } = {}) {
+  if (!S.token) return;
+  const gen = ++S.gen;
+  if (S.controller) S.controller.abort();
+  const controller = new AbortController();
+  S.controller = controller;
+  S.loading = true;
+  writeUrl();
+  renderPager();
+  if (withStats) loadStats();
+  const order = S.filters.order;
+  try {
+    let page;
+    let hasPrev;
+    let hasNext;
+    if (S.cursor && S.cursor.before) {
+      page = await fetchPage(PAGE_SIZE, S.cursor.before, flip(order), controller.signal);
+      if (gen !== S.gen) return;
+      if (!page.hasMore) {
+        // Back at the start: show a whole first page.
+        S.cursor = null;
+        S.offset = 0;
+        writeUrl();
+        page = await fetchPage(PAGE_SIZE, null, order, controller.signal);
+        if (gen !== S.gen) return;
+        hasPrev = false;
+        hasNext = page.hasMore;
+      } else {
+        page.list.reverse();
+        hasPrev = true;
+        hasNext = true;
+      }
+    } else {
+      const after = S.cursor ? S.cursor.after : null;
+      page = await fetchPage(PAGE_SIZE, after, order, controller.signal);
+      if (gen !== S.gen) return;
+      hasPrev = Boolean(after);
+      hasNext = page.hasMore;
+      if (!after) S.offset = 0;
+    }
+    S.loading = false;
+    S.loaded = true;
+    S.hasPrev = hasPrev;
+    S.hasNext = hasNext;
+    setListError('');
+    showPage(page.list);
+    if (focus) focus();
+  } catch (err) {
+    if (gen !== S.gen) return;
+    S.loading = false;
+    if (!(err && err.handled)) setListError(`Could not load devices: ${describe(err)}`);
+    renderPager();
+  }
+}
+
+function showPage(list) {
+  const previous = S.rows;
+  S.page = list;
+  S.byId = new Map();
+  S.rows = new Map();
+  const frag = document.createDocumentFragment();
+  for (const d of list) {
+    S.byId.set(d.id, d);
+    const row = renderRow(d, previous.get(d.id));
+    row.classList.toggle('is-new', d.id === S.highlight);
+    S.rows.set(d.id, row);
+    frag.append(row);
+    rememberLocations(d);
+  }
+  ui.tbody.replaceChildren(frag);
+  renderPager();
+  // For measurements (Performance API): when a list became visible, and for
+  // which search. The first one is the dashboard's first usable paint.
+  performance.mark('devicehub:list-shown', { detail: { q: S.filters.q, rows: list.length } });
 }
 
 function rememberLocations(device) {
@@ -411,195 +739,135 @@ function rememberLocations(device) {
   }
 }
 
-// Adds devices not yet listed (reusing their old <tr> from `previous` when
-// given); returns the ids added.
-function addDevices(list, previous) {
-  const added = [];
-  for (const raw of list) {
-    const d = normalize(raw);
-    if (!d || S.byId.has(d.id)) continue;
-    S.byId.set(d.id, d);
-    S.order.push(d.id);
-    S.rows.set(d.id, renderRow(d, previous ? previous.get(d.id) : undefined));
-    rememberLocations(d);
-    added.push(d.id);
-  }
-  return added;
+// The number of devices the current filters match, when the counts say so.
+function matchingTotal() {
+  const f = S.filters;
+  if (!S.stats || f.q || f.location || f.stale) return null;
+  const v = f.status ? S.stats[f.status] : S.stats.total;
+  return typeof v === 'number' ? v : null;
 }
 
-// Shows the loaded rows whose name matches the search; leaves the DOM
-// alone when the visible rows would not change (fast typing, 1000+ rows).
-function renderAllRows() {
-  const q = searchQuery();
-  const wanted = [];
-  for (const id of S.order) {
-    if (matches(S.byId.get(id), q)) wanted.push(S.rows.get(id));
-  }
-  const current = ui.tbody.children;
-  let same = current.length === wanted.length;
-  for (let i = 0; same && i < wanted.length; i += 1) same = current[i] === wanted[i];
-  if (!same) {
-    const frag = document.createDocumentFragment();
-    for (const row of wanted) frag.append(row);
-    ui.tbody.replaceChildren(frag);
-  }
-  S.shown = wanted.length;
-  updateChrome();
-}
+function renderPager() {
+  const n = S.page.length;
+  // Not disabled while a page loads, so that the focus stays on the button.
+  ui.pagePrev.disabled = !S.hasPrev;
+  ui.pageNext.disabled = !S.hasNext;
+  ui.pageFirst.hidden = !S.hasPrev;
+  ui.pageFirst.textContent = S.filters.order === 'desc' ? 'Newest' : 'Oldest';
+  ui.tableWrap.setAttribute('aria-busy', S.loading ? 'true' : 'false');
+  ui.tableWrap.classList.toggle('is-loading', S.loading);
+  ui.clearFilters.hidden = !filtering();
+  const f = S.filters;
+  const more = [f.status, f.location, f.stale, f.order !== 'desc'].filter(Boolean).length;
+  ui.filtersToggle.textContent = more ? `Filters (${more})` : 'Filters';
 
-function appendRows(ids) {
-  const q = searchQuery();
-  const frag = document.createDocumentFragment();
-  for (const id of ids) {
-    if (matches(S.byId.get(id), q)) {
-      frag.append(S.rows.get(id));
-      S.shown += 1;
+  let info = '';
+  if (S.loading && !S.loaded) info = 'Loading devices…';
+  else if (n > 0) {
+    const total = matchingTotal();
+    if (S.offset !== null && S.offset !== undefined) {
+      info = `${fmt(S.offset + 1)}–${fmt(S.offset + n)}`;
+      info += total !== null ? ` of ${fmt(total)}` : ` (${filtering() ? 'matching' : 'listed'})`;
+    } else {
+      info = `${plural(n, 'device')} on this page`;
     }
   }
-  ui.tbody.append(frag);
-  updateChrome();
-}
-
-function updateChrome() {
-  const n = S.order.length;
-  const q = searchQuery();
-  if (S.loading && n === 0) {
-    ui.count.textContent = 'Loading…';
-  } else {
-    let text = `${plural(n, 'device')} loaded`;
-    if (q) text += `, ${S.shown} shown`;
-    if (S.hasMore) text += ' (more available)';
-    ui.count.textContent = text;
-  }
-  ui.count.dataset.count = String(n);
-
-  ui.loadMore.hidden = !S.hasMore;
-  ui.loadMore.disabled = S.loading;
-  ui.loadMore.textContent = S.loading ? 'Loading…' : 'Load more';
-  ui.tableWrap.setAttribute('aria-busy', S.loading ? 'true' : 'false');
+  ui.pageInfo.textContent = info;
 
   let empty = '';
-  if (S.listError) empty = S.listError;
-  else if (n === 0 && S.loading) empty = 'Loading devices…';
-  else if (n === 0 && (S.status || S.location)) empty = 'No devices match these filters.';
-  else if (n === 0) {
-    empty = S.admin
-      ? 'No devices registered yet. Use “Register device” to add the first one.'
-      : 'No devices registered yet.';
-  } else if (S.shown === 0) {
-    empty = `No loaded device has a name containing “${ui.search.value.trim()}”.`;
-    if (S.hasMore) empty += ' Load more devices to search further.';
+  if (S.loaded && n === 0 && ui.listError.hidden) {
+    if (filtering()) empty = 'No devices match these filters.';
+    else if (S.hasPrev) empty = 'No more devices.';
+    else {
+      empty = S.admin
+        ? 'No devices registered yet. Use “Register device” to add the first one.'
+        : 'No devices registered yet.';
+    }
   }
   ui.emptyMessage.textContent = empty;
   ui.empty.hidden = !empty;
-  ui.retry.hidden = !S.listError;
+  ui.tableWrap.hidden = S.loaded && n === 0;
 }
 
-function listUrl(limit, after) {
-  const params = new URLSearchParams();
-  params.set('limit', String(limit));
-  if (after) params.set('startingAfter', after);
-  if (S.status) params.set('status', S.status);
-  if (S.location) params.set('locationId', S.location);
-  return `/api/tenant/devices?${params}`;
+function goNext() {
+  if (S.loading || !S.hasNext || !S.page.length) return;
+  if (S.offset !== null) S.offset += S.page.length;
+  S.cursor = { after: S.page[S.page.length - 1].id };
+  load({ focus: focusPageTop(ui.pageNext) });
 }
 
-async function fetchPage(limit, after) {
-  const { data } = await api('GET', listUrl(limit, after));
-  return { list: Array.isArray(data.data) ? data.data : [], hasMore: data.hasMore === true };
+function goPrev() {
+  if (S.loading || !S.hasPrev || !S.page.length) return;
+  if (S.offset !== null) S.offset = Math.max(0, S.offset - PAGE_SIZE);
+  S.cursor = { before: S.page[0].id };
+  load({ focus: focusPageTop(ui.pagePrev) });
 }
 
-// Loads the list from the start. `keep` reloads as many devices as are
-// loaded now (after a write), otherwise one page.
-async function reload(keep) {
-  if (!S.token) return;
-  const gen = ++S.gen;
-  const want = keep ? Math.max(PAGE_SIZE, S.order.length + 1) : PAGE_SIZE;
-  S.loading = true;
-  S.listError = '';
-  if (!keep) clearList();
-  updateChrome();
-  const all = [];
-  let hasMore = false;
-  try {
-    do {
-      const limit = Math.min(MAX_LIMIT, want - all.length);
-      const after = all.length ? all[all.length - 1].id : null;
-      const page = await fetchPage(limit, after);
-      if (gen !== S.gen) return;
-      for (const d of page.list) if (d && typeof d.id === 'string') all.push(d);
-      hasMore = page.hasMore;
-      if (page.list.length === 0) break;
-    } while (hasMore && all.length < want);
-    const previous = S.rows;
-    S.order = [];
-    S.byId.clear();
-    S.rows = new Map();
-    addDevices(all, previous);
-    S.hasMore = hasMore;
-    S.loading = false;
-    renderAllRows();
-  } catch (err) {
-    if (gen !== S.gen) return;
-    S.loading = false;
-    if (err && err.handled) return;
-    report('Could not load devices', err);
-    if (!keep) S.listError = `Could not load devices: ${describe(err)}`;
-    updateChrome();
-  }
+function goFirst() {
+  S.cursor = null;
+  S.offset = 0;
+  load({ focus: focusPageTop(ui.pageFirst) });
 }
 
-async function loadMore() {
-  if (!S.token || S.loading || !S.hasMore || S.order.length === 0) return;
-  const gen = S.gen;
-  S.loading = true;
-  updateChrome();
-  try {
-    const page = await fetchPage(PAGE_SIZE, S.order[S.order.length - 1]);
-    if (gen !== S.gen) return;
-    const added = addDevices(page.list);
-    S.hasMore = page.hasMore && page.list.length > 0;
-    S.loading = false;
-    appendRows(added);
-  } catch (err) {
-    if (gen !== S.gen) return;
-    S.loading = false;
-    updateChrome();
-    report('Could not load more devices', err);
-  }
+// After paging, the focus stays on the button pressed when it can still be
+// pressed; otherwise it goes to the table.
+function focusPageTop(button) {
+  return () => {
+    const active = document.activeElement;
+    if (active !== button && active && active !== document.body && active.isConnected) return;
+    if (visible(button)) button.focus();
+    else ui.tableWrap.focus();
+  };
+}
+
+// Filters start again from the first page.
+function applyFilters(change) {
+  Object.assign(S.filters, change);
+  S.cursor = null;
+  S.offset = 0;
+  renderStats();
+  load({ withStats: false });
 }
 
 // --- rows
 
-function tagList(tags, max, muted) {
-  const wrap = el('span', muted ? 'tags is-muted' : 'tags');
+function tagList(tags, max) {
+  const wrap = el('span', 'tags');
   tags.slice(0, max).forEach((t) => wrap.append(el('span', 'tag', t)));
   if (tags.length > max) {
-    const more = el('span', 'tag tag-more', `+${tags.length - max} more`);
-    more.title = tags.slice(max).join(', ');
-    wrap.append(more);
+    wrap.append(el('span', 'tag tag-more', `+${tags.length - max} more`));
   }
   return wrap;
 }
 
-function timeCell(cls, iso, relative) {
-  const td = el('td', cls);
-  if (!iso) {
-    td.append(el('span', 'muted', 'never'));
-    return td;
-  }
-  const time = el('time', null, relative ? relTime(iso) : formatDate(iso));
-  time.dateTime = iso;
-  time.title = iso;
-  if (relative) time.dataset.rel = '1';
-  td.append(time);
-  return td;
+function statusBadge(status) {
+  const known = STATUSES.includes(status);
+  return el('span', `badge badge-${known ? status : 'unknown'}`, status);
 }
 
-function actionButton(cls, label, aria) {
-  const b = el('button', `btn btn-small ${cls}`, label);
+function activityNode(d, withTime) {
+  const a = activity(d);
+  const wrap = el('span', `seen seen-${a.kind}`);
+  wrap.append(el('span', 'seen-dot'), el('span', 'seen-label', a.label));
+  if (withTime && d.lastSeenAt) {
+    const time = el('time', 'seen-time', relTime(d.lastSeenAt));
+    time.dateTime = d.lastSeenAt;
+    time.title = formatDate(d.lastSeenAt);
+    time.dataset.rel = '1';
+    wrap.append(' ', time);
+  }
+  return wrap;
+}
+
+// A button whose accessible name is its visible text followed by the
+// device's name (visually hidden), e.g. "Rotate key for “Kiosk 3”".
+function actionButton(action, label, d, cls = '') {
+  const b = el('button', `btn btn-small ${cls}`.trim());
   b.type = 'button';
-  b.setAttribute('aria-label', aria);
+  b.dataset.action = action;
+  const hidden = el('span', 'vh');
+  hidden.append(' for ', quoted(d.name));
+  b.append(label, hidden);
   return b;
 }
 
@@ -614,108 +882,161 @@ function renderRow(d, existing) {
   tr.classList.toggle('is-revoked', revoked);
 
   const name = el('td', 'cell-name');
-  name.title = `ID ${d.id}`;
-  name.append(el('span', 'name', d.name));
+  const open = el('button', 'open-details');
+  open.type = 'button';
+  open.dataset.action = 'details';
+  open.append(bdi(d.name || d.id));
+  name.append(open);
 
   const status = el('td', 'cell-status');
-  const known = ['active', 'inactive', 'revoked'].includes(d.status);
-  status.append(el('span', `badge badge-${known ? d.status : 'unknown'}`, d.status));
+  status.append(statusBadge(d.status));
+
+  const seen = el('td', 'cell-seen');
+  seen.append(activityNode(d, true));
 
   const locations = el('td', 'cell-locations');
-  if (d.locationIds.length) {
-    locations.title = d.locationIds.join(', ');
-    locations.append(tagList(d.locationIds, 4, false));
-  } else {
-    locations.append(el('span', 'muted', '—'));
-  }
+  if (d.locationIds.length) locations.append(tagList(d.locationIds, 3));
+  else locations.append(el('span', 'muted', 'no location'));
 
   const pim = el('td', 'cell-pim');
-  pim.append(el('span', `badge ${d.pimEnabled ? 'badge-on' : 'badge-off'}`, d.pimEnabled ? 'on' : 'off'));
-  if (d.pimSegmentIds.length) {
-    pim.title = `Segments: ${d.pimSegmentIds.join(', ')}`;
-    pim.append(' ', tagList(d.pimSegmentIds, 3, !d.pimEnabled));
+  pim.append(el('span', `badge ${d.pimEnabled ? 'badge-on' : 'badge-off'}`, d.pimEnabled ? 'PIM on' : 'PIM off'));
+  if (d.pimSegmentIds.length) pim.append(' ', tagList(d.pimSegmentIds, 2));
+
+  const created = el('td', 'cell-created');
+  if (d.createdAt) {
+    const time = el('time', null, formatDay(d.createdAt));
+    time.dateTime = d.createdAt;
+    time.title = formatDate(d.createdAt);
+    created.append(time);
   }
 
-  tr.append(name, status, locations, pim, timeCell('cell-created', d.createdAt, false), timeCell('cell-seen', d.lastSeenAt, true));
-
-  if (S.admin) {
-    const actions = el('td', 'cell-actions');
-    if (revoked) {
-      actions.append(el('span', 'muted final', 'Revoked (final)'));
-    } else {
-      const label = `“${d.name}”`;
-      actions.append(
-        actionButton('edit', 'Edit', `Edit ${label}`),
-        actionButton('rotate', 'Rotate key', `Rotate the API key of ${label}`),
-        actionButton('revoke btn-danger-outline', 'Revoke', `Revoke ${label}`),
-      );
-    }
-    tr.append(actions);
+  const actions = el('td', 'cell-actions');
+  if (S.admin && !revoked) {
+    const inline = el('span', 'row-actions');
+    inline.append(
+      actionButton('edit', 'Edit', d),
+      actionButton('rotate', 'Rotate key', d),
+      actionButton('revoke', 'Revoke', d, 'btn-danger-outline'),
+    );
+    actions.append(inline);
+  } else if (S.admin && revoked) {
+    actions.append(el('span', 'muted final row-actions', 'Revoked (final)'));
   }
+  const menu = el('button', 'btn btn-small row-menu-button');
+  menu.type = 'button';
+  menu.dataset.action = 'menu';
+  menu.setAttribute('aria-haspopup', 'menu');
+  menu.setAttribute('aria-expanded', 'false');
+  const hidden = el('span', 'vh');
+  hidden.append(' for ', quoted(d.name));
+  menu.append('Actions', hidden);
+  actions.append(menu);
+
+  tr.append(name, status, seen, locations, pim, created, actions);
   return tr;
 }
 
-// Replaces a listed device with a fresh copy from the server.
+// Replaces a shown device with a fresh copy from the server.
 function updateDevice(raw) {
   const d = normalize(raw);
-  if (!d || !S.byId.has(d.id)) return;
-  const old = S.byId.get(d.id);
-  if (JSON.stringify(old) === JSON.stringify(d)) return;
-  const focused = document.activeElement;
-  const oldRow = S.rows.get(d.id);
-  const focusClass = focused && oldRow.contains(focused) && focused.classList.contains('btn')
-    ? ['edit', 'rotate', 'revoke'].find((c) => focused.classList.contains(c))
-    : null;
-  S.byId.set(d.id, d);
-  renderRow(d, oldRow);
-  rememberLocations(d);
-  renderAllRowsIfSearching();
-  if (focusClass) focusRow(d.id, focusClass);
+  if (!d) return;
+  if (S.byId.has(d.id)) {
+    const old = S.byId.get(d.id);
+    if (JSON.stringify(old) !== JSON.stringify(d)) {
+      S.byId.set(d.id, d);
+      const i = S.page.findIndex((x) => x.id === d.id);
+      if (i >= 0) S.page[i] = d;
+      renderRow(d, S.rows.get(d.id));
+      rememberLocations(d);
+    }
+  }
+  if (ui.drawer.open && ui.drawer.dataset.id === d.id) renderDrawer(d);
 }
 
-function renderAllRowsIfSearching() {
-  if (searchQuery()) renderAllRows();
-  else updateChrome();
+function refreshRelativeTimes() {
+  for (const [id, row] of S.rows) {
+    const d = S.byId.get(id);
+    const seen = row.querySelector('.cell-seen');
+    if (d && seen) seen.replaceChildren(activityNode(d, true));
+  }
 }
 
-function focusRow(id, cls) {
-  const row = S.rows.get(id);
-  const target =
-    (row && row.isConnected && (row.querySelector(`button.${cls}`) || row.querySelector('button'))) ||
-    ui.tableWrap;
-  target.focus();
+// --- focus
+// Where the focus goes back after a dialog or menu: the element that opened
+// it when it is still on screen, else the same action on the device's row
+// (rows are rebuilt on updates), else the device's name, else the heading.
+
+function visible(node) {
+  return Boolean(node && node.isConnected && !node.disabled && node.getClientRects().length > 0);
 }
 
-function refocusAfterDialog(id, cls) {
-  const active = document.activeElement;
-  if (document.querySelector('dialog[open]')) return;
-  if (!active || active === document.body || !active.isConnected) focusRow(id, cls);
+function focusTarget(ret) {
+  if (!ret) return null;
+  if (visible(ret.el)) return ret.el;
+  if (ret.id && ui.drawer.open && ui.drawer.dataset.id === ret.id) {
+    const inDrawer = ret.action && ui.drawer.querySelector(`[data-action="${ret.action}"]`);
+    return visible(inDrawer) ? inDrawer : ui.drawerClose;
+  }
+  const row = ret.id && S.rows.get(ret.id);
+  if (row && row.isConnected) {
+    const candidates = [
+      ret.action && row.querySelector(`.row-actions [data-action="${ret.action}"]`),
+      row.querySelector('.row-menu-button'),
+      row.querySelector('.open-details'),
+    ];
+    for (const c of candidates) if (visible(c)) return c;
+  }
+  return null;
+}
+
+function restoreFocus(ret) {
+  const open = document.querySelector('dialog[open]');
+  const target = focusTarget(ret);
+  if (target && (!open || open.contains(target))) target.focus();
+  else if (open) {
+    if (!open.contains(document.activeElement)) open.focus();
+  } else if (visible(ui.devicesTitle)) ui.devicesTitle.focus();
 }
 
 // --- dialogs
 
-function openDialog(dialog, focusTarget) {
+function openDialog(dialog, first, ret) {
+  dialog.returnTo = ret || { el: document.activeElement };
   if (!dialog.open) dialog.showModal();
-  if (focusTarget) focusTarget.focus();
+  if (first) first.focus();
 }
 
 function closeAllDialogs() {
+  keyAcknowledged = true;
   for (const d of document.querySelectorAll('dialog')) {
-    if (d.open) d.close();
+    if (d.open) {
+      d.returnTo = null;
+      d.close();
+    }
   }
+}
+
+function onDialogClosed(event) {
+  const dialog = event.currentTarget;
+  if (dialog === ui.keyDialog && !keyAcknowledged) return; // reopened by onKeyClosed
+  const ret = dialog.returnTo;
+  dialog.returnTo = null;
+  if (ret) restoreFocus(ret);
 }
 
 let confirmResolve = null;
 
-function confirmAction(title, message, okLabel) {
+function confirmAction(title, message, okLabel, ret, withGrace = false) {
   if (confirmResolve) confirmResolve(false);
+  ui.graceField.hidden = !withGrace;
+  ui.grace.value = '0';
   ui.confirmTitle.textContent = title;
-  ui.confirmMessage.textContent = message;
+  ui.confirmMessage.replaceChildren(message);
   ui.confirmOk.textContent = okLabel;
   ui.confirmDialog.returnValue = '';
   return new Promise((resolve) => {
     confirmResolve = resolve;
-    openDialog(ui.confirmDialog, ui.confirmCancel);
+    openDialog(ui.confirmDialog, ui.confirmCancel, ret);
   });
 }
 
@@ -725,48 +1046,227 @@ function onConfirmClosed() {
   if (resolve) resolve(ui.confirmDialog.returnValue === 'ok');
 }
 
-function showKey(key, device, title) {
+// --- the one-time key
+
+let keyAcknowledged = true;
+
+function showKey(key, device, title, ret, previousUntil = null) {
   ui.keyTitle.textContent = title;
-  ui.keyFor.textContent = `For “${device.name}” (${device.id})`;
+  ui.keyGrace.textContent = typeof previousUntil === 'string' && previousUntil
+    ? `The previous key keeps working until ${formatDate(previousUntil)}; then only this one does.`
+    : '';
+  ui.keyFor.replaceChildren(msg('For ', quoted(device.name), ` (${device.id})`));
   ui.keyValue.textContent = key;
   ui.keyCopyStatus.textContent = '';
-  ui.keyDialog.dataset.device = device.id;
-  openDialog(ui.keyDialog, ui.keyCopy);
+  setKeyConfirm(false);
+  keyAcknowledged = false;
+  openDialog(ui.keyDialog, ui.keyCopy, ret);
 }
 
-function selectKey() {
+function setKeyConfirm(shown) {
+  ui.keyConfirm.hidden = !shown;
+  ui.keyActions.hidden = shown;
+  if (shown) ui.keyBack.focus();
+  else if (ui.keyDialog.open) ui.keyCopy.focus();
+}
+
+function closeKey() {
+  keyAcknowledged = true;
+  ui.keyDialog.close();
+}
+
+// Escape (or any other close request) asks before the key is thrown away.
+function onKeyEscape(event) {
+  if (event.type === 'keydown' && event.key !== 'Escape') return;
+  event.preventDefault();
+  event.stopPropagation();
+  if (event.type === 'keydown' && !ui.keyConfirm.hidden) setKeyConfirm(false);
+  else setKeyConfirm(true);
+}
+
+function onKeyClosed() {
+  if (!keyAcknowledged) {
+    // Closed by something we did not see coming: bring the key back.
+    ui.keyDialog.showModal();
+    setKeyConfirm(true);
+    return;
+  }
+  ui.keyValue.textContent = '';
+  ui.keyCopyStatus.textContent = '';
+  const selection = window.getSelection();
+  if (selection) selection.removeAllRanges();
+}
+
+function selectText(node) {
   const range = document.createRange();
-  range.selectNodeContents(ui.keyValue);
+  range.selectNodeContents(node);
   const selection = window.getSelection();
   if (!selection) return;
   selection.removeAllRanges();
   selection.addRange(range);
 }
 
-async function copyKey() {
-  const key = ui.keyValue.textContent;
-  if (!key) return;
-  let copied = false;
+async function copyText(node) {
+  const text = node.textContent;
+  if (!text) return false;
   if (window.isSecureContext && navigator.clipboard && navigator.clipboard.writeText) {
     try {
-      await navigator.clipboard.writeText(key);
-      copied = true;
+      await navigator.clipboard.writeText(text);
+      return true;
     } catch (_) {
-      copied = false;
+      // fall back to a selection
     }
   }
-  if (!copied) {
-    selectKey();
-    try {
-      copied = document.execCommand('copy');
-    } catch (_) {
-      copied = false;
-    }
-    selectKey();
+  selectText(node);
+  let copied = false;
+  try {
+    copied = document.execCommand('copy');
+  } catch (_) {
+    copied = false;
   }
-  ui.keyCopyStatus.textContent = copied
-    ? 'Copied to the clipboard.'
-    : 'Copying is blocked in this browser. The key is selected: press Ctrl+C (⌘C on a Mac) to copy it.';
+  selectText(node);
+  return copied;
+}
+
+const COPY_BLOCKED = 'Copying is blocked in this browser. The text is selected: press Ctrl+C (⌘C on a Mac) to copy it.';
+
+async function copyKey() {
+  const copied = await copyText(ui.keyValue);
+  ui.keyCopyStatus.textContent = copied ? 'Copied to the clipboard.' : COPY_BLOCKED;
+}
+
+// --- the detail drawer
+
+function timeLine(iso, empty) {
+  const frag = document.createDocumentFragment();
+  if (!iso) {
+    frag.append(el('span', 'muted', empty));
+    return frag;
+  }
+  const time = el('time', null, formatDate(iso));
+  time.dateTime = iso;
+  frag.append(time, el('span', 'muted', ` (${relTime(iso)})`));
+  return frag;
+}
+
+function fullTags(tags, empty) {
+  if (!tags.length) return el('span', 'muted', empty);
+  const list = el('ul', 'tags tag-list');
+  for (const t of tags) list.append(el('li', 'tag', t));
+  return list;
+}
+
+function renderDrawer(d) {
+  ui.drawer.dataset.id = d.id;
+  ui.drawerName.textContent = d.name || d.id;
+  ui.drawerBadges.replaceChildren(statusBadge(d.status), ' ', activityNode(d, false));
+  ui.drawerId.textContent = d.id;
+  ui.drawerSeen.replaceChildren(timeLine(d.lastSeenAt, 'never'));
+  ui.drawerCreated.replaceChildren(timeLine(d.createdAt, 'unknown'));
+  ui.drawerUpdated.replaceChildren(timeLine(d.updatedAt, 'unknown'));
+  ui.drawerLocations.replaceChildren(fullTags(d.locationIds, 'none'));
+  ui.drawerPim.textContent = d.pimEnabled ? 'enabled' : 'disabled';
+  ui.drawerSegments.replaceChildren(fullTags(d.pimSegmentIds, 'none'));
+  ui.drawerActions.hidden = !S.admin || d.status === 'revoked';
+}
+
+async function openDrawer(id, ret) {
+  const known = S.byId.get(id);
+  if (known) renderDrawer(known);
+  ui.drawerCopyStatus.textContent = '';
+  openDialog(ui.drawer, ui.drawerClose, ret);
+  try {
+    const { data } = await api('GET', devicePath(id));
+    const d = deviceFrom(data);
+    updateDevice(d);
+    if (ui.drawer.open && ui.drawer.dataset.id === id) renderDrawer(d);
+    dismissToast(`device:${id}`);
+  } catch (err) {
+    if (err && err.handled) return;
+    if (!known) ui.drawer.close();
+    toast(`Could not read the device: ${describe(err)}`, { key: `device:${id}` });
+  }
+}
+
+// --- the row action menu
+
+let menuFor = null; // { id, button }
+
+function openMenu(button, id, focusLast = false) {
+  const d = S.byId.get(id);
+  if (!d) return;
+  closeMenu(false);
+  menuFor = { id, button };
+  const revoked = d.status === 'revoked';
+  for (const item of ui.rowMenu.querySelectorAll('[role="menuitem"]')) {
+    const writes = item.dataset.action !== 'details';
+    item.hidden = writes && (!S.admin || revoked);
+  }
+  ui.rowMenu.setAttribute('aria-label', `Actions for ${d.name}`);
+  ui.rowMenu.hidden = false;
+  button.setAttribute('aria-expanded', 'true');
+  const r = button.getBoundingClientRect();
+  const width = ui.rowMenu.offsetWidth;
+  const height = ui.rowMenu.offsetHeight;
+  let left = Math.min(r.right - width, window.innerWidth - width - 8);
+  left = Math.max(8, left);
+  let top = r.bottom + 4;
+  if (top + height > window.innerHeight - 8 && r.top - height - 4 > 8) top = r.top - height - 4;
+  ui.rowMenu.style.left = `${left + window.scrollX}px`;
+  ui.rowMenu.style.top = `${top + window.scrollY}px`;
+  const items = menuItems();
+  (focusLast ? items[items.length - 1] : items[0]).focus();
+}
+
+function menuItems() {
+  return [...ui.rowMenu.querySelectorAll('[role="menuitem"]')].filter((i) => !i.hidden);
+}
+
+function closeMenu(refocus) {
+  if (!menuFor) return;
+  const { button } = menuFor;
+  menuFor = null;
+  ui.rowMenu.hidden = true;
+  button.setAttribute('aria-expanded', 'false');
+  if (refocus && button.isConnected) button.focus();
+}
+
+function onMenuKey(event) {
+  const items = menuItems();
+  const i = items.indexOf(document.activeElement);
+  let next = null;
+  if (event.key === 'ArrowDown') next = items[(i + 1) % items.length];
+  else if (event.key === 'ArrowUp') next = items[(i - 1 + items.length) % items.length];
+  else if (event.key === 'Home') next = items[0];
+  else if (event.key === 'End') next = items[items.length - 1];
+  else if (event.key === 'Escape') {
+    event.preventDefault();
+    closeMenu(true);
+    return;
+  } else if (event.key === 'Tab') {
+    closeMenu(true);
+    return;
+  }
+  if (next) {
+    event.preventDefault();
+    next.focus();
+  }
+}
+
+function onMenuClick(event) {
+  const item = event.target instanceof Element ? event.target.closest('[role="menuitem"]') : null;
+  if (!item || !menuFor) return;
+  const { id, button } = menuFor;
+  closeMenu(true);
+  runAction(item.dataset.action, id, { el: button, id, action: item.dataset.action });
+}
+
+function runAction(action, id, ret) {
+  if (action === 'details') openDrawer(id, ret);
+  else if (!S.admin) return;
+  else if (action === 'edit') openEdit(id, ret);
+  else if (action === 'rotate') rotateKey(id, ret);
+  else if (action === 'revoke') revokeDevice(id, ret);
 }
 
 // --- forms
@@ -822,6 +1322,7 @@ function readForm(prefix) {
   if (chars === 0) errors.name = 'Enter a name: 1-200 characters after trimming white space';
   else if (chars > 200) errors.name = `Must be 1-200 characters after trimming white space (${chars} given)`;
   else if (CONTROL_RE.test(name)) errors.name = 'Must not contain control characters';
+  else if (/[\u202A-\u202E\u2066-\u2069]/.test(name)) errors.name = 'Must not contain bidirectional control characters';
 
   const locations = parseTags($(`${prefix}-locations`).value);
   if (locations.error) errors.locations = locations.error;
@@ -871,12 +1372,18 @@ function setBusy(button, busy, busyLabel) {
 
 // --- register
 
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `dash-${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
 function openRegister() {
   if (!S.admin) return;
+  S.registerAttempt = null;
   ui.registerForm.reset();
   clearErrors('reg');
   setBusy(ui.regSubmit, false);
-  openDialog(ui.registerDialog, $('reg-name'));
+  openDialog(ui.registerDialog, $('reg-name'), { el: ui.registerOpen });
 }
 
 async function onRegister(event) {
@@ -888,26 +1395,56 @@ async function onRegister(event) {
     showClientErrors('reg', form.errors);
     return;
   }
+  // The same form sent again (after an answer was lost) carries the same
+  // Idempotency-Key, so the server answers it once: no second device.
+  const sent = JSON.stringify(form.body);
+  if (!S.registerAttempt || S.registerAttempt.body !== sent) {
+    S.registerAttempt = { body: sent, key: newIdempotencyKey() };
+  }
   setBusy(ui.regSubmit, true, 'Registering…');
   try {
-    const { data } = await api('POST', '/api/tenant/devices', { body: form.body });
+    const { data } = await api('POST', '/api/tenant/devices', {
+      body: form.body,
+      idempotencyKey: S.registerAttempt.key,
+    });
+    S.registerAttempt = null;
     const device = deviceFrom(data);
+    ui.registerDialog.returnTo = null;
     ui.registerDialog.close();
     if (typeof data.apiKey === 'string' && data.apiKey) {
-      showKey(data.apiKey, device, 'Device registered');
+      showKey(data.apiKey, device, 'Device registered', { el: ui.registerOpen });
     } else {
-      toast(`“${device.name}” was registered, but the server returned no API key. Rotate its key to get one.`);
+      toast(msg(quoted(device.name), ' was registered, but the server returned no API key. Rotate its key to get one.'));
     }
-    toast(`Registered “${device.name}”.`, 'success');
-    reload(true);
+    showRegistered(device);
   } catch (err) {
     if (err && err.handled) return;
     if (showServerFieldError('reg', err)) return;
     $('reg-error').textContent = `Could not register the device: ${describe(err)}`;
-    report('Could not register the device', err);
   } finally {
     setBusy(ui.regSubmit, false);
   }
+}
+
+// A new device shows at once: back to the first page (newest first), with the
+// device marked; filters that hide it are said so.
+function showRegistered(device) {
+  S.highlight = device.id;
+  S.cursor = null;
+  S.offset = 0;
+  const gen = S.gen + 1;
+  setTimeout(() => {
+    if (S.highlight !== device.id) return;
+    S.highlight = null;
+    const row = S.rows.get(device.id);
+    if (row) row.classList.remove('is-new');
+  }, 8000);
+  load().then(() => {
+    if (gen !== S.gen) return;
+    const hidden = S.loaded && ui.listError.hidden && !S.byId.has(device.id);
+    const note = hidden ? ' It is not on this page: the filters or the order hide it.' : '';
+    toast(msg('Registered ', quoted(device.name), `.${note}`), { kind: 'success' });
+  });
 }
 
 // --- edit
@@ -926,16 +1463,17 @@ function setConflict(shown) {
   ui.editSubmit.disabled = shown;
 }
 
-async function openEdit(id, button) {
+async function openEdit(id, ret) {
   const known = S.byId.get(id);
-  const label = known ? `“${known.name}”` : 'the device';
-  if (button) button.disabled = true;
+  const key = `device:${id}`;
   try {
     const { data, etag } = await api('GET', devicePath(id));
     const d = deviceFrom(data);
     updateDevice(d);
+    dismissToast(key);
     if (d.status === 'revoked') {
-      toast(`“${d.name}” has been revoked and can no longer be edited.`);
+      toast(msg(quoted(d.name), ' has been revoked and can no longer be edited.'), { key });
+      restoreFocus(ret);
       return;
     }
     S.editing = { id: d.id, etag, name: d.name };
@@ -944,11 +1482,10 @@ async function openEdit(id, button) {
     setBusy(ui.editSubmit, false);
     setConflict(false);
     fillEdit(d);
-    openDialog(ui.editDialog, $('edit-name'));
+    openDialog(ui.editDialog, $('edit-name'), ret);
   } catch (err) {
-    report(`Could not open ${label} for editing`, err);
-  } finally {
-    if (button && button.isConnected) button.disabled = false;
+    if (err && err.handled) return;
+    toast(msg('Could not open ', known ? quoted(known.name) : 'the device', ` for editing: ${describe(err)}`), { key });
   }
 }
 
@@ -963,7 +1500,7 @@ async function onEditReload() {
     if (S.editing !== editing) return;
     if (d.status === 'revoked') {
       ui.editDialog.close();
-      toast(`“${d.name}” has been revoked and can no longer be edited.`);
+      toast(msg(quoted(d.name), ' has been revoked and can no longer be edited.'), { key: `device:${d.id}` });
       return;
     }
     editing.etag = etag;
@@ -976,7 +1513,6 @@ async function onEditReload() {
   } catch (err) {
     if (err && err.handled) return;
     $('edit-error').textContent = `Could not reload the device: ${describe(err)}`;
-    report('Could not reload the device', err);
   } finally {
     ui.editReload.disabled = false;
   }
@@ -1001,106 +1537,116 @@ async function onEdit(event) {
     const d = deviceFrom(data);
     editing.etag = etag;
     updateDevice(d);
+    dismissToast(`device:${d.id}`);
     if (S.editing === editing) ui.editDialog.close();
-    toast(`Saved “${d.name}”.`, 'success');
+    toast(msg('Saved ', quoted(d.name), '.'), { kind: 'success' });
+    loadStats();
   } catch (err) {
     if (err && err.handled) return;
     const stillOpen = ui.editDialog.open && S.editing === editing;
-    if (err instanceof ApiError && err.status === 412) {
-      if (stillOpen) {
-        setConflict(true);
-        keepDisabled = true;
-        ui.editReload.focus();
-      } else {
-        toast(CONFLICT_MESSAGE);
-      }
+    if (err instanceof ApiError && err.status === 412 && stillOpen) {
+      setConflict(true);
+      keepDisabled = true;
+      ui.editReload.focus();
       return;
     }
     if (err instanceof ApiError && err.status === 409) {
-      const message = `“${editing.name}” has been revoked and can no longer be changed.`;
-      if (stillOpen) {
-        $('edit-error').textContent = message;
-        keepDisabled = true;
-      }
-      toast(message);
+      keepDisabled = stillOpen;
+      const text = `This device has been revoked and can no longer be changed.`;
+      if (stillOpen) $('edit-error').textContent = text;
+      else toast(msg(quoted(editing.name), ' has been revoked and can no longer be changed.'), { key: `device:${editing.id}` });
       refreshDevice(editing.id);
       return;
     }
     if (stillOpen && showServerFieldError('edit', err)) return;
     if (stillOpen) $('edit-error').textContent = `Could not save the changes: ${describe(err)}`;
-    report(`Could not save “${editing.name}”`, err);
+    else toast(msg('Could not save ', quoted(editing.name), `: ${describe(err)}`), { key: `device:${editing.id}` });
   } finally {
     setBusy(ui.editSubmit, false);
     if (keepDisabled) ui.editSubmit.disabled = true;
   }
 }
 
-// Re-reads one device and updates its row (errors reported).
+// Re-reads one device and updates its row.
 async function refreshDevice(id, fallback) {
   try {
     const { data } = await api('GET', devicePath(id));
     updateDevice(deviceFrom(data));
   } catch (err) {
     if (fallback) updateDevice(fallback);
-    report('Could not refresh the device', err);
   }
 }
 
 // --- rotate / revoke
 
-async function rotateKey(id, button) {
-  const d = S.byId.get(id);
+async function rotateKey(id, ret) {
+  const d = S.byId.get(id) || (ui.drawer.dataset.id === id ? { id, name: ui.drawerName.textContent } : null);
   if (!d || !S.admin) return;
   const ok = await confirmAction(
     'Rotate API key',
-    `Rotate the API key of “${d.name}”? Its current key stops working at once. The new key is shown only once.`,
+    msg('Rotate the API key of ', quoted(d.name), '? The new key is shown only once.'),
     'Rotate key',
+    ret,
+    true,
   );
   if (!ok) return;
-  if (button && button.isConnected) button.disabled = true;
+  const grace = Number(ui.grace.value) || 0;
+  const key = `device:${id}`;
   try {
-    const { data } = await api('POST', `${devicePath(id)}/api-key`);
+    const options = grace > 0 ? { body: { gracePeriodSeconds: grace } } : {};
+    const { data } = await api('POST', `${devicePath(id)}/api-key`, options);
     const device = deviceFrom(data);
     updateDevice(device);
+    dismissToast(key);
     if (typeof data.apiKey === 'string' && data.apiKey) {
-      showKey(data.apiKey, device, 'New API key');
+      showKey(data.apiKey, device, 'New API key', ret, data.previousKeyExpiresAt);
     } else {
-      toast(`The key of “${device.name}” was rotated, but the server returned no key. Rotate again to get one.`);
+      toast(msg('The key of ', quoted(device.name), ' was rotated, but the server returned no key. Rotate again to get one.'), { key });
     }
   } catch (err) {
-    report(`Could not rotate the key of “${d.name}”`, err);
+    if (err && err.handled) return;
+    toast(msg('Could not rotate the key of ', quoted(d.name), `: ${describe(err)}`), { key });
     if (err instanceof ApiError && (err.status === 409 || err.status === 404)) refreshDevice(id);
-  } finally {
-    if (button && button.isConnected) button.disabled = false;
   }
 }
 
-async function revokeDevice(id, button) {
-  const d = S.byId.get(id);
+async function revokeDevice(id, ret) {
+  const d = S.byId.get(id) || (ui.drawer.dataset.id === id ? { id, name: ui.drawerName.textContent } : null);
   if (!d || !S.admin) return;
   const ok = await confirmAction(
     'Revoke device',
-    `Revoke “${d.name}”? Its key stops working at once. This cannot be undone.`,
+    msg('Revoke ', quoted(d.name), '? Its key stops working at once. This cannot be undone.'),
     'Revoke',
+    ret,
   );
   if (!ok) return;
-  if (button && button.isConnected) button.disabled = true;
+  const key = `device:${id}`;
   try {
     await api('DELETE', devicePath(id));
-    toast(`Revoked “${d.name}”. Its key no longer works.`, 'success');
+    dismissToast(key);
+    toast(msg('Revoked ', quoted(d.name), '. Its key no longer works.'), { kind: 'success' });
     await refreshDevice(id, { ...d, status: 'revoked' });
-    refocusAfterDialog(id, 'revoke');
+    loadStats();
+    const active = document.activeElement;
+    if (!active || active === document.body || !visible(active)) restoreFocus({ id, action: 'revoke' });
   } catch (err) {
-    report(`Could not revoke “${d.name}”`, err);
+    if (err && err.handled) return;
+    toast(msg('Could not revoke ', quoted(d.name), `: ${describe(err)}`), { key });
     if (err instanceof ApiError && (err.status === 409 || err.status === 404)) refreshDevice(id);
-  } finally {
-    if (button && button.isConnected) button.disabled = false;
   }
 }
 
 // --- filters
 
+let searchTimer = 0;
 let locationTimer = 0;
+
+function applySearch() {
+  clearTimeout(searchTimer);
+  const q = ui.search.value.trim();
+  if ([...q].length > 200 || q === S.filters.q) return;
+  applyFilters({ q });
+}
 
 function applyLocationFilter() {
   clearTimeout(locationTimer);
@@ -1112,9 +1658,23 @@ function applyLocationFilter() {
   }
   ui.locationError.textContent = '';
   ui.locationFilter.removeAttribute('aria-invalid');
-  if (value === S.location) return;
-  S.location = value;
-  reload(false);
+  if (value === S.filters.location) return;
+  applyFilters({ location: value });
+}
+
+function setStatus(status) {
+  const v = STATUSES.includes(status) ? status : '';
+  ui.statusFilter.value = v;
+  if (v !== S.filters.status) applyFilters({ status: v });
+}
+
+function clearFilters() {
+  clearTimeout(searchTimer);
+  clearTimeout(locationTimer);
+  S.filters = { q: '', status: '', location: '', stale: false, order: S.filters.order };
+  filtersToForm();
+  applyFilters({});
+  ui.search.focus();
 }
 
 // --- wiring
@@ -1122,13 +1682,19 @@ function applyLocationFilter() {
 function bind() {
   // Each id becomes ui.camelCase (e.g. 'key-value' -> ui.keyValue).
   const ids = [
-    'session', 'tenant', 'scopes', 'expiry', 'role', 'signout', 'toast', 'signin', 'signin-form',
-    'token-input', 'signin-error', 'devices', 'devices-title', 'register-open', 'status-filter',
-    'location-filter', 'location-options', 'search', 'table-wrap', 'actions-head',
-    'empty-message', 'retry', 'load-more', 'register-dialog', 'register-form', 'reg-submit',
-    'edit-dialog', 'edit-form', 'edit-submit', 'edit-id', 'edit-conflict', 'edit-reload',
-    'key-dialog', 'key-title', 'key-for', 'key-value', 'key-copy', 'key-done', 'key-copy-status',
-    'confirm-dialog', 'confirm-title', 'confirm-message', 'confirm-ok', 'confirm-cancel',
+    'session', 'tenant', 'scopes', 'expiry', 'role', 'signout', 'toast-alerts', 'toast-status',
+    'expiry-warning', 'expiry-warning-text', 'expiry-renew', 'signin', 'signin-form', 'token-input',
+    'signin-error', 'devices', 'devices-title', 'register-open', 'stats', 'filters', 'status-filter',
+    'location-filter', 'location-options', 'search', 'stale-filter', 'order', 'clear-filters',
+    'filters-toggle', 'filters-more', 'list-error', 'list-error-text', 'retry', 'table-wrap', 'empty-message', 'page-first',
+    'page-prev', 'page-next', 'page-info', 'row-menu', 'drawer', 'drawer-name', 'drawer-close',
+    'drawer-badges', 'drawer-id', 'drawer-copy', 'drawer-copy-status', 'drawer-seen',
+    'drawer-created', 'drawer-updated', 'drawer-locations', 'drawer-pim', 'drawer-segments',
+    'drawer-actions', 'register-dialog', 'register-form', 'reg-submit', 'edit-dialog', 'edit-form',
+    'edit-submit', 'edit-id', 'edit-conflict', 'edit-reload', 'key-dialog', 'key-title', 'key-for',
+    'key-value', 'key-copy', 'key-done', 'key-copy-status', 'key-actions', 'key-confirm', 'key-back',
+    'key-discard', 'confirm-dialog', 'confirm-title', 'confirm-message', 'confirm-ok',
+    'confirm-cancel', 'grace-field', 'grace', 'key-grace', 'switch-dialog', 'switch-message', 'switch-ok', 'switch-keep',
   ];
   for (const id of ids) ui[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
   const renamed = { count: 'device-count', locationError: 'location-filter-error', empty: 'empty-state' };
@@ -1143,38 +1709,92 @@ function bind() {
     }
   });
   ui.signout.addEventListener('click', () => signOut(''));
+  ui.expiryRenew.addEventListener('click', () => signOut('Paste a new access token to go on.'));
 
-  ui.statusFilter.addEventListener('change', () => {
-    const v = ui.statusFilter.value;
-    S.status = ['active', 'inactive', 'revoked'].includes(v) ? v : '';
-    reload(false);
+  // Filters.
+  ui.filters.addEventListener('submit', (e) => {
+    e.preventDefault();
+    applySearch();
+    applyLocationFilter();
+  });
+  ui.search.addEventListener('input', () => {
+    performance.mark('devicehub:search-input', { detail: { q: ui.search.value.trim() } });
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(applySearch, SEARCH_DELAY_MS);
+  });
+  ui.search.addEventListener('search', applySearch);
+  ui.statusFilter.addEventListener('change', () => setStatus(ui.statusFilter.value));
+  ui.stats.addEventListener('click', (e) => {
+    const button = e.target instanceof Element ? e.target.closest('button[data-status]') : null;
+    if (button) setStatus(button.dataset.status);
   });
   ui.locationFilter.addEventListener('input', () => {
     clearTimeout(locationTimer);
     locationTimer = setTimeout(applyLocationFilter, 400);
   });
   ui.locationFilter.addEventListener('change', applyLocationFilter);
-  ui.locationFilter.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter') {
-      e.preventDefault();
-      applyLocationFilter();
-    }
+  ui.staleFilter.addEventListener('change', () => applyFilters({ stale: ui.staleFilter.checked }));
+  ui.order.addEventListener('change', () => applyFilters({ order: ui.order.value === 'asc' ? 'asc' : 'desc' }));
+  ui.clearFilters.addEventListener('click', clearFilters);
+  // Phones: the filters other than the search fold away behind one button.
+  ui.filtersToggle.addEventListener('click', () => {
+    const open = !ui.filtersMore.classList.contains('is-open');
+    ui.filtersMore.classList.toggle('is-open', open);
+    ui.filtersToggle.setAttribute('aria-expanded', String(open));
   });
-  ui.search.addEventListener('input', renderAllRows);
-  ui.search.addEventListener('change', renderAllRows);
-  ui.loadMore.addEventListener('click', loadMore);
-  ui.retry.addEventListener('click', () => reload(false));
+  ui.retry.addEventListener('click', () => load());
+  ui.pageNext.addEventListener('click', goNext);
+  ui.pagePrev.addEventListener('click', goPrev);
+  ui.pageFirst.addEventListener('click', goFirst);
 
+  // Rows: the name opens the details; the buttons and the menu act.
   ui.tbody.addEventListener('click', (e) => {
-    const button = e.target instanceof Element ? e.target.closest('button') : null;
-    if (!button || !ui.tbody.contains(button) || button.disabled || !S.admin) return;
+    const button = e.target instanceof Element ? e.target.closest('button[data-action]') : null;
+    if (!button || button.disabled) return;
     const row = button.closest('tr');
     const id = row && row.dataset.id;
     if (!id) return;
-    if (button.classList.contains('edit')) openEdit(id, button);
-    else if (button.classList.contains('rotate')) rotateKey(id, button);
-    else if (button.classList.contains('revoke')) revokeDevice(id, button);
+    const action = button.dataset.action;
+    if (action === 'menu') {
+      if (menuFor && menuFor.button === button) closeMenu(true);
+      else openMenu(button, id);
+      return;
+    }
+    runAction(action, id, { el: button, id, action });
   });
+  ui.tbody.addEventListener('keydown', (e) => {
+    const button = e.target instanceof Element ? e.target.closest('button[data-action="menu"]') : null;
+    if (!button || (e.key !== 'ArrowDown' && e.key !== 'ArrowUp')) return;
+    e.preventDefault();
+    openMenu(button, button.closest('tr').dataset.id, e.key === 'ArrowUp');
+  });
+  ui.rowMenu.addEventListener('keydown', onMenuKey);
+  ui.rowMenu.addEventListener('click', onMenuClick);
+  document.addEventListener('pointerdown', (e) => {
+    if (!menuFor) return;
+    const t = e.target;
+    if (t instanceof Node && (ui.rowMenu.contains(t) || menuFor.button.contains(t))) return;
+    closeMenu(false);
+  });
+  window.addEventListener('resize', () => closeMenu(false));
+
+  // Drawer.
+  ui.drawerClose.addEventListener('click', () => ui.drawer.close());
+  ui.drawerCopy.addEventListener('click', async () => {
+    const copied = await copyText(ui.drawerId);
+    ui.drawerCopyStatus.textContent = copied ? 'ID copied to the clipboard.' : COPY_BLOCKED;
+  });
+  ui.drawerActions.addEventListener('click', (e) => {
+    const button = e.target instanceof Element ? e.target.closest('button[data-action]') : null;
+    const id = ui.drawer.dataset.id;
+    if (!button || !id) return;
+    runAction(button.dataset.action, id, { el: button, id, action: button.dataset.action });
+  });
+
+  // Dialogs: the focus goes back where it came from.
+  for (const dialog of document.querySelectorAll('dialog')) {
+    dialog.addEventListener('close', onDialogClosed);
+  }
 
   ui.registerOpen.addEventListener('click', openRegister);
   ui.registerForm.addEventListener('submit', onRegister);
@@ -1184,55 +1804,74 @@ function bind() {
   ui.editReload.addEventListener('click', onEditReload);
   $('edit-cancel').addEventListener('click', () => ui.editDialog.close());
   ui.editDialog.addEventListener('close', () => {
-    const editing = S.editing;
     S.editing = null;
-    if (editing) refocusAfterDialog(editing.id, 'edit');
   });
 
   ui.keyCopy.addEventListener('click', () => {
-    copyKey().catch((err) => report('Could not copy the key', err));
+    copyKey().catch((err) => {
+      ui.keyCopyStatus.textContent = `Could not copy the key: ${describe(err)}`;
+    });
   });
-  ui.keyDone.addEventListener('click', () => ui.keyDialog.close());
-  ui.keyDialog.addEventListener('close', () => {
-    ui.keyValue.textContent = '';
-    ui.keyCopyStatus.textContent = '';
-    const selection = window.getSelection();
-    if (selection) selection.removeAllRanges();
-    const id = ui.keyDialog.dataset.device;
-    delete ui.keyDialog.dataset.device;
-    if (id && S.rows.has(id)) refocusAfterDialog(id, 'rotate');
-  });
+  ui.keyDone.addEventListener('click', closeKey);
+  ui.keyDiscard.addEventListener('click', closeKey);
+  ui.keyBack.addEventListener('click', () => setKeyConfirm(false));
+  ui.keyDialog.addEventListener('keydown', onKeyEscape);
+  ui.keyDialog.addEventListener('cancel', onKeyEscape);
+  ui.keyDialog.addEventListener('close', onKeyClosed);
 
   ui.confirmOk.addEventListener('click', () => ui.confirmDialog.close('ok'));
   ui.confirmCancel.addEventListener('click', () => ui.confirmDialog.close('cancel'));
   ui.confirmDialog.addEventListener('close', onConfirmClosed);
 
-  window.addEventListener('hashchange', () => {
-    const token = takeFragmentToken();
-    if (token) startSession(token);
+  ui.switchOk.addEventListener('click', () => {
+    ui.switchDialog.returnTo = null;
+    ui.switchDialog.close('switch');
+  });
+  ui.switchKeep.addEventListener('click', () => ui.switchDialog.close('keep'));
+  ui.switchDialog.addEventListener('close', onSwitchClosed);
+
+  window.addEventListener('hashchange', () => offerToken(takeFragmentToken()));
+  window.addEventListener('popstate', () => {
+    if (!S.token) return;
+    const { filters, cursor } = readUrl();
+    if (JSON.stringify({ filters, cursor }) === JSON.stringify({ filters: S.filters, cursor: S.cursor })) return;
+    S.filters = filters;
+    S.cursor = cursor;
+    S.offset = cursor ? null : 0;
+    filtersToForm();
+    renderStats();
+    load({ withStats: false });
   });
 
   window.addEventListener('unhandledrejection', (e) => {
     e.preventDefault();
-    toast(`Unexpected error: ${describe(e.reason)}`);
+    toast(`Unexpected error: ${describe(e.reason)}`, { key: 'unexpected' });
   });
 
   setInterval(() => {
     if (!S.token) return;
     renderExpiry();
-    for (const row of S.rows.values()) {
-      const time = row.querySelector('time[data-rel]');
-      if (time) time.textContent = relTime(time.dateTime);
-    }
+    refreshRelativeTimes();
   }, 30000);
 }
 
 function init() {
   bind();
+  const { filters, cursor } = readUrl();
+  S.filters = filters;
+  S.cursor = cursor;
+  S.offset = cursor ? null : 0;
+  filtersToForm();
   const fromFragment = takeFragmentToken();
-  const token = fromFragment || storedToken();
-  if (token) startSession(token);
-  else showSignin('');
+  const stored = storedToken();
+  if (stored && decodeClaims(stored)) {
+    startSession(stored, true);
+    if (fromFragment) offerToken(fromFragment);
+  } else if (fromFragment) {
+    startSession(fromFragment, true);
+  } else {
+    showSignin('');
+  }
 }
 
 if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
