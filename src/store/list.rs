@@ -136,6 +136,14 @@ impl DeviceCursor {
         let mut visit = |id: &str, bytes: &[u8]| -> StoreResult<bool> {
             visited += 1;
             last_id = Some(id.to_string());
+            if self
+                .query
+                .name_contains
+                .as_deref()
+                .is_some_and(|needle| surely_lacks(bytes, needle))
+            {
+                return Ok(visited < max_visited);
+            }
             let record = DeviceRecord::decode(bytes)?;
             if self.query.matches(&record) {
                 let last_seen = self.inner.last_seen(&seen, tenant, id)?;
@@ -194,6 +202,33 @@ impl DeviceCursor {
     }
 }
 
+/// Whether a stored record surely has no name containing `needle` (lower
+/// case), judged from its raw bytes without decoding it: a search over a
+/// whole tenant then decodes only the records that match. The record's JSON
+/// starts with its name (`DeviceRecord`'s first field); the judgement is made
+/// only for an ASCII name without escapes and an ASCII needle, where ASCII
+/// case folding is Unicode's. Anything else is "maybe", left to the decoded
+/// check.
+fn surely_lacks(record: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    let Some(name) = stored_name(record) else {
+        return false;
+    };
+    if needle.is_empty() || !needle.is_ascii() || !name.is_ascii() {
+        return false;
+    }
+    !name
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The name's bytes in a stored record, when it has no escapes.
+fn stored_name(record: &[u8]) -> Option<&[u8]> {
+    let rest = record.strip_prefix(br#"{"name":""#)?;
+    let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
+    (rest[end] == b'"').then_some(&rest[..end])
+}
+
 /// The device-id part of a walk's range: after `cursor` in `order`, within
 /// one tenant (and one index value).
 fn id_bounds(order: Order, cursor: Option<&str>) -> (Bound<&str>, Bound<&str>) {
@@ -246,5 +281,49 @@ fn by_id(
         None => Err(super::StoreError::Internal(format!(
             "an index names a missing device {id}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{stored_name, surely_lacks};
+
+    #[test]
+    fn the_raw_prefilter_never_hides_a_match() {
+        let record = br#"{"name":"Front SCANNER 7","location_ids":["loc-1"]}"#;
+        assert!(!surely_lacks(record, "scanner"));
+        assert!(!surely_lacks(record, "front s"));
+        assert!(surely_lacks(record, "loc-1"), "only the name is searched");
+        assert!(surely_lacks(record, "kiosk"));
+        // Not judged: non-ASCII names or needles, and escaped names.
+        let kelvin = "{\"name\":\"\u{212a}iosk\"}".as_bytes();
+        assert!(!surely_lacks(kelvin, "kiosk"));
+        assert!(!surely_lacks(record, "\u{e9}"));
+        assert!(!surely_lacks(br#"{"name":"a \"b\" c"}"#, "zzz"));
+        assert!(!surely_lacks(br#"{"status":"active"}"#, "zzz"));
+    }
+
+    #[test]
+    fn the_stored_name_is_the_records_first_field() {
+        let stored = crate::store::DeviceRecord {
+            name: "Scanner \"7\"".into(),
+            status: crate::devices::DeviceStatus::Active,
+            location_ids: vec![],
+            pim_enabled: false,
+            pim_segment_ids: vec![],
+            created_ms: 1,
+            updated_ms: 1,
+            version: 1,
+            key_hash: String::new(),
+            prev_key_hash: None,
+            prev_key_expires_ms: None,
+        };
+        let record = stored.encode().unwrap();
+        assert!(record.starts_with(br#"{"name":"Scanner \"7\"""#));
+        assert_eq!(
+            stored_name(br#"{"name":"Plain","x":1}"#),
+            Some(&b"Plain"[..])
+        );
+        assert_eq!(stored_name(&record), None, "an escaped name is not judged");
     }
 }
