@@ -358,3 +358,50 @@ fn sigterm_lets_a_request_in_flight_finish_too() {
     assert_eq!(answer.status, 201);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn the_grafana_dashboard_asks_only_for_series_the_server_has() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let app = spawn_app();
+    app.register(&admin(), json!({"name": "Dashboard scanner"}));
+    let text = scrape(&app);
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("devicehub_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "{name} (panel {}) is not served",
+                    panel["title"]
+                );
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 10, "{asked}");
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Request rate",
+        "Errors",
+        "Latency",
+        "Commit batch size",
+        "fsync",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "{wanted}: {titles:?}"
+        );
+    }
+}
