@@ -282,3 +282,18 @@ fn the_binary_refuses_half_a_tls_configuration() {
         assert!(stderr.contains(unset), "{stderr}");
     }
 }
+
+#[test]
+fn the_demo_banner_links_to_https_when_tls_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = self_signed(dir.path(), "box");
+    let mut cmd = tls_command(dir.path(), "127.0.0.1:0", &files);
+    cmd.arg("serve").arg("--demo");
+    let server = Server::start(cmd, "https");
+    let link = server.wait_for_stdout("/#token=");
+    assert!(
+        link.trim()
+            .starts_with(&format!("https://{}/#token=", server.addr)),
+        "{link}"
+    );
+}

@@ -52,16 +52,25 @@ pub struct Server {
     /// The ready line as logged.
     pub ready: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `cmd` and waits for the line saying `listening on <scheme>://`.
     pub fn start(mut cmd: Command, scheme: &str) -> Server {
         let mut child = cmd
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_lines = stdout.clone();
+        let child_stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_stdout).lines().map_while(Result::ok) {
+                out_lines.lock().unwrap().push(line);
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -88,6 +97,7 @@ impl Server {
             addr: addr.parse().unwrap(),
             ready,
             log,
+            stdout,
         }
     }
 
@@ -125,6 +135,23 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until a stdout line contains `needle` and returns it.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        for _ in 0..500 {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no {needle:?} on stdout: {:?}", self.stdout.lock().unwrap());
     }
 
     pub fn log_lines(&self) -> Vec<String> {
