@@ -7,14 +7,14 @@
 
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::devices::DeviceStatus;
@@ -40,9 +40,24 @@ static ROUTE_LABELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The method labels: the standard methods, then `other` for the rest.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PATCH", "DELETE", "PUT", "HEAD", "OPTIONS", "other",
+];
+
+/// The statuses whose counters are kept at hand (those devicehub answers
+/// with); any other status is looked up by its labels.
+const STATUSES: [u16; 16] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 429, 500, 503,
+];
+
 struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    /// The counter of each (method, route, status in `STATUSES`), made on
+    /// first use: a request then costs one atomic add, not a locked look-up
+    /// by labels.
+    request_cells: Vec<OnceLock<IntCounter>>,
     /// `devicehub_http_request_duration_seconds`, one per entry of `ROUTE_LABELS`.
     durations: Vec<Histogram>,
     commit_batch: Histogram,
@@ -111,9 +126,11 @@ impl Metrics {
         registry.register(Box::new(commit_batch.clone()))?;
         registry.register(Box::new(commit_seconds.clone()))?;
         registry.register(Box::new(build_info))?;
+        let cells = METHODS.len() * ROUTE_LABELS.len() * STATUSES.len();
         Ok(Metrics {
             registry,
             requests,
+            request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
             durations,
             commit_batch,
             commit_seconds,
@@ -140,29 +157,35 @@ fn route_index(path: &str) -> usize {
         .unwrap_or(unmatched)
 }
 
-/// The method label: the standard methods by name, anything else `other`.
-fn method_label(method: &Method) -> &'static str {
-    const KNOWN: [(Method, &str); 7] = [
-        (Method::GET, "GET"),
-        (Method::POST, "POST"),
-        (Method::PATCH, "PATCH"),
-        (Method::DELETE, "DELETE"),
-        (Method::PUT, "PUT"),
-        (Method::HEAD, "HEAD"),
-        (Method::OPTIONS, "OPTIONS"),
+/// The index in `METHODS` of `method`'s label.
+fn method_index(method: &Method) -> usize {
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::PUT,
+        Method::HEAD,
+        Method::OPTIONS,
     ];
-    KNOWN
+    known
         .iter()
-        .find(|(m, _)| m == method)
-        .map_or("other", |(_, label)| label)
+        .position(|m| m == method)
+        .unwrap_or(METHODS.len() - 1)
 }
 
-fn record_request(method: &'static str, route: usize, status: StatusCode, elapsed: Duration) {
+fn record_request(method: usize, route: usize, status: StatusCode, elapsed: Duration) {
     let metrics = &*METRICS;
-    metrics
-        .requests
-        .with_label_values(&[method, ROUTE_LABELS[route], status.as_str()])
-        .inc();
+    let labels = [METHODS[method], ROUTE_LABELS[route], status.as_str()];
+    match STATUSES.iter().position(|s| *s == status.as_u16()) {
+        Some(at) => {
+            let cell = (method * ROUTE_LABELS.len() + route) * STATUSES.len() + at;
+            metrics.request_cells[cell]
+                .get_or_init(|| metrics.requests.with_label_values(&labels))
+                .inc();
+        }
+        None => metrics.requests.with_label_values(&labels).inc(),
+    }
     metrics.durations[route].observe(elapsed.as_secs_f64());
 }
 
@@ -245,7 +268,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
         let route = route_index(req.path());
-        let method = method_label(req.method());
+        let method = method_index(req.method());
         let answer = self.service.call(req);
         Box::pin(async move {
             let result = answer.await;
@@ -293,7 +316,8 @@ mod tests {
 
     #[test]
     fn unknown_methods_share_one_label() {
-        assert_eq!(method_label(&Method::PATCH), "PATCH");
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(METHODS[method_index(&Method::PATCH)], "PATCH");
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(METHODS[method_index(&brew)], "other");
     }
 }
