@@ -10,7 +10,10 @@
 #   off    plain HTTP, metrics.enabled=false
 #   on     plain HTTP, metrics.enabled=true (the default)
 #   tls    HTTPS (a self-signed certificate made with openssl), metrics on
-# Prints requests/s per run and the median per mode.
+# Prints requests/s and the server's CPU time per request (user + system,
+# from /proc/PID/stat) per run, and the median of each per mode. On a machine
+# shared with other work, CPU per request is the steadier figure: throughput
+# moves with whatever else runs.
 # Env: PORT=18200 ROUNDS=3 DURATION=10s CONNS=64
 set -euo pipefail
 
@@ -66,21 +69,29 @@ stop_server
 ID=$(head -1 "$WORK/seed/ids.txt")
 READ=$(cat "$WORK/seed/read.txt")
 
-declare -A RESULTS
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+
+declare -A RESULTS CPU
 for round in $(seq 1 "$ROUNDS"); do
     for mode in off on tls; do
         start_server "$mode"
         # A short warm-up (connections, TLS sessions, caches).
         wrk -t2 -c"$CONNS" -d2s -H "Authorization: Bearer $READ" "$BASE/api/tenant/devices/$ID" >/dev/null
+        before=$(cpu_ticks)
         out=$(wrk -t2 -c"$CONNS" -d"$DURATION" -H "Authorization: Bearer $READ" "$BASE/api/tenant/devices/$ID")
+        after=$(cpu_ticks)
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+        requests=$(echo "$out" | awk '/requests in/ {print $1}')
+        us=$(echo "scale=6; ($after - $before) * $TICK_US / $requests" | bc)
         if echo "$out" | grep -q 'Non-2xx\|Socket errors'; then
             echo "$out" >&2
             echo "round $round $mode: errors (see above)" >&2
             exit 2
         fi
-        printf 'round %s\t%s\t%s req/s\n' "$round" "$mode" "$rps"
+        printf 'round %s\t%s\t%s req/s\t%s us CPU/request\n' "$round" "$mode" "$rps" "$us"
         RESULTS[$mode]+="$rps "
+        CPU[$mode]+="$us "
         stop_server
         sleep 1
     done
@@ -92,5 +103,10 @@ on=$(echo "${RESULTS[on]}" | median)
 tls=$(echo "${RESULTS[tls]}" | median)
 echo
 echo "median req/s: metrics off $off, metrics on $on, TLS (metrics on) $tls"
-echo "metrics cost: $(echo "scale=2; (1 - $on / $off) * 100" | bc) %"
-echo "TLS / plain (both metrics on): $(echo "scale=1; $tls * 100 / $on" | bc) %"
+cpu_off=$(echo "${CPU[off]}" | median)
+cpu_on=$(echo "${CPU[on]}" | median)
+cpu_tls=$(echo "${CPU[tls]}" | median)
+echo "median server CPU per request: metrics off $cpu_off us, on $cpu_on us, TLS $cpu_tls us"
+pct() { printf '%.1f' "$(echo "scale=6; $1" | bc)"; }
+echo "metrics cost: $(pct "(1 - $on / $off) * 100") % of req/s, $(pct "($cpu_on / $cpu_off - 1) * 100") % of CPU per request"
+echo "TLS / plain (both metrics on): $(pct "$tls * 100 / $on") % of req/s"
