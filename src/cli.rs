@@ -12,7 +12,15 @@ pub fn serve(config: Option<&Path>, bind: Option<&str>, demo: bool) -> Result<()
     if let Some(bind) = bind {
         settings.bind = crate::config::parse_bind_flag(bind)?;
     }
+    crate::logging::set_format(settings.log_format);
     crate::startup::serve(&settings, demo)
+}
+
+/// `devicehub healthcheck`: a line for stdout when the configured server's
+/// `/healthz` answered 200 within 2 s, else the reason.
+pub fn healthcheck(config: Option<&Path>) -> Result<String, StartupError> {
+    let settings = Settings::load(config)?;
+    crate::healthcheck::check(&settings)
 }
 
 /// `devicehub token`: prints a signed access token on the last line of stdout.

@@ -8,19 +8,22 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat, Map, Value};
 
 use crate::error::StartupError;
+pub use crate::logging::LogFormat;
 
 /// The built-in defaults, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Every key devicehub knows, by section. Anything else is refused.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    ("server", &["bind"]),
+    ("server", &["bind", "tls_cert_file", "tls_key_file"]),
     ("storage", &["path"]),
     (
         "auth",
         &["hs256_secret", "public_key_file", "issuer", "audience"],
     ),
     ("limits", &["max_devices_per_tenant"]),
+    ("metrics", &["enabled"]),
+    ("log", &["format"]),
 ];
 
 /// The environment `devicehub serve --help` lists (one line per variable).
@@ -34,6 +37,10 @@ Environment (over the config file, which is over the built-in defaults; --bind w
   DEVICEHUB__AUTH__ISSUER                    when set, tokens must carry this `iss`
   DEVICEHUB__AUTH__AUDIENCE                  when set, tokens must carry this `aud`
   DEVICEHUB__LIMITS__MAX_DEVICES_PER_TENANT  most devices a tenant may register, revoked ones included [default: no limit]
+  DEVICEHUB__SERVER__TLS_CERT_FILE           PEM certificate chain; with TLS_KEY_FILE: HTTPS only (HTTP/1.1 and HTTP/2) [default: plain HTTP]
+  DEVICEHUB__SERVER__TLS_KEY_FILE            PEM private key of that certificate
+  DEVICEHUB__METRICS__ENABLED                serve GET /metrics (Prometheus) [default: true]
+  DEVICEHUB__LOG__FORMAT                     text or json (one object per line) [default: text]
   RUST_LOG                                   log level or filter [default: info]";
 
 #[derive(Debug, Clone)]
@@ -42,6 +49,20 @@ pub struct Settings {
     pub storage_path: PathBuf,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    /// `server.tls_cert_file` and `server.tls_key_file`; unset: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// `metrics.enabled`: whether `GET /metrics` is served.
+    pub metrics_enabled: bool,
+    /// `log.format`.
+    pub log_format: LogFormat,
+}
+
+/// The PEM files of an HTTPS listener (read and checked at start-up).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +77,22 @@ pub struct AuthSettings {
     pub public_key_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+/// The documented defaults (what `config/default.toml` gives), for code that
+/// builds settings by hand.
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            storage_path: PathBuf::from("data/devicehub.redb"),
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+            tls: None,
+            metrics_enabled: true,
+            log_format: LogFormat::Text,
+        }
+    }
 }
 
 impl Settings {
@@ -167,11 +204,25 @@ impl Settings {
                 })
                 .transpose()?,
         };
+        let tls = tls_files(take("server.tls_cert_file"), take("server.tls_key_file"))?;
+        let metrics_enabled = match take("metrics.enabled") {
+            None => true,
+            Some(text) => parse_bool("metrics.enabled", &text)?,
+        };
+        let log_format = match take("log.format") {
+            None => LogFormat::Text,
+            Some(text) => LogFormat::parse(&text).ok_or_else(|| {
+                StartupError::new(format!("log.format: `{text}` is not text or json"))
+            })?,
+        };
         Ok(Settings {
             bind,
             storage_path,
             auth,
             limits,
+            tls,
+            metrics_enabled,
+            log_format,
         })
     }
 
@@ -206,6 +257,32 @@ fn unknown_key(name: &str) -> StartupError {
 /// `--bind HOST:PORT`, which wins over `server.bind` from any source.
 pub fn parse_bind_flag(text: &str) -> Result<SocketAddr, StartupError> {
     parse_bind_named("--bind", text.trim())
+}
+
+fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<TlsFiles>, StartupError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (Some(_), None) => Err(StartupError::new(
+            "server.tls_key_file: must be set when server.tls_cert_file is (or unset both for plain HTTP)",
+        )),
+        (None, Some(_)) => Err(StartupError::new(
+            "server.tls_cert_file: must be set when server.tls_key_file is (or unset both for plain HTTP)",
+        )),
+    }
+}
+
+fn parse_bool(name: &str, text: &str) -> Result<bool, StartupError> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(StartupError::new(format!(
+            "{name}: `{text}` is not true or false"
+        ))),
+    }
 }
 
 fn parse_bind(text: &str) -> Result<SocketAddr, StartupError> {
@@ -253,6 +330,13 @@ mod tests {
         assert_eq!(settings.storage_dir(), PathBuf::from("data"));
         assert!(settings.auth.hs256_secret.is_none());
         assert!(settings.auth.public_key_file.is_none());
+    }
+
+    #[test]
+    fn the_default_settings_are_those_of_the_default_file() {
+        let loaded = Settings::from_tree(tree("")).unwrap();
+        let built = Settings::default();
+        assert_eq!(format!("{loaded:?}"), format!("{built:?}"));
     }
 
     #[test]
@@ -333,6 +417,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--bind:"));
+    }
+
+    #[test]
+    fn ops_keys_default_to_plain_http_metrics_on_text_logs() {
+        let settings = Settings::from_tree(tree("")).unwrap();
+        assert!(settings.tls.is_none());
+        assert!(settings.metrics_enabled);
+        assert_eq!(settings.log_format, LogFormat::Text);
+        let set = Settings::from_tree(tree(
+            "[server]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n[metrics]\nenabled = false\n[log]\nformat = \"json\"",
+        ))
+        .unwrap();
+        let tls = set.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), ("c.pem".into(), "k.pem".into()));
+        assert!(!set.metrics_enabled);
+        assert_eq!(set.log_format, LogFormat::Json);
+        // Environment variables arrive as strings.
+        let env = Settings::from_tree(tree("[metrics]\nenabled = \"FALSE\"")).unwrap();
+        assert!(!env.metrics_enabled);
+    }
+
+    #[test]
+    fn bad_ops_values_name_their_key() {
+        let half = error_of("[server]\ntls_cert_file = \"c.pem\"");
+        assert!(half.starts_with("server.tls_key_file:"), "{half}");
+        let half = error_of("[server]\ntls_key_file = \"k.pem\"");
+        assert!(half.starts_with("server.tls_cert_file:"), "{half}");
+        let yes = error_of("[metrics]\nenabled = \"yes\"");
+        assert!(yes.starts_with("metrics.enabled:"), "{yes}");
+        let xml = error_of("[log]\nformat = \"xml\"");
+        assert!(xml.starts_with("log.format:"), "{xml}");
     }
 
     #[test]

@@ -167,7 +167,12 @@ pub fn banner(settings: &Settings, addr: SocketAddr) -> Result<String, StartupEr
     } else {
         addr
     };
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     Ok(format!(
-        "\ndevicehub demo is ready (tenant \"{TENANT}\", tokens valid 12 h)\n\n  Dashboard (signed in as admin):\n    http://{host}/#token={admin}\n\n  Admin token:\n    {admin}\n\n  Read-only token (devices:read):\n    {reader}\n\n  Try: curl -H \"Authorization: Bearer <token>\" http://{host}/api/tenant/devices\n"
+        "\ndevicehub demo is ready (tenant \"{TENANT}\", tokens valid 12 h)\n\n  Dashboard (signed in as admin):\n    {scheme}://{host}/#token={admin}\n\n  Admin token:\n    {admin}\n\n  Read-only token (devices:read):\n    {reader}\n\n  Try: curl -H \"Authorization: Bearer <token>\" {scheme}://{host}/api/tenant/devices\n"
     ))
 }

@@ -138,8 +138,7 @@ mod tests {
         Settings {
             bind: "127.0.0.1:0".parse().unwrap(),
             storage_path: path.to_path_buf(),
-            auth: Default::default(),
-            limits: Default::default(),
+            ..Settings::default()
         }
     }
 

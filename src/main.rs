@@ -25,6 +25,16 @@ enum Command {
     Serve(ServeArgs),
     /// Print a signed access token for a tenant.
     Token(TokenArgs),
+    /// Ask the configured server's /healthz: exit 0 when it answers 200
+    /// within 2 s, else 1 with the reason (for Docker and systemd).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -65,7 +75,7 @@ fn serve(args: ServeArgs) -> Result<(), devicehub::error::StartupError> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    devicehub::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve),
@@ -78,6 +88,9 @@ fn main() -> ExitCode {
             args.sub.as_deref(),
         )
         .map(|token| println!("{token}")),
+        Some(Command::Healthcheck(args)) => {
+            devicehub::cli::healthcheck(args.config.as_deref()).map(|line| println!("{line}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

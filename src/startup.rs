@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::{Payload, Server, Service, ServiceRequest};
+use actix_web::dev::{Payload, Server, ServerHandle, Service, ServiceRequest};
 use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::middleware::DefaultHeaders;
+use actix_web::middleware::{Condition, DefaultHeaders};
 use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
@@ -27,6 +27,9 @@ use crate::http;
 use crate::state::AppState;
 use crate::store::Store;
 
+/// How long requests in flight get to finish after SIGINT or SIGTERM.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
 /// A server bound and ready to be awaited.
 pub struct Running {
     pub server: Server,
@@ -34,6 +37,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// Whether this start made the HS256 secret: then no token exists yet.
     pub made_secret: bool,
+    /// `https` with `server.tls_*` set, else `http`.
+    pub scheme: &'static str,
 }
 
 /// Checks the storage path, loads the token key, opens the database and
@@ -42,6 +47,11 @@ pub struct Running {
 /// Nothing is written before the storage path is known to name a file; the
 /// folder and the database file are made private before the store opens them.
 pub fn start(settings: &Settings) -> Result<Running, StartupError> {
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     files::check_storage_path(settings)?;
     let made_secret = secret::will_be_made(settings);
     let tokens = TokenVerifier::from_settings(settings)?;
@@ -63,6 +73,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         lists: http::ListGate::default(),
         idempotency: Default::default(),
     });
+    let metrics = settings.metrics_enabled;
     let server = HttpServer::new(move || {
         App::new()
             // Answers carry device keys (registration, rotation) and tenant
@@ -78,19 +89,32 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
                 }
             })
             .app_data(state.clone())
+            .wrap(Condition::new(metrics, crate::metrics::Track))
             .configure(http::configure)
+            .configure(|cfg| {
+                if metrics {
+                    http::configure_metrics(cfg);
+                }
+            })
             .default_service(web::to(http::not_found))
     })
-    .shutdown_timeout(10)
-    .client_request_timeout(Duration::from_secs(5))
-    .listen(listener)
-    .map_err(|e| StartupError::new(format!("server.bind: {e}")))?
-    .run();
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    // `Running::run` handles SIGINT and SIGTERM alike (actix would force on SIGINT).
+    .disable_signals()
+    .client_request_timeout(Duration::from_secs(5));
+    let (server, scheme) = match tls {
+        None => (server.listen(listener), "http"),
+        Some(config) => (server.listen_rustls_0_23(listener, config), "https"),
+    };
+    let server = server
+        .map_err(|e| StartupError::new(format!("server.bind: {e}")))?
+        .run();
     Ok(Running {
         server,
         addr,
         store,
         made_secret,
+        scheme,
     })
 }
 
@@ -165,17 +189,18 @@ fn hold_chunked_body(req: &mut ServiceRequest) -> Option<HeldBody> {
 impl Running {
     /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
     ///
-    /// `listening on` is logged only after the server's first poll, which is
-    /// when it installs its signal handlers: whoever waits for that line may
-    /// signal at once.
+    /// `listening on` is logged only after the signal handlers are installed
+    /// and the server's first poll: whoever waits for that line may signal at
+    /// once.
     /// `banner`, when given, goes to stdout right after that line.
     pub async fn run(self, banner: Option<String>) -> std::io::Result<()> {
+        stop_gracefully_on_signals(self.server.handle())?;
         let mut server = self.server;
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut server).poll(cx))).await;
         if let Poll::Ready(result) = first {
             return result;
         }
-        log::info!("listening on http://{}", self.addr);
+        log::info!("listening on {}://{}", self.scheme, self.addr);
         if let Some(banner) = banner {
             println!("{banner}");
         }
@@ -186,6 +211,32 @@ impl Running {
 /// Logged once, on the start that made the HS256 secret (no token can exist
 /// yet). It says how to get a token and never contains one.
 pub const FIRST_TOKEN_HINT: &str = "no access token exists yet: get one with `devicehub token --tenant <tenant> --scope \"devices:read admin\"` (same --config and environment as this server)";
+
+/// On the first SIGINT or SIGTERM, stops the server gracefully: it stops
+/// accepting, lets the requests in flight finish (up to
+/// `SHUTDOWN_TIMEOUT_SECS`), then `run` returns and the process exits 0.
+fn stop_gracefully_on_signals(handle: ServerHandle) -> std::io::Result<()> {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    actix_web::rt::spawn(async move {
+        let name = std::future::poll_fn(|cx| {
+            if interrupt.poll_recv(cx).is_ready() {
+                Poll::Ready("SIGINT")
+            } else if terminate.poll_recv(cx).is_ready() {
+                Poll::Ready("SIGTERM")
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        log::info!(
+            "{name} received: stopping; requests in flight get up to {SHUTDOWN_TIMEOUT_SECS} s to finish"
+        );
+        handle.stop(true).await;
+    });
+    Ok(())
+}
 
 /// Runs the server until SIGINT or SIGTERM, then drains and returns. With
 /// `demo`, seeds the demo tenant into an empty database and prints its banner.

@@ -152,8 +152,7 @@ mod tests {
         Settings {
             bind: "127.0.0.1:0".parse().unwrap(),
             storage_path: dir.join("db").join("devicehub.redb"),
-            auth: Default::default(),
-            limits: Default::default(),
+            ..Settings::default()
         }
     }
 

@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/device/me", "GET"),
     ("/healthz", "GET"),
     ("/openapi.json", "GET"),
+    ("/metrics", "GET"),
 ];
 
 /// The dashboard's pages and assets (not part of the API description).
@@ -36,6 +37,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     device_api::configure(cfg);
     meta::configure(cfg);
     dashboard::configure(cfg);
+}
+
+/// `GET /metrics`, registered only when `metrics.enabled` (else the path is
+/// unknown: 404).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    meta::configure_metrics(cfg);
 }
 
 /// Answers every path no route claims.

@@ -298,6 +298,24 @@ fn operations() -> Vec<Operation> {
             ),
             errors: &[405],
         },
+        Operation {
+            path: "/metrics",
+            method: "get",
+            id: "metrics",
+            tag: "service",
+            summary: "Prometheus metrics (404 when metrics.enabled is false)",
+            access: Access::Open,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                json!({
+                    "description": "Prometheus text exposition format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}
+                }),
+            ),
+            errors: &[404, 405],
+        },
     ]
 }
 

@@ -207,7 +207,12 @@ fn commit_batch(inner: &Inner, batch: Vec<Job>) {
             drop(txn);
             Err(e)
         }
-        None => txn.commit().map_err(StoreError::from),
+        None => {
+            let started = std::time::Instant::now();
+            let committed = txn.commit().map_err(StoreError::from);
+            crate::metrics::record_commit(answers.len(), started.elapsed());
+            committed
+        }
     };
     if let Err(e) = &outcome {
         log::warn!("a batch of {} writes was not committed: {e}", answers.len());

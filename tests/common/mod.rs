@@ -33,6 +33,7 @@ pub fn settings_in(dir: &std::path::Path) -> Settings {
             hs256_secret: Some(SECRET.to_string()),
             ..Default::default()
         },
+        ..Settings::default()
     }
 }
 
