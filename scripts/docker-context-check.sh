@@ -13,6 +13,11 @@
 # 3. `cargo build --release --locked` runs there, with CARGO_TARGET_DIR set
 #    to the repository's own target/ so dependencies are reused.
 #
+# The scratch directory is outside target/ and its files get fresh times, so
+# cargo compiles devicehub from the copy (not from a fingerprint of the
+# repository's own build), and the repository's next build, seeing its own
+# files, is not mistaken for fresh.
+#
 #   scripts/docker-context-check.sh          # check and build
 #   LIST_ONLY=1 scripts/docker-context-check.sh   # print the context's files, build nothing
 #
@@ -20,7 +25,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STAGE=${DOCKER_CONTEXT_DIR:-$ROOT/target/docker-context}
+STAGE=$(mktemp -d "${TMPDIR:-/tmp}/devicehub-docker-context.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
 
 python3 - "$ROOT" "$STAGE" "${LIST_ONLY:-0}" <<'PY'
 import os
@@ -197,10 +203,11 @@ for sources, dest, wd in copies:
         for origin, rel in chosen:
             out = os.path.join(stage_path(dest, wd), rel) if rel else stage_path(dest, wd)
             os.makedirs(os.path.dirname(out), exist_ok=True)
-            shutil.copy2(os.path.join(root, origin), out, follow_symlinks=False)
+            # Contents and mode, but a fresh modification time (see above).
+            shutil.copy(os.path.join(root, origin), out, follow_symlinks=False)
 
 build_dir = stage_path(".", workdir)
-print(f"docker-context-check: {len(context)} files in the context, build stage in {os.path.relpath(build_dir, root)}")
+print(f"docker-context-check: {len(context)} files in the context, build stage in {build_dir}")
 with open(os.path.join(stage, ".build-dir"), "w") as f:
     f.write(build_dir)
 PY
