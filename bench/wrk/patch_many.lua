@@ -1,7 +1,7 @@
 -- PATCH over many devices: each request changes a device (a new name), so
 -- every 2xx is a real, durable write. Ids come from WRK_IDS_FILE.
 -- Env: WRK_TOKEN (admin), WRK_IDS_FILE. Prints the same WRKRESULT line as
--- ../shared/bench/wrk/bench.lua.
+-- bench/wrk/request.lua.
 local token = os.getenv("WRK_TOKEN")
 local ids = {}
 for line in io.lines(os.getenv("WRK_IDS_FILE")) do
