@@ -301,12 +301,16 @@ async fn a_newer_layout_version_is_refused() {
 }
 
 /// Holds the writer busy so that what is submitted meanwhile forms one batch.
+/// Returns once the writer is applying the holding job, so its batch is
+/// closed: whatever is submitted next forms the following batch.
 fn hold_writer(store: &Store, ms: u64) -> tokio::sync::oneshot::Receiver<StoreResult<()>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (started_tx, started) = std::sync::mpsc::channel();
     store
         .writer
         .enqueue(
             move |_, _| {
+                let _ = started_tx.send(());
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(())
             },
@@ -315,6 +319,7 @@ fn hold_writer(store: &Store, ms: u64) -> tokio::sync::oneshot::Receiver<StoreRe
             },
         )
         .unwrap();
+    started.recv().unwrap();
     rx
 }
 
