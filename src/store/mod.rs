@@ -5,6 +5,7 @@
 //! return once the commit holding them is on disk (`Durability::Immediate`),
 //! so a caller that answers 2xx afterwards has its change on disk.
 
+pub mod backup;
 mod commit;
 mod handle;
 mod indexes;

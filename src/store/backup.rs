@@ -1,0 +1,551 @@
+//! Backups of the redb store (API.md §8) and their restore.
+//!
+//! A snapshot copies every table from ONE read transaction into a new redb
+//! file, so it holds every write committed (acknowledged) before it began and
+//! never part of one; writers go on meanwhile (MVCC). The file is written
+//! under a temporary name in the backup folder, synced, renamed to
+//! `devicehub-<UTC yyyymmddThhmmssZ>.redb` (mode 0600), and the folder synced.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, DatabaseError, Durability, Key, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, ReadableTableMetadata, TableDefinition, TableError, TableHandle, Value,
+    WriteTransaction,
+};
+
+use super::tables::{
+    DEVICES, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
+};
+use super::{indexes, Store, StoreError, StoreResult};
+
+/// Snapshot files are `PREFIX` + UTC time + `SUFFIX`.
+const PREFIX: &str = "devicehub-";
+const SUFFIX: &str = ".redb";
+
+/// Rows copied per destination commit: bounds the memory a snapshot of a
+/// large database needs. The snapshot file is only renamed into place after
+/// the last, durable commit, so the batches are never seen half-done.
+const ROWS_PER_COMMIT: u64 = 200_000;
+
+/// What one snapshot wrote.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub path: PathBuf,
+    pub devices: u64,
+    pub elapsed: Duration,
+}
+
+/// What a snapshot file holds, once checked.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    pub devices: u64,
+}
+
+impl Store {
+    /// Writes a consistent snapshot of the whole store into `dest_dir`
+    /// (created 0700 if missing) and returns its path.
+    pub fn snapshot(&self, dest_dir: &Path) -> StoreResult<PathBuf> {
+        self.snapshot_report(dest_dir).map(|s| s.path)
+    }
+
+    /// As `snapshot`, with the number of devices and the time it took.
+    pub fn snapshot_report(&self, dest_dir: &Path) -> StoreResult<Snapshot> {
+        let started = Instant::now();
+        let io = |what: &str, e: io::Error| StoreError::Unavailable(format!("backup: {what}: {e}"));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dest_dir)
+            .map_err(|e| io(&format!("cannot create {}", dest_dir.display()), e))?;
+        // The read transaction is the snapshot: taken first, before any name
+        // or file, so everything acknowledged before this call is in it.
+        let (_db, source) = self.inner.db.begin_read(|_| Ok(()))?;
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        );
+        let name = format!("{PREFIX}{stamp}{SUFFIX}");
+        let final_path = dest_dir.join(&name);
+        let temp_path = dest_dir.join(format!(".{name}.{}.tmp", random_suffix()));
+        let written = (|| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp_path)
+                .map_err(|e| io(&format!("cannot create {}", temp_path.display()), e))?;
+            let devices = {
+                let dest = Database::builder().create(&temp_path).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "backup: cannot create {}: {e}",
+                        temp_path.display()
+                    ))
+                })?;
+                copy_all(&source, &dest)?
+            };
+            drop(source);
+            sync_file(&temp_path).map_err(|e| io("cannot sync the snapshot", e))?;
+            fs::rename(&temp_path, &final_path)
+                .map_err(|e| io(&format!("cannot rename to {}", final_path.display()), e))?;
+            sync_dir(dest_dir).map_err(|e| io("cannot sync the backup folder", e))?;
+            Ok(devices)
+        })();
+        match written {
+            Ok(devices) => Ok(Snapshot {
+                path: final_path,
+                devices,
+                elapsed: started.elapsed(),
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&temp_path);
+                Err(e)
+            }
+        }
+    }
+
+    /// A snapshot, then the oldest ones removed so that `keep` remain.
+    pub fn backup(&self, dest_dir: &Path, keep: usize) -> StoreResult<Snapshot> {
+        let snapshot = self.snapshot_report(dest_dir)?;
+        prune(dest_dir, keep).map_err(|e| {
+            StoreError::Unavailable(format!("backup: cannot remove old snapshots: {e}"))
+        })?;
+        Ok(snapshot)
+    }
+
+    /// Opens `path` read-only and checks it is a devicehub snapshot this
+    /// build can use: a redb file of this layout version whose indexes agree
+    /// with its devices.
+    pub fn check_snapshot(path: &Path) -> Result<SnapshotInfo, String> {
+        let db = ReadOnlyDatabase::open(path).map_err(|e| match e {
+            DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() != io::ErrorKind::InvalidData =>
+            {
+                format!("cannot read it: {io}")
+            }
+            other => format!("not a devicehub snapshot ({other})"),
+        })?;
+        let txn = db
+            .begin_read()
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        let version = match txn.open_table(META) {
+            Ok(meta) => meta
+                .get(SCHEMA_VERSION_KEY)
+                .map_err(|e| format!("cannot be read: {e}"))?
+                .map(|v| v.value()),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(format!("not a devicehub snapshot ({e})")),
+        };
+        match version {
+            None => return Err("not a devicehub snapshot (no layout version)".into()),
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "layout version {other}, this build reads version {SCHEMA_VERSION}"
+                ))
+            }
+        }
+        indexes::verify(&txn).map_err(|e| format!("damaged: {e}"))?;
+        let devices = txn
+            .open_table(DEVICES)
+            .map_err(|e| format!("damaged: {e}"))?
+            .len()
+            .map_err(|e| format!("damaged: {e}"))?;
+        Ok(SnapshotInfo { devices })
+    }
+
+    /// Checks `snapshot`, then replaces the database at `target` with it:
+    /// copied to a temporary file in the same folder, synced, given mode
+    /// 0600 and renamed over the target. Refuses while a process (a running
+    /// server) holds the target database.
+    pub fn restore(snapshot: &Path, target: &Path) -> Result<SnapshotInfo, String> {
+        let info =
+            Store::check_snapshot(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
+        let dir = match target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                format!(
+                    "storage.path: cannot create the folder {}: {e}",
+                    dir.display()
+                )
+            })?;
+        // Holding the target open (its lock) keeps a server from starting
+        // on it until the new file is in place.
+        let _held = match Database::builder().open(target) {
+            Ok(db) => Some(db),
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(format!(
+                    "storage.path: {} is held by a running devicehub server: stop it first",
+                    target.display()
+                ))
+            }
+            // Missing or unreadable (a lost disk): it is replaced anyway.
+            Err(_) => None,
+        };
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "devicehub.redb".into());
+        let temp = dir.join(format!(".{name}.restore.{}.tmp", random_suffix()));
+        let result = (|| -> io::Result<()> {
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            io::copy(&mut File::open(snapshot)?, &mut out)?;
+            out.flush()?;
+            out.set_permissions(fs::Permissions::from_mode(0o600))?;
+            out.sync_all()?;
+            drop(out);
+            fs::rename(&temp, target)?;
+            sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(format!(
+                "storage.path: cannot replace {}: {e}",
+                target.display()
+            ));
+        }
+        Ok(info)
+    }
+}
+
+/// Copies every devicehub table; a table in the source that this list does
+/// not name stops the snapshot rather than being left out. Returns the
+/// number of devices.
+fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
+    let mut batch = Batch::start(dest)?;
+    batch.copy(source, META)?;
+    let devices = batch.copy(source, DEVICES)?;
+    batch.copy(source, KEY_INDEX)?;
+    batch.copy(source, LAST_SEEN)?;
+    batch.copy(source, STATUS_INDEX)?;
+    batch.copy(source, LOCATION_INDEX)?;
+    batch.copy(source, TENANT_COUNTS)?;
+    batch.copy(source, IDEMPOTENCY)?;
+    batch.copy(source, IDEMPOTENCY_EXPIRY)?;
+    for table in source.list_tables()? {
+        if !TABLES.contains(&table.name()) {
+            return Err(StoreError::Internal(format!(
+                "backup: the table {:?} is not copied by snapshots",
+                table.name()
+            )));
+        }
+    }
+    if source.list_multimap_tables()?.next().is_some() {
+        return Err(StoreError::Internal(
+            "backup: the database has a multimap table snapshots do not copy".into(),
+        ));
+    }
+    batch.finish()?;
+    Ok(devices)
+}
+
+/// The names of the tables `copy_all` copies.
+pub const TABLES: &[&str] = &[
+    "meta",
+    "devices",
+    "key_index",
+    "last_seen",
+    "status_index",
+    "location_index",
+    "tenant_counts",
+    "idempotency",
+    "idempotency_expiry",
+];
+
+/// The destination's write transaction, committed every `ROWS_PER_COMMIT`
+/// rows without a sync and once more, synced, at the end.
+struct Batch<'a> {
+    db: &'a Database,
+    txn: Option<WriteTransaction>,
+    rows: u64,
+}
+
+impl<'a> Batch<'a> {
+    fn start(db: &'a Database) -> StoreResult<Batch<'a>> {
+        Ok(Batch {
+            db,
+            txn: Some(Batch::begin(db)?),
+            rows: 0,
+        })
+    }
+
+    fn begin(db: &Database) -> StoreResult<WriteTransaction> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        Ok(txn)
+    }
+
+    fn copy<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        source: &ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<u64> {
+        debug_assert!(TABLES.contains(&def.name()));
+        let from = match source.open_table(def) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut copied = 0;
+        let mut range = from.iter()?;
+        loop {
+            let txn = self.txn.take().ok_or_else(|| {
+                StoreError::Internal("backup: no open destination transaction".into())
+            })?;
+            let mut full = false;
+            {
+                let mut to = txn.open_table(def)?;
+                for entry in range.by_ref() {
+                    let (k, v) = entry?;
+                    to.insert(k.value(), v.value())?;
+                    copied += 1;
+                    self.rows += 1;
+                    if self.rows.is_multiple_of(ROWS_PER_COMMIT) {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            if full {
+                txn.commit()?;
+                self.txn = Some(Batch::begin(self.db)?);
+            } else {
+                self.txn = Some(txn);
+                return Ok(copied);
+            }
+        }
+    }
+
+    fn finish(mut self) -> StoreResult<()> {
+        let mut txn = self.txn.take().ok_or_else(|| {
+            StoreError::Internal("backup: no open destination transaction".into())
+        })?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Removes the oldest snapshots in `dir` so that the newest `keep` remain.
+/// Only files named like snapshots are touched.
+pub fn prune(dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_snapshot_name(&name) && entry.file_type()?.is_file() {
+            found.insert(name, entry.path());
+        }
+    }
+    let excess = found.len().saturating_sub(keep.max(1));
+    let mut removed = Vec::new();
+    for (_, path) in found.into_iter().take(excess) {
+        fs::remove_file(&path)?;
+        removed.push(path);
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// `devicehub-yyyymmddThhmmssZ.redb`.
+pub fn is_snapshot_name(name: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_suffix(SUFFIX))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::device_key::NewDeviceKey;
+    use crate::devices::{Millis, NewDevice};
+    use serde_json::json;
+
+    fn names_in_tables_rs() -> Vec<String> {
+        let source = include_str!("tables.rs");
+        source
+            .split("TableDefinition::new(\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_table_in_tables_rs_is_copied() {
+        let names = names_in_tables_rs();
+        assert!(names.len() >= 9, "{names:?}");
+        for name in &names {
+            assert!(TABLES.contains(&name.as_str()), "{name} is not copied");
+        }
+        assert_eq!(names.len(), TABLES.len());
+    }
+
+    #[test]
+    fn snapshot_names_are_recognised() {
+        assert!(is_snapshot_name("devicehub-20261128T184800Z.redb"));
+        for bad in [
+            "devicehub-20261128T184800Z.redb.tmp",
+            ".devicehub-20261128T184800Z.redb.ab.tmp",
+            "devicehub-2026112xT184800Z.redb",
+            "devicehub.redb",
+            "other-20261128T184800Z.redb",
+        ] {
+            assert!(!is_snapshot_name(bad), "{bad}");
+        }
+    }
+
+    fn table_lengths(path: &Path) -> BTreeMap<String, u64> {
+        let db = ReadOnlyDatabase::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.list_tables()
+            .unwrap()
+            .map(|h| {
+                let len = txn.open_untyped_table(h.clone()).unwrap().len().unwrap();
+                (h.name().to_string(), len)
+            })
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn a_snapshot_holds_every_table_row_for_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("db/devicehub.redb");
+        let store = Store::open(&db_path).unwrap();
+        for i in 0..5 {
+            let key = NewDeviceKey::generate().unwrap();
+            let new = NewDevice::parse(
+                json!({"name": format!("d{i}"), "locationIds": ["l1"]})
+                    .as_object()
+                    .unwrap(),
+            )
+            .unwrap();
+            let remember = crate::store::Remember {
+                id: [i as u8; 32],
+                fingerprint: [0; 32],
+                seal: Box::new(|_, _| Ok(b"sealed".to_vec())),
+            };
+            store
+                .create("t", new, key.hash, Millis(1_000), None, Some(remember))
+                .await
+                .unwrap();
+        }
+        let snap_dir = dir.path().join("backups");
+        let snapshot = store.snapshot_report(&snap_dir).unwrap();
+        assert_eq!(snapshot.devices, 5);
+        let mode = fs::metadata(&snapshot.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let name = snapshot.path.file_name().unwrap().to_str().unwrap();
+        assert!(is_snapshot_name(name), "{name}");
+        // Nothing but the snapshot is left in the folder.
+        assert_eq!(fs::read_dir(&snap_dir).unwrap().count(), 1);
+        drop(store);
+        let source = table_lengths(&db_path);
+        let copy = table_lengths(&snapshot.path);
+        assert!(source.len() >= 8, "{source:?}");
+        assert!(source["idempotency"] == 5 && source["devices"] == 5);
+        assert_eq!(source, copy);
+        let info = Store::check_snapshot(&snapshot.path).unwrap();
+        assert_eq!(info.devices, 5);
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_ignores_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for stamp in [
+            "20260101T000000Z",
+            "20260102T000000Z",
+            "20251231T235959Z",
+            "20260103T000000Z",
+        ] {
+            fs::write(dir.path().join(format!("devicehub-{stamp}.redb")), b"x").unwrap();
+        }
+        fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        fs::write(
+            dir.path().join(".devicehub-20200101T000000Z.redb.1.tmp"),
+            b"x",
+        )
+        .unwrap();
+        let removed = prune(dir.path(), 2).unwrap();
+        assert_eq!(removed.len(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".devicehub-20200101T000000Z.redb.1.tmp",
+                "devicehub-20260102T000000Z.redb",
+                "devicehub-20260103T000000Z.redb",
+                "notes.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.redb");
+        fs::write(&junk, vec![7u8; 8192]).unwrap();
+        let err = Store::check_snapshot(&junk).unwrap_err();
+        assert!(err.contains("not a devicehub snapshot"), "{err}");
+        // A redb file without devicehub's layout version.
+        let other = dir.path().join("other.redb");
+        {
+            let db = Database::create(&other).unwrap();
+            let txn = db.begin_write().unwrap();
+            let def: TableDefinition<&str, u64> = TableDefinition::new("x");
+            txn.open_table(def).unwrap().insert("a", 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::check_snapshot(&other).unwrap_err();
+        assert!(err.contains("no layout version"), "{err}");
+    }
+}
