@@ -61,3 +61,18 @@ pub fn token(
         },
     )
 }
+
+/// `devicehub restore SNAPSHOT`: checks the snapshot, then replaces the
+/// configured database with it. Refuses while a server holds the database.
+/// Returns the one line to print.
+pub fn restore(config: Option<&Path>, snapshot: &Path) -> Result<String, StartupError> {
+    let settings = Settings::load(config)?;
+    let info = crate::store::Store::restore(snapshot, &settings.storage_path)
+        .map_err(StartupError::new)?;
+    Ok(format!(
+        "restored {} ({} devices) into {}",
+        snapshot.display(),
+        info.devices,
+        settings.storage_path.display()
+    ))
+}

@@ -24,6 +24,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("limits", &["max_devices_per_tenant"]),
     ("metrics", &["enabled"]),
     ("log", &["format"]),
+    ("backup", &["dir", "interval", "keep"]),
 ];
 
 /// The environment `devicehub serve --help` lists (one line per variable).
@@ -41,6 +42,9 @@ Environment (over the config file, which is over the built-in defaults; --bind w
   DEVICEHUB__SERVER__TLS_KEY_FILE            PEM private key of that certificate
   DEVICEHUB__METRICS__ENABLED                serve GET /metrics (Prometheus) [default: true]
   DEVICEHUB__LOG__FORMAT                     text or json (one object per line) [default: text]
+  DEVICEHUB__BACKUP__DIR                     folder for scheduled snapshots of the database [default: no scheduled backups]
+  DEVICEHUB__BACKUP__INTERVAL                time between snapshots: 90s, 30m, 12h, 7d [default: 1h]
+  DEVICEHUB__BACKUP__KEEP                    how many snapshots to keep, newest first [default: 24]
   RUST_LOG                                   log level or filter [default: info]";
 
 #[derive(Debug, Clone)]
@@ -55,6 +59,7 @@ pub struct Settings {
     pub metrics_enabled: bool,
     /// `log.format`.
     pub log_format: LogFormat,
+    pub backup: BackupSettings,
 }
 
 /// The PEM files of an HTTPS listener (read and checked at start-up).
@@ -63,6 +68,27 @@ pub struct TlsFiles {
     /// The certificate chain, leaf first.
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// Scheduled snapshots of the database (API.md §8).
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// Unset: no scheduled backups.
+    pub dir: Option<PathBuf>,
+    pub interval: std::time::Duration,
+    /// The newest this many snapshots are kept (at least 1).
+    pub keep: usize,
+}
+
+impl Default for BackupSettings {
+    /// The documented defaults: no folder, every hour, keep 24.
+    fn default() -> Self {
+        BackupSettings {
+            dir: None,
+            interval: std::time::Duration::from_secs(3600),
+            keep: 24,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +117,7 @@ impl Default for Settings {
             tls: None,
             metrics_enabled: true,
             log_format: LogFormat::Text,
+            backup: BackupSettings::default(),
         }
     }
 }
@@ -215,6 +242,7 @@ impl Settings {
                 StartupError::new(format!("log.format: `{text}` is not text or json"))
             })?,
         };
+        let backup = backup_settings(&mut take)?;
         Ok(Settings {
             bind,
             storage_path,
@@ -223,6 +251,7 @@ impl Settings {
             tls,
             metrics_enabled,
             log_format,
+            backup,
         })
     }
 
@@ -233,6 +262,35 @@ impl Settings {
             _ => PathBuf::from("."),
         }
     }
+}
+
+/// `backup.dir`, `backup.interval` (a duration like `--ttl`) and
+/// `backup.keep` (a whole number of at least 1).
+fn backup_settings(
+    take: &mut impl FnMut(&str) -> Option<String>,
+) -> Result<BackupSettings, StartupError> {
+    let interval = match take("backup.interval") {
+        None => 3600,
+        Some(text) => crate::auth::token::parse_ttl(&text)
+            .map_err(|e| StartupError::new(format!("backup.interval: {e}")))?,
+    };
+    let keep = match take("backup.keep") {
+        None => 24,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                StartupError::new(format!(
+                    "backup.keep: `{text}` is not a whole number of at least 1"
+                ))
+            })?,
+    };
+    Ok(BackupSettings {
+        dir: take("backup.dir").map(PathBuf::from),
+        interval: std::time::Duration::from_secs(interval),
+        keep,
+    })
 }
 
 /// TOML reads an unquoted `127.0.0.1:8080` or `data/x.redb` as a broken
@@ -448,6 +506,31 @@ mod tests {
         assert!(yes.starts_with("metrics.enabled:"), "{yes}");
         let xml = error_of("[log]\nformat = \"xml\"");
         assert!(xml.starts_with("log.format:"), "{xml}");
+    }
+
+    #[test]
+    fn backup_keys_are_read_and_checked() {
+        let unset = Settings::from_tree(tree("")).unwrap();
+        assert!(unset.backup.dir.is_none());
+        assert_eq!(unset.backup.interval.as_secs(), 3600);
+        assert_eq!(unset.backup.keep, 24);
+        let set = Settings::from_tree(tree(
+            "[backup]\ndir = \"/var/backups/dh\"\ninterval = \"90s\"\nkeep = 3",
+        ))
+        .unwrap();
+        assert_eq!(set.backup.dir, Some(PathBuf::from("/var/backups/dh")));
+        assert_eq!(set.backup.interval.as_secs(), 90);
+        assert_eq!(set.backup.keep, 3);
+        let days = Settings::from_tree(tree("[backup]\ninterval = \"7d\"")).unwrap();
+        assert_eq!(days.backup.interval.as_secs(), 7 * 86_400);
+        for bad in ["0", "soon", "5w", "-1m"] {
+            let err = error_of(&format!("[backup]\ninterval = \"{bad}\""));
+            assert!(err.starts_with("backup.interval:"), "{err}");
+        }
+        for bad in ["0", "-2", "many", "1.5"] {
+            let err = error_of(&format!("[backup]\nkeep = \"{bad}\""));
+            assert!(err.starts_with("backup.keep:"), "{err}");
+        }
     }
 
     #[test]

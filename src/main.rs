@@ -28,6 +28,19 @@ enum Command {
     /// Ask the configured server's /healthz: exit 0 when it answers 200
     /// within 2 s, else 1 with the reason (for Docker and systemd).
     Healthcheck(HealthcheckArgs),
+    /// Check a backup snapshot and replace the configured database with it
+    /// (stop the server first).
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The snapshot file (`devicehub-<UTC time>.redb` from backup.dir).
+    #[arg(value_name = "SNAPSHOT")]
+    snapshot: PathBuf,
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -90,6 +103,10 @@ fn main() -> ExitCode {
         .map(|token| println!("{token}")),
         Some(Command::Healthcheck(args)) => {
             devicehub::cli::healthcheck(args.config.as_deref()).map(|line| println!("{line}"))
+        }
+        Some(Command::Restore(args)) => {
+            devicehub::cli::restore(args.config.as_deref(), &args.snapshot)
+                .map(|line| println!("{line}"))
         }
     };
     match result {

@@ -57,6 +57,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     let tokens = TokenVerifier::from_settings(settings)?;
     files::prepare_database_file(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
+    start_backups(settings, &store)?;
     let listener = TcpListener::bind(settings.bind).map_err(|e| {
         StartupError::new(format!(
             "server.bind: cannot listen on {}: {e}",
@@ -116,6 +117,63 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         made_secret,
         scheme,
     })
+}
+
+/// Scheduled backups (API.md §8): with `backup.dir` set, a std thread
+/// writes a snapshot at start and every `backup.interval`, and `SIGUSR1`
+/// asks it for one at once. Snapshots never run on the async workers. The
+/// thread ends when the server's actix system stops (the signal task, which
+/// holds the only sender, is dropped) or the store is gone.
+fn start_backups(settings: &Settings, store: &Arc<Store>) -> Result<(), StartupError> {
+    let Some(dir) = settings.backup.dir.clone() else {
+        return Ok(());
+    };
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            StartupError::new(format!(
+                "backup.dir: cannot create the folder {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| StartupError::new(format!("cannot listen for SIGUSR1: {e}")))?;
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let store = Arc::downgrade(store);
+    let (interval, keep) = (settings.backup.interval, settings.backup.keep);
+    std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || loop {
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            match store.backup(&dir, keep) {
+                Ok(done) => log::info!(
+                    "backup: wrote {} ({} devices, {} ms)",
+                    done.path.display(),
+                    done.devices,
+                    done.elapsed.as_millis()
+                ),
+                Err(e) => log::error!("backup failed: {e}"),
+            }
+            drop(store);
+            match asked.recv_timeout(interval) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .map_err(|e| StartupError::new(format!("cannot start the backup thread: {e}")))?;
+    actix_web::rt::spawn(async move {
+        while usr1.recv().await.is_some() {
+            log::info!("SIGUSR1: backup requested");
+            // One request already waiting covers this one too.
+            let _ = ask.try_send(());
+        }
+    });
+    Ok(())
 }
 
 /// A chunked request body, shared between the handler that reads it and the
