@@ -387,3 +387,106 @@ fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
         assert_eq!(std::fs::read(&db).unwrap(), before, "nothing changed");
     }
 }
+
+/// Measures a snapshot and a restore of a large database, and the longest
+/// PATCH (a store update, as the handler makes it) while the snapshot runs.
+/// `DEVICEHUB_BENCH_DEVICES` sets the size (default 1,000,000). Run with
+/// `cargo test --release --test backup -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_snapshot_and_restore() {
+    use devicehub::auth::device_key::NewDeviceKey;
+    use devicehub::devices::{DevicePatch, Millis, NewDevice};
+    let total: usize = std::env::var("DEVICEHUB_BENCH_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("db/devicehub.redb")).unwrap());
+    let seeding = Instant::now();
+    let ids: Vec<String> = actix_web::rt::System::new().block_on(async {
+        let tasks: Vec<_> = (0..256)
+            .map(|t| {
+                let store = store.clone();
+                actix_web::rt::spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in (t..total).step_by(256) {
+                        let new = NewDevice::parse(
+                            json!({"name": format!("Device {i}"), "locationIds": [format!("loc-{}", i % 50)]})
+                                .as_object()
+                                .unwrap(),
+                        )
+                        .unwrap();
+                        let key = NewDeviceKey::generate().unwrap();
+                        let tenant = format!("tenant-{}", i % 10);
+                        let d = store
+                            .create(&tenant, new, key.hash, Millis::now(), None, None)
+                            .await
+                            .unwrap();
+                        if ids.len() < 100 {
+                            ids.push(format!("{tenant}/{}", d.id));
+                        }
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.extend(task.await.unwrap());
+        }
+        ids
+    });
+    eprintln!("seeded {total} devices in {:?}", seeding.elapsed());
+    let db_size = std::fs::metadata(dir.path().join("db/devicehub.redb"))
+        .unwrap()
+        .len();
+
+    // PATCHes, one after another, while the snapshot runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let patcher = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let (mut longest, mut count, mut n) = (Duration::ZERO, 0u64, 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    let (tenant, id) = ids[n % ids.len()].split_once('/').unwrap();
+                    let patch = DevicePatch::parse(
+                        json!({"name": format!("patched {n}")}).as_object().unwrap(),
+                    )
+                    .unwrap();
+                    let at = Instant::now();
+                    store
+                        .update(tenant, id, patch, None, Millis::now())
+                        .await
+                        .unwrap();
+                    longest = longest.max(at.elapsed());
+                    count += 1;
+                    n += 1;
+                }
+                (longest, count)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let backups = dir.path().join("backups");
+    let started = Instant::now();
+    let snapshot = store.snapshot(&backups).unwrap();
+    let snap_time = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (longest, patches) = patcher.join().unwrap();
+    let snap_size = std::fs::metadata(&snapshot).unwrap().len();
+    eprintln!(
+        "snapshot: {snap_time:?} ({db_size} byte database, {snap_size} byte snapshot); {patches} PATCHes meanwhile, longest {longest:?}"
+    );
+    drop(store);
+    let target = dir.path().join("restored/devicehub.redb");
+    let started = Instant::now();
+    let info = Store::restore(&snapshot, &target).unwrap();
+    eprintln!(
+        "restore: {:?} ({} devices checked and copied)",
+        started.elapsed(),
+        info.devices
+    );
+    assert_eq!(info.devices, total as u64);
+}
