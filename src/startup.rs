@@ -124,8 +124,18 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
 /// asks it for one at once. Snapshots never run on the async workers. The
 /// thread ends when the server's actix system stops (the signal task, which
 /// holds the only sender, is dropped) or the store is gone.
+///
+/// Without `backup.dir`, SIGUSR1 is still caught (so that a reload sent by
+/// a service manager never stops the server) and logged as a no-op.
 fn start_backups(settings: &Settings, store: &Arc<Store>) -> Result<(), StartupError> {
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| StartupError::new(format!("cannot listen for SIGUSR1: {e}")))?;
     let Some(dir) = settings.backup.dir.clone() else {
+        actix_web::rt::spawn(async move {
+            while usr1.recv().await.is_some() {
+                log::warn!("SIGUSR1: backup.dir is not set: no backup written");
+            }
+        });
         return Ok(());
     };
     use std::os::unix::fs::DirBuilderExt;
@@ -139,8 +149,6 @@ fn start_backups(settings: &Settings, store: &Arc<Store>) -> Result<(), StartupE
                 dir.display()
             ))
         })?;
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .map_err(|e| StartupError::new(format!("cannot listen for SIGUSR1: {e}")))?;
     let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
     let store = Arc::downgrade(store);
     let (interval, keep) = (settings.backup.interval, settings.backup.keep);

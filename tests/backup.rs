@@ -354,6 +354,16 @@ fn the_server_backs_up_at_start_and_on_sigusr1_and_restore_waits_for_it_to_stop(
 }
 
 #[test]
+fn sigusr1_without_a_backup_dir_is_logged_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(command(dir.path()));
+    server.signal("USR1");
+    server.wait_for_log("SIGUSR1: backup.dir is not set", 1);
+    register_over_http(&server.addr);
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[test]
 fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     // A database with one device, as a stopped server leaves it.
