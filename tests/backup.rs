@@ -452,13 +452,16 @@ fn measure_snapshot_and_restore() {
         .unwrap()
         .len();
 
-    // PATCHes, one after another, while the snapshot runs.
+    // PATCHes, one after another, for a second before the snapshot (the
+    // baseline) and while it runs.
     let stop = Arc::new(AtomicBool::new(false));
+    let snapshotting = Arc::new(AtomicBool::new(false));
     let patcher = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, during) = (store.clone(), stop.clone(), snapshotting.clone());
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let (mut longest, mut count, mut n) = (Duration::ZERO, 0u64, 0usize);
+                let mut baseline = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
                     let (tenant, id) = ids[n % ids.len()].split_once('/').unwrap();
                     let patch = DevicePatch::parse(
@@ -470,24 +473,29 @@ fn measure_snapshot_and_restore() {
                         .update(tenant, id, patch, None, Millis::now())
                         .await
                         .unwrap();
-                    longest = longest.max(at.elapsed());
-                    count += 1;
+                    if during.load(Ordering::Relaxed) {
+                        longest = longest.max(at.elapsed());
+                        count += 1;
+                    } else {
+                        baseline = baseline.max(at.elapsed());
+                    }
                     n += 1;
                 }
-                (longest, count)
+                (longest, count, baseline)
             })
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_secs(1));
     let backups = dir.path().join("backups");
+    snapshotting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let snapshot = store.snapshot(&backups).unwrap();
     let snap_time = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (longest, patches) = patcher.join().unwrap();
+    let (longest, patches, baseline) = patcher.join().unwrap();
     let snap_size = std::fs::metadata(&snapshot).unwrap().len();
     eprintln!(
-        "snapshot: {snap_time:?} ({db_size} byte database, {snap_size} byte snapshot); {patches} PATCHes meanwhile, longest {longest:?}"
+        "snapshot: {snap_time:?} ({db_size} byte database, {snap_size} byte snapshot); {patches} PATCHes meanwhile, longest {longest:?} (longest in the second before: {baseline:?})"
     );
     drop(store);
     let target = dir.path().join("restored/devicehub.redb");
