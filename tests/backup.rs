@@ -2,11 +2,13 @@
 //! SIGUSR1, and `devicehub restore` refusing what it must.
 
 mod common;
+#[path = "support/binary.rs"]
+mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +17,7 @@ use common::{settings_in, spawn_app, spawn_app_in, token_for, TestApp};
 use devicehub::store::backup::is_snapshot_name;
 use devicehub::store::Store;
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_devicehub");
+use support::Server;
 
 fn admin() -> String {
     token_for("acme", "admin")
@@ -184,103 +185,17 @@ fn backup_keeps_the_newest_n_snapshots() {
 
 /// The built binary with a clean DEVICEHUB_* environment, storage in `dir`.
 fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DEVICEHUB") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(dir)
-        .env("DEVICEHUB__SERVER__BIND", "127.0.0.1:0")
-        .env("DEVICEHUB__STORAGE__PATH", dir.join("data/devicehub.redb"))
-        .env("DEVICEHUB__AUTH__HS256_SECRET", common::SECRET)
-        .env("RUST_LOG", "info");
-    cmd
+    support::command(dir, "127.0.0.1:0")
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: String::new(),
-            log,
-        };
-        let line = server.wait_for_log("listening on http://", 1);
-        server.addr = line
-            .split("listening on http://")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .into();
-        server
-    }
-
-    /// Waits for the `count`th log line containing `needle`, and returns it.
-    fn wait_for_log(&self, needle: &str, count: usize) -> String {
-        for _ in 0..1500 {
-            let found: Vec<String> = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .cloned()
-                .collect();
-            if found.len() >= count {
-                return found[count - 1].clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no {count} x {needle:?} in the log: {:?}",
-            self.log.lock().unwrap()
-        );
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn register_over_http(addr: &str) -> String {
+fn register_over_http(addr: SocketAddr) -> String {
     let body = json!({"name": "after start"}).to_string();
     let request = format!(
         "POST /api/tenant/devices HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         admin(),
         body.len()
     );
-    let answer = common::raw(addr.parse().unwrap(), request.as_bytes());
+    let answer = common::raw(addr, request.as_bytes());
     assert_eq!(answer.status, 201);
     answer.json()["apiKey"].as_str().unwrap().to_string()
 }
@@ -293,15 +208,15 @@ fn the_server_backs_up_at_start_and_on_sigusr1_and_restore_waits_for_it_to_stop(
     cmd.env("DEVICEHUB__BACKUP__DIR", &backups)
         .env("DEVICEHUB__BACKUP__INTERVAL", "1h")
         .env("DEVICEHUB__BACKUP__KEEP", "5");
-    let mut server = Server::start(cmd);
-    let first = server.wait_for_log("backup: wrote", 1);
+    let mut server = Server::start(cmd, "http");
+    let first = server.wait_for_log_nth("backup: wrote", 1);
     assert!(first.contains("(0 devices,"), "{first}");
     assert_eq!(snapshots_in(&backups).len(), 1);
     // Snapshot names have one-second resolution: let the next one differ.
     std::thread::sleep(Duration::from_millis(1100));
-    let key = register_over_http(&server.addr);
+    let key = register_over_http(server.addr);
     server.signal("USR1");
-    let second = server.wait_for_log("backup: wrote", 2);
+    let second = server.wait_for_log_nth("backup: wrote", 2);
     assert!(second.contains("(1 devices,"), "{second}");
     let snapshots = snapshots_in(&backups);
     assert_eq!(snapshots.len(), 2);
@@ -345,21 +260,21 @@ fn the_server_backs_up_at_start_and_on_sigusr1_and_restore_waits_for_it_to_stop(
         .output()
         .unwrap();
     assert!(again.status.success(), "{:?}", again);
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     let request = format!(
         "GET /api/device/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
     );
-    let me = common::raw(server.addr.parse().unwrap(), request.as_bytes());
+    let me = common::raw(server.addr, request.as_bytes());
     assert_eq!(me.status, 200);
 }
 
 #[test]
 fn sigusr1_without_a_backup_dir_is_logged_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(command(dir.path()));
+    let mut server = Server::start(command(dir.path()), "http");
     server.signal("USR1");
-    server.wait_for_log("SIGUSR1: backup.dir is not set", 1);
-    register_over_http(&server.addr);
+    server.wait_for_log_nth("SIGUSR1: backup.dir is not set", 1);
+    register_over_http(server.addr);
     assert!(server.child.try_wait().unwrap().is_none(), "still running");
 }
 

@@ -112,13 +112,23 @@ impl Server {
 
     /// Waits until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str) {
-        for _ in 0..500 {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
+        self.wait_for_log_nth(needle, 1);
+    }
+
+    /// Waits for the `count`th log line containing `needle`, and returns it.
+    pub fn wait_for_log_nth(&self, needle: &str, count: usize) -> String {
+        for _ in 0..1500 {
+            let log = self.log.lock().unwrap();
+            if let Some(line) = log.iter().filter(|l| l.contains(needle)).nth(count - 1) {
+                return line.clone();
             }
+            drop(log);
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no {needle:?} in the log: {:?}", self.log.lock().unwrap());
+        panic!(
+            "no {count} x {needle:?} in the log: {:?}",
+            self.log.lock().unwrap()
+        );
     }
 
     /// Waits for the process to exit, at most `limit`.
