@@ -2,128 +2,35 @@
 //! errors, signals, and crash durability under SIGKILL.
 
 mod common;
+#[path = "support/binary.rs"]
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::Server;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devicehub");
-
-/// A command with a clean DEVICEHUB_* environment and storage in `dir`.
+/// A command with a clean DEVICEHUB_* environment and storage in `dir`,
+/// with no configured secret: the first-run secret is made and kept.
 fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DEVICEHUB") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(dir)
-        .env("DEVICEHUB__SERVER__BIND", "127.0.0.1:0")
-        .env("DEVICEHUB__STORAGE__PATH", dir.join("data/devicehub.redb"))
-        .env("RUST_LOG", "info");
+    let mut cmd = support::command(dir, "127.0.0.1:0");
+    cmd.env_remove("DEVICEHUB__AUTH__HS256_SECRET");
     cmd
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
+/// The common test client for a running binary.
+trait App {
+    fn app(&self) -> Client;
 }
 
-impl Server {
-    fn start(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let out_lines = stdout.clone();
-        let child_stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(child_stdout).lines().map_while(Result::ok) {
-                out_lines.lock().unwrap().push(line);
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let addr = line[at + "listening on http://".len()..].trim().to_string();
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no listening line; log: {:?}", log.lock().unwrap()));
-        Server {
-            child,
-            addr: addr.parse().unwrap(),
-            log,
-            stdout,
-        }
-    }
-
-    /// Waits until a log line contains `needle` (the log is read by a thread).
-    fn wait_for_log(&self, needle: &str) {
-        for _ in 0..300 {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no {needle:?} in the log: {:?}", self.log.lock().unwrap());
-    }
-
-    /// The line after `heading` on stdout, waiting for it to be printed.
-    fn stdout_after(&self, heading: &str) -> String {
-        for _ in 0..300 {
-            {
-                let lines = self.stdout.lock().unwrap();
-                if let Some(i) = lines.iter().position(|l| l.contains(heading)) {
-                    if let Some(next) = lines.get(i + 1) {
-                        return next.trim().to_string();
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no {heading:?} on stdout: {:?}",
-            self.stdout.lock().unwrap()
-        );
-    }
-
+impl App for Server {
     fn app(&self) -> Client {
         Client(self.addr)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -189,7 +96,7 @@ fn token(dir: &Path, tenant: &str, scope: &str) -> String {
 #[test]
 fn a_new_user_runs_the_server_mints_a_token_and_registers_a_device() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     // The server made the secret; `token` signs with the same one.
     assert!(dir.path().join("data/jwt-secret").exists());
     let admin = token(dir.path(), "acme", "admin");
@@ -226,11 +133,14 @@ fn demo_mode_seeds_an_empty_database_once_and_prints_working_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let first_count;
     {
-        let server = Server::start({
-            let mut c = command(dir.path());
-            c.arg("serve").arg("--demo");
-            c
-        });
+        let server = Server::start(
+            {
+                let mut c = command(dir.path());
+                c.arg("serve").arg("--demo");
+                c
+            },
+            "http",
+        );
         let url = server.stdout_after("Dashboard");
         let admin = server.stdout_after("Admin token");
         let reader = server.stdout_after("Read-only token");
@@ -290,11 +200,14 @@ fn demo_mode_seeds_an_empty_database_once_and_prints_working_tokens() {
         assert!(!log.contains(&admin) && !log.contains(&reader));
     }
     // Started again with --demo on a database that holds devices: no reseeding.
-    let server = Server::start({
-        let mut c = command(dir.path());
-        c.arg("--demo");
-        c
-    });
+    let server = Server::start(
+        {
+            let mut c = command(dir.path());
+            c.arg("--demo");
+            c
+        },
+        "http",
+    );
     let reader = server.stdout_after("Read-only token");
     let list = server
         .app()
@@ -306,7 +219,7 @@ fn demo_mode_seeds_an_empty_database_once_and_prints_working_tokens() {
 #[test]
 fn without_demo_nothing_is_seeded_and_no_token_is_printed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     let reader = token(dir.path(), "demo", "devices:read");
     let list = server
         .app()
@@ -320,7 +233,7 @@ fn without_demo_nothing_is_seeded_and_no_token_is_printed() {
 #[test]
 fn sigint_also_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(command(dir.path()));
+    let mut server = Server::start(command(dir.path()), "http");
     server.signal("INT");
     assert!(server.child.wait().unwrap().success());
 }
@@ -409,7 +322,7 @@ fn the_config_file_and_environment_layer_over_the_defaults() {
     cmd.env_remove("DEVICEHUB__STORAGE__PATH")
         .env("DEVICEHUB_CONFIG", &file);
     // The environment (127.0.0.1:0) wins over the file's bind.
-    let server = Server::start(cmd);
+    let server = Server::start(cmd, "http");
     assert_ne!(server.addr.port(), 1);
     assert!(dir.path().join("custom/db.redb").exists());
     assert!(
@@ -460,7 +373,7 @@ fn token_refuses_to_sign_in_public_key_mode_and_checks_its_arguments() {
 #[test]
 fn a_second_server_on_the_same_file_is_refused_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = Server::start(command(dir.path()));
+    let _first = Server::start(command(dir.path()), "http");
     assert_refused(run(&mut command(dir.path())), "storage.path");
 }
 
@@ -483,7 +396,7 @@ fn every_acknowledged_write_survives_sigkill() {
     // (round, worker, ledger), each worker's ledgers in the order it wrote.
     let mut all: Vec<(u64, usize, Ledger)> = Vec::new();
     for round in 0..3 {
-        let server = Server::start(command(dir.path()));
+        let server = Server::start(command(dir.path()), "http");
         let admin = token(dir.path(), "acme", "admin");
         let app = server.app();
         let stop = Arc::new(AtomicBool::new(false));
@@ -574,7 +487,7 @@ fn every_acknowledged_write_survives_sigkill() {
         }
     }
 
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     let app = server.app();
     let reader = token(dir.path(), "acme", "devices:read");
     let listed = app.call("GET", "/api/tenant/devices", &reader, None).json();
@@ -684,7 +597,7 @@ fn under_256_connections_nothing_is_lost_or_duplicated_and_memory_stays_bounded(
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     let admin = token(dir.path(), "load", "admin");
     let reader = token(dir.path(), "load", "devices:read");
     let app = server.app();
@@ -842,7 +755,7 @@ fn mode_of(path: &Path) -> u32 {
 fn what_a_first_start_creates_is_private_and_the_log_says_how_to_get_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(command(dir.path()));
+    let server = Server::start(command(dir.path()), "http");
     assert_eq!(mode_of(&data), 0o700);
     assert_eq!(mode_of(&data.join("devicehub.redb")), 0o600);
     assert_eq!(mode_of(&data.join("jwt-secret")), 0o600);
@@ -862,14 +775,14 @@ fn what_a_first_start_creates_is_private_and_the_log_says_how_to_get_a_token() {
     drop(server);
 
     // A token may exist now: later starts say nothing of it.
-    let again = Server::start(command(dir.path()));
+    let again = Server::start(command(dir.path()), "http");
     again.wait_for_log("listening on");
     assert!(!again.log.lock().unwrap().iter().any(|l| l.contains(hint)));
     drop(again);
     let configured = tempfile::tempdir().unwrap();
     let mut cmd = command(configured.path());
     cmd.env("DEVICEHUB__AUTH__HS256_SECRET", "s".repeat(32));
-    let server = Server::start(cmd);
+    let server = Server::start(cmd, "http");
     assert!(!server.log.lock().unwrap().iter().any(|l| l.contains(hint)));
     assert_eq!(mode_of(&configured.path().join("data")), 0o700);
     assert_eq!(
@@ -932,7 +845,7 @@ fn a_kept_secret_others_can_read_or_with_a_second_link_stops_start_up() {
     assert_refused(out, "auth.hs256_secret");
     assert!(stderr.lines().last().unwrap().contains(&shown), "{stderr}");
     std::fs::remove_file(dir.path().join("copy")).unwrap();
-    drop(Server::start(command(dir.path())));
+    drop(Server::start(command(dir.path()), "http"));
 }
 
 #[test]
@@ -959,12 +872,18 @@ fn serve_help_lists_the_environment_and_bind_overrides_server_bind() {
     // --bind wins over the environment (which wins over the file).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    let server = Server::start({
-        let mut cmd = command(dir.path());
-        cmd.env("DEVICEHUB__SERVER__BIND", &taken_addr)
-            .args(["serve", "--bind", "127.0.0.1:0"]);
-        cmd
-    });
+    let server = Server::start(
+        {
+            let mut cmd = command(dir.path());
+            cmd.env("DEVICEHUB__SERVER__BIND", &taken_addr).args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+            ]);
+            cmd
+        },
+        "http",
+    );
     assert_ne!(server.addr.to_string(), taken_addr);
     assert_eq!(server.app().call("GET", "/healthz", "", None).status, 200);
     drop(server);

@@ -1,4 +1,5 @@
-//! The built binary for the operations tests (tests/ops.rs, tests/tls.rs):
+//! The built binary for the tests that start it (tests/binary.rs, ops.rs,
+//! tls.rs, backup.rs):
 //! a clean environment, a server whose log is collected, and its ready line
 //! read in text or JSON format, over http or https.
 #![allow(dead_code)]
@@ -162,6 +163,25 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("no {needle:?} on stdout: {:?}", self.stdout.lock().unwrap());
+    }
+
+    /// The line after `heading` on stdout, waiting for it to be printed.
+    pub fn stdout_after(&self, heading: &str) -> String {
+        for _ in 0..500 {
+            {
+                let lines = self.stdout.lock().unwrap();
+                if let Some(i) = lines.iter().position(|l| l.contains(heading)) {
+                    if let Some(next) = lines.get(i + 1) {
+                        return next.trim().to_string();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no {heading:?} on stdout: {:?}",
+            self.stdout.lock().unwrap()
+        );
     }
 
     pub fn log_lines(&self) -> Vec<String> {
