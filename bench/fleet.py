@@ -43,6 +43,16 @@ def rss_kib(pid):
     return 0
 
 
+def wait_until_listening(port, path):
+    for _ in range(200):
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", path)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
 def request(conn, path, token, method="GET", body=None):
     headers = {"Authorization": f"Bearer {token}"}
     if body is not None:
@@ -125,12 +135,7 @@ def dashboard_timings(admin):
     driver = subprocess.Popen(["chromedriver", f"--port={driver_port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                http.client.HTTPConnection("127.0.0.1", driver_port, timeout=1).request("GET", "/status")
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_until_listening(driver_port, "/status")
         wd = WebDriver(driver_port)
         wd.do("POST", "/url", {"url": f"http://127.0.0.1:{PORT}/#token={admin}"})
         paint = wd.wait_for("const m = performance.getEntriesByName('devicehub:list-shown');"
@@ -162,12 +167,7 @@ def main():
                DEVICEHUB__AUTH__HS256_SECRET=SECRET, RUST_LOG="warn")
     server = subprocess.Popen([binary, "serve"], env=env, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                http.client.HTTPConnection("127.0.0.1", PORT, timeout=1).request("GET", "/healthz")
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_until_listening(PORT, "/healthz")
         admin, reader = mint(SECRET, TENANT, "admin"), mint(SECRET, TENANT, "devices:read")
         took = seed(admin)
         print(f"seeded {DEVICES} devices into one tenant in {took:.1f} s ({DEVICES / took:.0f}/s)")
