@@ -37,39 +37,32 @@ impl DbHandle {
     /// Runs `op` on the database; after a latched failure, reopens and runs
     /// it once more.
     pub fn run<T>(&self, op: impl Fn(&Database) -> StoreResult<T>) -> StoreResult<T> {
-        let db = self.current()?;
-        match op(&db) {
-            Err(StoreError::Latched) => {
-                self.reopen(db)?;
-                op(self.current()?.as_ref())
-            }
-            other => other,
-        }
+        self.run_on_handle(|db| op(db))
     }
 
     /// A read transaction that has shown it can read (`probe`), with the
     /// handle it belongs to: whoever holds the handle keeps the file from
-    /// being reopened under the snapshot. After a latched failure, reopens
-    /// and tries once more, as `run` does.
+    /// being reopened under the snapshot.
     pub fn begin_read(
         &self,
         probe: impl Fn(&ReadTransaction) -> StoreResult<()>,
     ) -> StoreResult<(Arc<Database>, ReadTransaction)> {
-        let attempt = |db: &Arc<Database>| -> StoreResult<ReadTransaction> {
+        self.run_on_handle(|db| {
             let txn = db.begin_read()?;
             probe(&txn)?;
-            Ok(txn)
-        };
+            Ok((db.clone(), txn))
+        })
+    }
+
+    /// `run`, handing `op` the shared handle itself.
+    fn run_on_handle<T>(&self, op: impl Fn(&Arc<Database>) -> StoreResult<T>) -> StoreResult<T> {
         let db = self.current()?;
-        match attempt(&db) {
+        match op(&db) {
             Err(StoreError::Latched) => {
                 self.reopen(db)?;
-                let db = self.current()?;
-                let txn = attempt(&db)?;
-                Ok((db, txn))
+                op(&self.current()?)
             }
-            Err(e) => Err(e),
-            Ok(txn) => Ok((db, txn)),
+            other => other,
         }
     }
 
