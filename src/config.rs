@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat, Map, Value};
 
@@ -25,6 +26,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("metrics", &["enabled"]),
     ("log", &["format"]),
     ("backup", &["dir", "interval", "keep"]),
+    ("events", &["retention"]),
 ];
 
 /// The environment `devicehub serve --help` lists (one line per variable).
@@ -45,6 +47,7 @@ Environment (over the config file, which is over the built-in defaults; --bind w
   DEVICEHUB__BACKUP__DIR                     folder for scheduled snapshots of the database [default: no scheduled backups]
   DEVICEHUB__BACKUP__INTERVAL                time between snapshots: 90s, 30m, 12h, 7d [default: 1h]
   DEVICEHUB__BACKUP__KEEP                    how many snapshots to keep, newest first [default: 24]
+  DEVICEHUB__EVENTS__RETENTION               how long events are kept: 90s, 30m, 12h, 7d [default: 90d]
   RUST_LOG                                   log level or filter [default: info]";
 
 #[derive(Debug, Clone)]
@@ -60,7 +63,13 @@ pub struct Settings {
     /// `log.format`.
     pub log_format: LogFormat,
     pub backup: BackupSettings,
+    /// `events.retention`: events older than this are deleted.
+    pub event_retention: std::time::Duration,
 }
+
+/// The documented default of `events.retention`: 90 days.
+pub const DEFAULT_EVENT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(90 * 86_400);
 
 /// The PEM files of an HTTPS listener (read and checked at start-up).
 #[derive(Debug, Clone)]
@@ -118,6 +127,7 @@ impl Default for Settings {
             metrics_enabled: true,
             log_format: LogFormat::Text,
             backup: BackupSettings::default(),
+            event_retention: DEFAULT_EVENT_RETENTION,
         }
     }
 }
@@ -243,6 +253,8 @@ impl Settings {
             })?,
         };
         let backup = backup_settings(&mut take)?;
+        let event_retention =
+            duration(&mut take, "events.retention")?.unwrap_or(DEFAULT_EVENT_RETENTION);
         Ok(Settings {
             bind,
             storage_path,
@@ -252,6 +264,7 @@ impl Settings {
             metrics_enabled,
             log_format,
             backup,
+            event_retention,
         })
     }
 
@@ -269,11 +282,7 @@ impl Settings {
 fn backup_settings(
     take: &mut impl FnMut(&str) -> Option<String>,
 ) -> Result<BackupSettings, StartupError> {
-    let interval = match take("backup.interval") {
-        None => 3600,
-        Some(text) => crate::auth::token::parse_ttl(&text)
-            .map_err(|e| StartupError::new(format!("backup.interval: {e}")))?,
-    };
+    let interval = duration(take, "backup.interval")?.unwrap_or(Duration::from_secs(3600));
     let keep = match take("backup.keep") {
         None => 24,
         Some(text) => text
@@ -288,9 +297,24 @@ fn backup_settings(
     };
     Ok(BackupSettings {
         dir: take("backup.dir").map(PathBuf::from),
-        interval: std::time::Duration::from_secs(interval),
+        interval,
         keep,
     })
+}
+
+/// The duration under `key`, written like `--ttl` (`90s`, `30m`, `12h`,
+/// `7d`), or None when unset.
+fn duration(
+    take: &mut impl FnMut(&str) -> Option<String>,
+    key: &str,
+) -> Result<Option<Duration>, StartupError> {
+    take(key)
+        .map(|text| {
+            crate::auth::token::parse_ttl(&text)
+                .map(Duration::from_secs)
+                .map_err(|e| StartupError::new(format!("{key}: {e}")))
+        })
+        .transpose()
 }
 
 /// TOML reads an unquoted `127.0.0.1:8080` or `data/x.redb` as a broken
@@ -506,6 +530,18 @@ mod tests {
         assert!(yes.starts_with("metrics.enabled:"), "{yes}");
         let xml = error_of("[log]\nformat = \"xml\"");
         assert!(xml.starts_with("log.format:"), "{xml}");
+    }
+
+    #[test]
+    fn event_retention_is_a_duration() {
+        let unset = Settings::from_tree(tree("")).unwrap();
+        assert_eq!(unset.event_retention, DEFAULT_EVENT_RETENTION);
+        let set = Settings::from_tree(tree("[events]\nretention = \"12h\"")).unwrap();
+        assert_eq!(set.event_retention.as_secs(), 12 * 3600);
+        for bad in ["0s", "soon", "-1d"] {
+            let err = error_of(&format!("[events]\nretention = \"{bad}\""));
+            assert!(err.starts_with("events.retention:"), "{err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod devices;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod healthcheck;
 pub mod http;

@@ -57,6 +57,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     let tokens = TokenVerifier::from_settings(settings)?;
     files::prepare_database_file(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
+    store.set_event_retention(settings.event_retention);
     start_backups(settings, &store)?;
     let listener = TcpListener::bind(settings.bind).map_err(|e| {
         StartupError::new(format!(

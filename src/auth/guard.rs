@@ -52,6 +52,14 @@ impl<S> TenantAuth<S> {
         &self.principal.tenant_id
     }
 
+    /// The tenant and the token's `sub`: who makes a change, for its event.
+    pub fn author(&self) -> crate::store::Author<'_> {
+        crate::store::Author {
+            tenant: &self.principal.tenant_id,
+            actor: self.principal.subject.as_deref(),
+        }
+    }
+
     /// Who to name in change logs.
     pub fn actor(&self) -> &str {
         self.principal.subject.as_deref().unwrap_or("-")

@@ -100,7 +100,7 @@ impl Millis {
     }
 }
 
-fn as_rfc3339<S: Serializer>(value: &Millis, s: S) -> Result<S::Ok, S::Error> {
+pub fn as_rfc3339<S: Serializer>(value: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&value.to_rfc3339())
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::idempotent::{self, Pending, Prepared};
 use super::list_gate::ListPass;
+use super::query;
 use super::{allowed_methods, blocking, body, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
@@ -305,7 +306,7 @@ async fn register(
     let device = state
         .store
         .create(
-            auth.tenant(),
+            auth.author(),
             new,
             key.hash,
             Millis::now(),
@@ -368,7 +369,7 @@ async fn update(
         .map(|v| IfMatch::parse(v.to_str().unwrap_or("\u{0}")));
     let device = state
         .store
-        .update(auth.tenant(), id, patch, if_match, Millis::now())
+        .update(auth.author(), id, patch, if_match, Millis::now())
         .await?;
     log_change(&auth, "updated", &device);
     with_etag(StatusCode::OK, &device, &Data { data: &device })
@@ -379,7 +380,7 @@ async fn revoke(
     id: &str,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let device = state.store.revoke(auth.tenant(), id, Millis::now()).await?;
+    let device = state.store.revoke(auth.author(), id, Millis::now()).await?;
     log_change(&auth, "revoked", &device);
     json(StatusCode::OK, &serde_json::json!({ "success": true }))
 }
@@ -399,7 +400,7 @@ async fn rotate_key(
     let (device, grace_end) = state
         .store
         .rotate_key(
-            auth.tenant(),
+            auth.author(),
             id,
             key.hash,
             rotation.grace_period_seconds,
@@ -414,15 +415,8 @@ async fn rotate_key(
 /// `status`, `locationId`, `q`, `lastSeenBefore`, `lastSeenAfter`, `order`,
 /// `limit`, `startingAfter`; anything else is a 400.
 fn parse_list_query(query: &str) -> ApiResult<ListQuery> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|_| ApiError::invalid("query", "is not a valid query string"))?;
     let mut out = ListQuery::default();
-    let mut seen: Vec<&str> = Vec::new();
-    for (name, value) in &pairs {
-        if seen.contains(&name.as_str()) {
-            return Err(ApiError::invalid(name, "is given more than once"));
-        }
-        seen.push(name);
+    for (name, value) in &query::pairs(query)? {
         match name.as_str() {
             "status" => {
                 out.status = Some(DeviceStatus::parse(value).ok_or_else(|| {
@@ -457,16 +451,7 @@ fn parse_list_query(query: &str) -> ApiResult<ListQuery> {
                     _ => return Err(ApiError::invalid(name, "must be asc or desc")),
                 }
             }
-            "limit" => {
-                let limit = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid(name, "must be a whole number from 1 to 1000")
-                    })?;
-                out.limit = Some(limit);
-            }
+            "limit" => out.limit = Some(query::whole_number(name, value, 1..=MAX_LIMIT)?),
             "startingAfter" => {
                 if devices::id::parse(value).is_none() {
                     return Err(ApiError::invalid(

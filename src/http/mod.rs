@@ -4,10 +4,12 @@ mod body;
 mod dashboard;
 mod device_api;
 mod devices;
+mod events;
 mod idempotent;
 mod list_gate;
 mod meta;
 mod openapi;
+mod query;
 
 pub use body::{JsonObject, MAX_BODY_BYTES};
 pub use list_gate::ListGate;
@@ -23,6 +25,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/tenant/devices/{id}", "GET, PATCH, DELETE"),
     ("/api/tenant/devices/{id}/api-key", "POST"),
     ("/api/tenant/stats", "GET"),
+    ("/api/tenant/events", "GET"),
     ("/api/device/me", "GET"),
     ("/healthz", "GET"),
     ("/openapi.json", "GET"),
@@ -34,6 +37,7 @@ pub const PAGE_ROUTES: &[(&str, &str)] = &[("/", "GET"), ("/app.js", "GET"), ("/
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     devices::configure(cfg);
+    events::configure(cfg);
     device_api::configure(cfg);
     meta::configure(cfg);
     dashboard::configure(cfg);

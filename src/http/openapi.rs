@@ -12,6 +12,7 @@ use actix_web::ResponseError;
 use serde_json::{json, Map, Value};
 
 use super::devices::{DEVICE, DEVICES, DEVICE_KEY, MAX_LIMIT, Q_MAX_CHARS, STATS};
+use super::events::{DEFAULT_LIMIT, EVENTS, MAX_WAIT_SECONDS};
 use super::MAX_BODY_BYTES;
 use crate::auth::guard::MAX_CREDENTIAL_BYTES;
 use crate::auth::token::Scopes;
@@ -20,6 +21,7 @@ use crate::devices::{
     TAG_MAX_CHARS,
 };
 use crate::error::ApiError;
+use crate::events::{self, EventType};
 use crate::idempotency;
 
 /// The description as served, built once.
@@ -148,6 +150,51 @@ fn operations() -> Vec<Operation> {
                 ),
             ),
             errors: &[401, 403, 405, 500],
+        },
+        Operation {
+            path: EVENTS,
+            method: "get",
+            id: "listEvents",
+            tag: "events",
+            summary: "The tenant's change feed, oldest first; with waitSeconds, waits for the first event after the cursor",
+            access: read,
+            parameters: vec![
+                query(
+                    "type",
+                    json!({"type": "string", "enum": EventType::ALL.map(EventType::as_str)}),
+                ),
+                query("deviceId", json!({"type": "string", "pattern": id::PATTERN})),
+                query(
+                    "limit",
+                    json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+                ),
+                query(
+                    "startingAfter",
+                    json!({"type": "string", "pattern": events::id::PATTERN,
+                           "description": "an event id: only events after it"}),
+                ),
+                query(
+                    "waitSeconds",
+                    json!({"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0,
+                           "description": "when nothing after the cursor matches, wait up to this long for the first event that does"}),
+                ),
+            ],
+            body: None,
+            success: (
+                200,
+                response(
+                    "A page of events, oldest first; hasMore is true exactly when a further page exists",
+                    object(&[
+                        (
+                            "data",
+                            json!({"type": "array", "items": {"$ref": "#/components/schemas/Event"}}),
+                        ),
+                        ("hasMore", json!({"type": "boolean"})),
+                    ]),
+                    &[],
+                ),
+            ),
+            errors: &[400, 401, 403, 405, 500],
         },
         Operation {
             path: DEVICES,
@@ -372,6 +419,7 @@ fn build() -> Value {
         "tags": [
             {"name": "devices", "description": "The tenant's device registry (access token)"},
             {"name": "device", "description": "A device's own endpoint (device API key)"},
+            {"name": "events", "description": "The change feed: one event per change to a device (access token)"},
             {"name": "service"}
         ],
         "paths": paths,
@@ -388,6 +436,7 @@ fn build() -> Value {
             },
             "schemas": {
                 "Device": device_schema(),
+                "Event": event_schema(),
                 "Timestamp": {"type": "string", "format": "date-time", "pattern": "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$"},
                 "ApiKey": {"type": "string", "pattern": "^dhk_[A-Za-z0-9_-]{43}$"},
                 "Error": {
@@ -399,6 +448,47 @@ fn build() -> Value {
                             "message": {"type": "string"}
                         }
                     }}
+                }
+            }
+        }
+    })
+}
+
+/// An event as stored and served (API.md §7).
+fn event_schema() -> Value {
+    let seed_fields = [
+        "name",
+        "status",
+        "locationIds",
+        "pimEnabled",
+        "pimSegmentIds",
+    ];
+    let mut previous = Map::new();
+    for key in seed_fields {
+        previous.insert(key.into(), device_field_schema(key));
+    }
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["id", "type", "createdAt", "actor", "deviceId", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": events::id::PATTERN},
+            "type": {"type": "string", "enum": EventType::ALL.map(EventType::as_str)},
+            "createdAt": {"$ref": "#/components/schemas/Timestamp"},
+            "actor": {"type": ["string", "null"], "description": "the token's sub, or null"},
+            "deviceId": {"type": "string", "pattern": id::PATTERN},
+            "data": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["object", "previousAttributes"],
+                "properties": {
+                    "object": {"$ref": "#/components/schemas/Device"},
+                    "previousAttributes": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "properties": previous,
+                        "description": "the old value of each seed field the change altered"
+                    }
                 }
             }
         }

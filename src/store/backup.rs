@@ -20,8 +20,9 @@ use redb::{
 };
 
 use super::tables::{
-    DEVICES, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
+    DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX,
+    LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
+    TENANT_COUNTS,
 };
 use super::{indexes, Store, StoreError, StoreResult};
 
@@ -244,6 +245,9 @@ fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
     batch.copy(source, TENANT_COUNTS)?;
     batch.copy(source, IDEMPOTENCY)?;
     batch.copy(source, IDEMPOTENCY_EXPIRY)?;
+    batch.copy(source, EVENTS)?;
+    batch.copy(source, DEVICE_EVENTS)?;
+    batch.copy(source, EVENT_EXPIRY)?;
     for table in source.list_tables()? {
         if !TABLES.contains(&table.name()) {
             return Err(StoreError::Internal(format!(
@@ -272,6 +276,9 @@ pub const TABLES: &[&str] = &[
     "tenant_counts",
     "idempotency",
     "idempotency_expiry",
+    "events",
+    "device_events",
+    "event_expiry",
 ];
 
 /// The destination's write transaction, committed every `ROWS_PER_COMMIT`

@@ -9,6 +9,7 @@
 //! of its change in the transaction, so that batch is dropped uncommitted and
 //! every job in it is answered with the error.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,8 +24,14 @@ use super::{write_txn, Inner, StoreError, StoreResult};
 pub const MAX_BATCH: usize = 512;
 
 /// How often the writer deletes what has expired (`Inner::housekeeping`),
-/// between batches or when idle.
+/// between batches or when idle, unless a short `events.retention` asks for
+/// more often (`Writer::housekeep_within`).
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
+
+/// When a round of housekeeping found more than it may delete in one commit,
+/// the next round comes this soon, so a backlog goes in small commits
+/// between the writes instead of one long one.
+const HOUSEKEEPING_BACKLOG: Duration = Duration::from_millis(200);
 
 type Job = Box<dyn FnOnce(Step<'_>) -> Option<Applied> + Send>;
 
@@ -50,18 +57,33 @@ enum Applied {
 pub(super) struct Writer {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Time between rounds of housekeeping, in milliseconds.
+    housekeeping_ms: Arc<AtomicU64>,
 }
 
 impl Writer {
     pub(super) fn start(inner: Arc<Inner>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let housekeeping_ms = Arc::new(AtomicU64::new(HOUSEKEEPING_EVERY.as_millis() as u64));
+        let every = housekeeping_ms.clone();
+        let period = move || Duration::from_millis(every.load(Ordering::Relaxed));
         let thread = std::thread::Builder::new()
             .name("devicehub-writer".into())
             .spawn(move || {
-                let mut housekeeping_at = Instant::now() + HOUSEKEEPING_EVERY;
+                let mut last_round = Instant::now();
+                let mut backlog = false;
                 loop {
-                    let wait = housekeeping_at.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(wait) {
+                    // The period is read each time round, so a change to it
+                    // counts from the last round; an idle writer looks at
+                    // least once a second.
+                    let next = if backlog {
+                        HOUSEKEEPING_BACKLOG
+                    } else {
+                        period()
+                    };
+                    let due = last_round + next;
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait.min(Duration::from_secs(1))) {
                         Ok(first) => {
                             let mut batch = vec![first];
                             while batch.len() < MAX_BATCH {
@@ -75,16 +97,25 @@ impl Writer {
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    if Instant::now() >= housekeeping_at {
-                        commit_batch(&inner, vec![housekeeping_job()]);
-                        housekeeping_at = Instant::now() + HOUSEKEEPING_EVERY;
+                    if Instant::now() >= due {
+                        backlog = housekeep(&inner);
+                        last_round = Instant::now();
                     }
                 }
             })?;
         Ok(Writer {
             jobs: Some(tx),
             thread: Some(thread),
+            housekeeping_ms,
         })
+    }
+
+    /// Housekeeping comes at least this often from the next round on (never
+    /// more often than once a second).
+    pub(super) fn housekeep_within(&self, period: Duration) {
+        let period = period.clamp(Duration::from_secs(1), HOUSEKEEPING_EVERY);
+        self.housekeeping_ms
+            .store(period.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Queues `op` and waits for the commit that holds it.
@@ -141,27 +172,25 @@ impl Writer {
     }
 }
 
-/// A job of the writer's own: delete what has expired, as one commit.
-fn housekeeping_job() -> Job {
-    Box::new(|step| {
-        let Step::Apply(inner, txn) = step else {
-            return None;
-        };
-        Some(
-            match inner.housekeeping(txn, crate::devices::Millis::now()) {
-                Ok(pruned) => {
-                    if pruned > 0 {
-                        log::info!("housekeeping: deleted {pruned} expired records");
-                    }
-                    Applied::Sound(Box::new(|_| {}))
-                }
-                Err(e) => {
-                    log::warn!("housekeeping failed: {e}");
-                    Applied::Broken(e, Box::new(|_| {}))
-                }
-            },
-        )
-    })
+/// The writer's own work: deletes what has expired, as one commit. Returns
+/// whether more is left than one commit may delete.
+fn housekeep(inner: &Inner) -> bool {
+    let pruned = inner.db.run(write_txn).and_then(|txn| {
+        let pruned = inner.housekeeping(&txn, crate::devices::Millis::now())?;
+        txn.commit()?;
+        Ok(pruned)
+    });
+    match pruned {
+        Ok(0) => false,
+        Ok(pruned) => {
+            log::info!("housekeeping: deleted {pruned} expired records");
+            pruned >= super::PRUNE_BATCH
+        }
+        Err(e) => {
+            log::warn!("housekeeping failed: {e}");
+            false
+        }
+    }
 }
 
 impl Drop for Writer {

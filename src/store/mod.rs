@@ -7,6 +7,7 @@
 
 pub mod backup;
 mod commit;
+mod events;
 mod handle;
 mod indexes;
 mod last_seen;
@@ -14,6 +15,7 @@ mod list;
 pub mod tables;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::{
@@ -21,6 +23,7 @@ use redb::{
     WriteTransaction,
 };
 
+pub use events::{EventPage, EventQuery, StoredEvent};
 pub use indexes::StatusCounts;
 pub use list::{DeviceCursor, ListQuery, Order, Page};
 
@@ -29,14 +32,17 @@ use serde::{Deserialize, Serialize};
 use crate::auth::device_key::{self, KeyHash};
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
 use crate::error::{ApiError, StartupError};
+use crate::events::{EventBus, EventType};
 use crate::idempotency::{self, Fingerprint, KeyId};
 use commit::Writer;
+use events::Recorded;
 use handle::DbHandle;
 use indexes::Indexed;
 use last_seen::LastSeen;
 use tables::{
-    DEVICES, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS,
+    DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX,
+    KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
+    TENANT_COUNTS,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -248,6 +254,32 @@ impl Remembered {
 /// At most this many expired records go in one housekeeping commit.
 const PRUNE_BATCH: usize = 1_000;
 
+/// Who makes a change: the tenant, and the token's `sub` to name as the
+/// event's actor. A bare tenant id is a change without an actor.
+#[derive(Debug, Clone, Copy)]
+pub struct Author<'a> {
+    pub tenant: &'a str,
+    pub actor: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Author<'a> {
+    fn from(tenant: &'a str) -> Self {
+        Author {
+            tenant,
+            actor: None,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Author<'a> {
+    fn from(tenant: &'a String) -> Self {
+        Author::from(tenant.as_str())
+    }
+}
+
+/// How long events are kept unless `set_event_retention` says otherwise: 90 days.
+pub const DEFAULT_EVENT_RETENTION_MS: u64 = 90 * 86_400 * 1000;
+
 /// The device a key belongs to.
 #[derive(Debug)]
 pub struct KeyOwner {
@@ -266,6 +298,10 @@ pub struct Store {
 struct Inner {
     db: DbHandle,
     seen: LastSeen,
+    /// Wakes long polls after a commit that added events.
+    bus: EventBus,
+    /// `events.retention`, in milliseconds.
+    event_retention_ms: AtomicU64,
 }
 
 impl Store {
@@ -297,6 +333,8 @@ impl Store {
         let inner = Arc::new(Inner {
             db: DbHandle::new(path.to_path_buf(), db),
             seen: LastSeen::default(),
+            bus: EventBus::default(),
+            event_retention_ms: AtomicU64::new(DEFAULT_EVENT_RETENTION_MS),
         });
         inner
             .check_schema()
@@ -404,25 +442,55 @@ impl Store {
     /// inside the write, after every id already committed for the tenant.
     /// With `quota`, a tenant that already has that many devices (revoked
     /// ones included) gets `QuotaExceeded` and nothing is written.
-    pub async fn create(
+    pub async fn create<'a>(
         &self,
-        tenant: &str,
+        author: impl Into<Author<'a>>,
         new: NewDevice,
         key_hash: KeyHash,
         now: Millis,
         quota: Option<u64>,
         remember: Option<Remember>,
     ) -> StoreResult<Device> {
-        let tenant = tenant.to_string();
-        self.writer
+        let author = author.into();
+        let (tenant, actor) = owned(author);
+        let device = self
+            .writer
             .submit(move |inner, txn| {
                 let device = inner.create_in(txn, &tenant, &new, key_hash, now, quota)?;
+                let what = Recorded {
+                    kind: EventType::Created,
+                    actor: actor.as_deref(),
+                    device: &device,
+                    previous: serde_json::Map::new(),
+                };
+                events::record(txn, &tenant, what, now)?;
                 if let Some(remember) = remember {
                     remember_in(txn, &tenant, remember, &device, None, now)?;
                 }
                 Ok(device)
             })
-            .await
+            .await?;
+        self.inner.bus.notify(author.tenant);
+        Ok(device)
+    }
+
+    /// A page of the tenant's events (API.md §7), oldest first.
+    pub fn events(&self, tenant: &str, query: &EventQuery) -> StoreResult<EventPage> {
+        self.inner
+            .db
+            .run(|db| events::page(&read_txn(db)?, tenant, query))
+    }
+
+    /// What wakes long polls on the event feed.
+    pub fn event_bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    /// Events older than this are deleted in the background (`events.retention`).
+    pub fn set_event_retention(&self, keep: std::time::Duration) {
+        let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        self.inner.event_retention_ms.store(ms, Ordering::Relaxed);
+        self.writer.housekeep_within(keep / 4);
     }
 
     /// The answer kept for an `Idempotency-Key`, unless it has expired.
@@ -444,9 +512,10 @@ impl Store {
         })
     }
 
-    /// Deletes what has expired (idempotency records older than 24 h), at
-    /// most `PRUNE_BATCH` at a time; the writer also does this by itself
-    /// every few minutes. Returns how many went.
+    /// Deletes what has expired (idempotency records older than 24 h, events
+    /// older than `events.retention`), at most `PRUNE_BATCH` of each at a
+    /// time; the writer also does this by itself every few minutes. Returns
+    /// how many went.
     pub async fn prune(&self, now: Millis) -> StoreResult<usize> {
         self.writer
             .submit(move |inner, txn| inner.housekeeping(txn, now))
@@ -455,15 +524,16 @@ impl Store {
 
     /// Applies `patch` unless the device is revoked (409) or `if_match` fails
     /// (412). A patch that changes nothing writes nothing.
-    pub async fn update(
+    pub async fn update<'a>(
         &self,
-        tenant: &str,
+        author: impl Into<Author<'a>>,
         device_id: &str,
         patch: DevicePatch,
         if_match: Option<IfMatch>,
         now: Millis,
     ) -> StoreResult<Device> {
-        self.modify(tenant, device_id, now, move |device| {
+        let event = (author.into(), EventType::Updated);
+        self.modify(event, device_id, now, move |device| {
             if device.status == DeviceStatus::Revoked {
                 return Err(StoreError::Revoked);
             }
@@ -481,8 +551,14 @@ impl Store {
     }
 
     /// Marks the device revoked; revoking it again changes nothing.
-    pub async fn revoke(&self, tenant: &str, device_id: &str, now: Millis) -> StoreResult<Device> {
-        self.modify(tenant, device_id, now, |device| {
+    pub async fn revoke<'a>(
+        &self,
+        author: impl Into<Author<'a>>,
+        device_id: &str,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        let event = (author.into(), EventType::Revoked);
+        self.modify(event, device_id, now, |device| {
             if device.status == DeviceStatus::Revoked {
                 return Ok(Change::None);
             }
@@ -497,9 +573,9 @@ impl Store {
     /// commit, or keeps working for `grace_seconds` beside the new one; a
     /// key older than that stops at once. Returns when the old key's grace
     /// ends (None without one).
-    pub async fn rotate_key(
+    pub async fn rotate_key<'a>(
         &self,
-        tenant: &str,
+        author: impl Into<Author<'a>>,
         device_id: &str,
         new_hash: KeyHash,
         grace_seconds: u64,
@@ -507,11 +583,15 @@ impl Store {
         remember: Option<Remember>,
     ) -> StoreResult<(Device, Option<Millis>)> {
         let grace_ms = grace_seconds.min(crate::devices::MAX_GRACE_PERIOD_SECONDS) * 1000;
-        let (tenant, device_id) = (tenant.to_string(), device_id.to_string());
-        self.writer
+        let author = author.into();
+        let (tenant, actor) = owned(author);
+        let device_id = device_id.to_string();
+        let rotated = self
+            .writer
             .submit(move |inner, txn| {
+                let event = (EventType::KeyRotated, actor.as_deref());
                 let (device, grace_end) =
-                    inner.modify_in(txn, &tenant, &device_id, now, |device| {
+                    inner.modify_in(txn, &tenant, &device_id, now, event, |device| {
                         if device.status == DeviceStatus::Revoked {
                             return Err(StoreError::Revoked);
                         }
@@ -522,12 +602,14 @@ impl Store {
                 }
                 Ok((device, grace_end))
             })
-            .await
+            .await?;
+        self.inner.bus.notify(author.tenant);
+        Ok(rotated)
     }
 
     async fn modify<F>(
         &self,
-        tenant: &str,
+        (author, kind): (Author<'_>, EventType),
         device_id: &str,
         now: Millis,
         change: F,
@@ -535,10 +617,17 @@ impl Store {
     where
         F: FnOnce(&mut Device) -> StoreResult<Change> + Send + 'static,
     {
-        let (tenant, device_id) = (tenant.to_string(), device_id.to_string());
-        self.writer
-            .submit(move |inner, txn| inner.modify_in(txn, &tenant, &device_id, now, change))
-            .await
+        let (tenant, actor) = owned(author);
+        let device_id = device_id.to_string();
+        let modified = self
+            .writer
+            .submit(move |inner, txn| {
+                let event = (kind, actor.as_deref());
+                inner.modify_in(txn, &tenant, &device_id, now, event, change)
+            })
+            .await?;
+        self.inner.bus.notify(author.tenant);
+        Ok(modified)
     }
 
     /// Records a check-in: shown at once, written to disk at most once a
@@ -589,6 +678,11 @@ impl Store {
     }
 }
 
+/// An author's tenant and actor, owned, for a job on the writer thread.
+fn owned(author: Author<'_>) -> (String, Option<String>) {
+    (author.tenant.to_string(), author.actor.map(str::to_string))
+}
+
 /// Keeps an `Idempotency-Key`'s answer in the write it answers.
 fn remember_in(
     txn: &WriteTransaction,
@@ -618,8 +712,14 @@ fn remember_in(
 }
 
 impl Inner {
-    /// Deletes expired records, at most `PRUNE_BATCH` per call.
+    /// Deletes expired records, at most `PRUNE_BATCH` of each kind per call.
     fn housekeeping(&self, txn: &WriteTransaction, now: Millis) -> StoreResult<usize> {
+        let keep = self.event_retention_ms.load(Ordering::Relaxed);
+        let events = events::prune(txn, now.0.saturating_sub(keep), PRUNE_BATCH)?;
+        Ok(events + self.prune_idempotency(txn, now)?)
+    }
+
+    fn prune_idempotency(&self, txn: &WriteTransaction, now: Millis) -> StoreResult<usize> {
         let cutoff = now.0.saturating_sub(idempotency::KEEP_MS);
         let mut expiry = txn.open_table(IDEMPOTENCY_EXPIRY)?;
         let mut table = txn.open_table(IDEMPOTENCY)?;
@@ -656,6 +756,14 @@ impl Inner {
                             "storage: upgraded the layout from version 1 to {SCHEMA_VERSION} ({indexed} devices indexed)"
                         );
                     }
+                    Some(2) => {
+                        // Layout 2 had no events: the event tables start
+                        // empty (opened below), so the feed starts here.
+                        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                        log::info!(
+                            "storage: upgraded the layout from version 2 to {SCHEMA_VERSION} (event tables added)"
+                        );
+                    }
                     Some(other) => {
                         return Err(StoreError::Internal(format!(
                             "layout version {other} is not supported by this build (it reads version {SCHEMA_VERSION})"
@@ -673,6 +781,9 @@ impl Inner {
                 txn.open_table(TENANT_COUNTS)?;
                 txn.open_table(IDEMPOTENCY)?;
                 txn.open_table(IDEMPOTENCY_EXPIRY)?;
+                txn.open_table(EVENTS)?;
+                txn.open_table(DEVICE_EVENTS)?;
+                txn.open_table(EVENT_EXPIRY)?;
             }
             txn.commit()?;
             Ok(())
@@ -762,6 +873,7 @@ impl Inner {
         tenant: &str,
         device_id: &str,
         now: Millis,
+        (kind, actor): (EventType, Option<&str>),
         change: impl FnOnce(&mut Device) -> StoreResult<Change>,
     ) -> StoreResult<(Device, Option<Millis>)> {
         let mut devices = txn.open_table(DEVICES)?;
@@ -771,8 +883,8 @@ impl Inner {
         };
         let mut keys = record.keys();
         let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
-        let before = (record.status, record.location_ids.clone());
         let mut device = record.into_device(device_id, last_seen);
+        let before = device.clone();
         let change = change(&mut device)?;
         if let Change::None = change {
             let grace_end = keys.previous.map(|(_, end)| Millis(end));
@@ -783,8 +895,8 @@ impl Inner {
             tenant,
             device_id,
             Indexed {
-                status: before.0,
-                location_ids: &before.1,
+                status: before.status,
+                location_ids: &before.location_ids,
             },
             Indexed {
                 status: device.status,
@@ -823,6 +935,13 @@ impl Inner {
         let grace_end = keys.previous.as_ref().map(|(_, end)| Millis(*end));
         let record = DeviceRecord::from_device(&device, keys);
         devices.insert((tenant, device_id), record.encode()?.as_slice())?;
+        let what = Recorded {
+            kind,
+            actor,
+            device: &device,
+            previous: crate::events::previous_attributes(&before, &device),
+        };
+        events::record(txn, tenant, what, now)?;
         Ok((device, grace_end))
     }
 }

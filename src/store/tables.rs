@@ -49,9 +49,26 @@ pub const IDEMPOTENCY: TableDefinition<(&str, &[u8; 32]), &[u8]> =
 pub const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &[u8; 32]), ()> =
     TableDefinition::new("idempotency_expiry");
 
+/// key: (tenant_id, event_id) · value: the event's type code (one byte,
+/// `EventType::code`) then the event as clients see it, JSON. Event ids are
+/// `evt_` + ULID and increase in commit order within a tenant, so a tenant's
+/// range is its change feed, oldest first.
+pub const EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("events");
+
+/// key: (tenant_id, device_id, event_id) · value: nothing. A device's events,
+/// for `GET /api/tenant/events?deviceId=`.
+pub const DEVICE_EVENTS: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("device_events");
+
+/// key: (created at, Unix ms; tenant_id; event_id) · value: the device id.
+/// Events in the order they expire (`events.retention`), for pruning.
+pub const EVENT_EXPIRY: TableDefinition<(u64, &str, &str), &str> =
+    TableDefinition::new("event_expiry");
+
 /// The layout version this build reads and writes. Version 1 (the first
-/// release) had no status, location or count tables; it is upgraded in place.
-pub const SCHEMA_VERSION: u64 = 2;
+/// release) had no status, location or count tables; version 2 had no event
+/// tables. Both are upgraded in place.
+pub const SCHEMA_VERSION: u64 = 3;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// Past every device id (ids are ASCII): the upper end of a tenant's range.

@@ -517,4 +517,5 @@ async fn a_grace_period_keeps_the_old_key_until_it_ends_and_never_a_third() {
     assert_eq!(store.key_index_entries().unwrap().len(), 1);
 }
 
+mod events;
 mod fleet;

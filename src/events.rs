@@ -1,0 +1,282 @@
+//! Events (API.md §7): every change to a device leaves one, written in the
+//! same transaction as the change. This module is the event's shape and the
+//! wake-ups of long polls; the store keeps them (`store/events.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::devices::{as_rfc3339, Device, Millis};
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Created,
+    Updated,
+    Revoked,
+    KeyRotated,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        EventType::Created,
+        EventType::Updated,
+        EventType::Revoked,
+        EventType::KeyRotated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "device.created",
+            EventType::Updated => "device.updated",
+            EventType::Revoked => "device.revoked",
+            EventType::KeyRotated => "device.key_rotated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// How the type is spelled in stored records (one byte).
+    pub fn code(self) -> u8 {
+        match self {
+            EventType::Created => 1,
+            EventType::Updated => 2,
+            EventType::Revoked => 3,
+            EventType::KeyRotated => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.code() == code)
+    }
+}
+
+/// An event id: `evt_` and a ULID. Within a tenant, ids increase in commit
+/// order.
+pub mod id {
+    pub const PREFIX: &str = "evt_";
+
+    /// The ids `parse` accepts, as a regular expression (as for device ids).
+    pub const PATTERN: &str = "^evt_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
+
+    pub fn format(ulid: ulid::Ulid) -> String {
+        format!("{PREFIX}{ulid}")
+    }
+
+    /// The ULID inside a well-formed id, or None.
+    pub fn parse(text: &str) -> Option<ulid::Ulid> {
+        let body = text.strip_prefix(PREFIX)?;
+        if body.len() != ulid::ULID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let ulid = ulid::Ulid::from_string(body).ok()?;
+        (ulid.to_string() == body).then_some(ulid)
+    }
+}
+
+/// An event as clients and webhooks see it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event<'a> {
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub created_at: Millis,
+    pub actor: Option<&'a str>,
+    pub device_id: &'a str,
+    pub data: EventData<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventData<'a> {
+    pub object: &'a Device,
+    pub previous_attributes: Map<String, Value>,
+}
+
+/// The old value of each seed field that differs between `before` and
+/// `after`, under its API name; never `updatedAt` or `lastSeenAt`.
+pub fn previous_attributes(before: &Device, after: &Device) -> Map<String, Value> {
+    let mut out = Map::new();
+    if before.name != after.name {
+        out.insert("name".into(), Value::from(before.name.as_str()));
+    }
+    if before.status != after.status {
+        out.insert("status".into(), Value::from(before.status.as_str()));
+    }
+    if before.location_ids != after.location_ids {
+        out.insert(
+            "locationIds".into(),
+            Value::from(before.location_ids.clone()),
+        );
+    }
+    if before.pim_enabled != after.pim_enabled {
+        out.insert("pimEnabled".into(), Value::from(before.pim_enabled));
+    }
+    if before.pim_segment_ids != after.pim_segment_ids {
+        out.insert(
+            "pimSegmentIds".into(),
+            Value::from(before.pim_segment_ids.clone()),
+        );
+    }
+    out
+}
+
+/// At most this many requests wait for events at once; past it, a request
+/// with `waitSeconds` is answered at once with what there is.
+pub const MAX_WAITING: usize = 10_000;
+
+/// Wakes long polls when a commit adds events: one watch channel per tenant
+/// that has a request waiting, signalled after the commit. A waiting request
+/// is a future parked on its channel: no thread, no polling.
+#[derive(Default)]
+pub struct EventBus {
+    tenants: Mutex<HashMap<String, watch::Sender<()>>>,
+    waiting: AtomicUsize,
+}
+
+/// A place in line for the next commit of a tenant's events; it counts
+/// towards `MAX_WAITING` until dropped.
+pub struct Waiter<'a> {
+    bus: &'a EventBus,
+    changes: watch::Receiver<()>,
+}
+
+impl EventBus {
+    /// Starts watching `tenant`: every commit after this call wakes the
+    /// waiter. None when `MAX_WAITING` requests already wait.
+    pub fn watch(&self, tenant: &str) -> Option<Waiter<'_>> {
+        let taken = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if tenants.len() >= 1024 {
+            tenants.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        let changes = match tenants.get(tenant) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, changes) = watch::channel(());
+                tenants.insert(tenant.to_string(), sender);
+                changes
+            }
+        };
+        Some(Waiter { bus: self, changes })
+    }
+
+    /// Wakes whoever waits on `tenant` (called after a commit).
+    pub fn notify(&self, tenant: &str) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = tenants.get(tenant) {
+            if sender.receiver_count() == 0 {
+                tenants.remove(tenant);
+            } else {
+                sender.send_replace(());
+            }
+        }
+    }
+
+    /// How many requests are waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+impl Waiter<'_> {
+    /// Returns once a commit has added events to the tenant since the last
+    /// call (or since `watch`).
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            // The sender went (no one else watched and a notify removed it):
+            // nothing will wake this waiter again, so wait out the deadline.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.bus.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceStatus;
+
+    fn device() -> Device {
+        Device {
+            id: "dev_01JD0000000000000000000000".into(),
+            name: "Till 1".into(),
+            status: DeviceStatus::Active,
+            location_ids: vec!["loc_a".into()],
+            pim_enabled: false,
+            pim_segment_ids: vec![],
+            created_at: Millis(1),
+            updated_at: Millis(1),
+            last_seen_at: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn previous_attributes_hold_only_the_changed_seed_fields() {
+        let before = device();
+        let mut after = before.clone();
+        after.updated_at = Millis(2);
+        after.last_seen_at = Some(Millis(3));
+        after.version = 2;
+        assert!(previous_attributes(&before, &after).is_empty());
+        after.name = "Till 2".into();
+        after.location_ids = vec![];
+        after.status = DeviceStatus::Revoked;
+        let old = previous_attributes(&before, &after);
+        assert_eq!(
+            Value::Object(old),
+            serde_json::json!({"name": "Till 1", "status": "active", "locationIds": ["loc_a"]})
+        );
+    }
+
+    #[test]
+    fn types_and_ids_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(EventType::from_code(t.code()), Some(t));
+        }
+        assert_eq!(EventType::parse("device.deleted"), None);
+        let ulid = ulid::Ulid::from_string("01JDABCDEFGHJKMNPQRSTVWXYZ").unwrap();
+        assert_eq!(id::parse(&id::format(ulid)), Some(ulid));
+        assert_eq!(id::parse("dev_01JD0000000000000000000000"), None);
+        assert_eq!(id::parse(&id::format(ulid).to_lowercase()), None);
+    }
+
+    #[test]
+    fn the_bus_wakes_watchers_of_the_tenant_only_and_caps_them() {
+        let bus = EventBus::default();
+        let mut a = bus.watch("a").unwrap();
+        let mut b = bus.watch("b").unwrap();
+        assert_eq!(bus.waiting(), 2);
+        bus.notify("a");
+        assert!(a.changes.has_changed().unwrap());
+        assert!(!b.changes.has_changed().unwrap());
+        a.changes.mark_unchanged();
+        b.changes.mark_unchanged();
+        drop(a);
+        drop(b);
+        assert_eq!(bus.waiting(), 0);
+        let held: Vec<_> = (0..MAX_WAITING).map(|_| bus.watch("c").unwrap()).collect();
+        assert!(bus.watch("c").is_none());
+        drop(held);
+        assert!(bus.watch("c").is_some());
+    }
+}

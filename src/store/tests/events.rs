@@ -1,0 +1,241 @@
+//! Events: one per change in the change's own commit, none for refusals,
+//! no-ops or check-ins; the feed's order, filters and pages; retention.
+
+use super::*;
+use serde_json::Value;
+
+fn feed(store: &Store, tenant: &str, query: EventQuery) -> Vec<Value> {
+    let query = EventQuery {
+        limit: query.limit.max(1000),
+        ..query
+    };
+    let page = store.events(tenant, &query).unwrap();
+    page.events
+        .iter()
+        .map(|e| serde_json::from_slice(&e.json).unwrap())
+        .collect()
+}
+
+fn all(store: &Store, tenant: &str) -> Vec<Value> {
+    feed(store, tenant, EventQuery::default())
+}
+
+fn alice(tenant: &str) -> Author<'_> {
+    Author {
+        tenant,
+        actor: Some("alice"),
+    }
+}
+
+#[actix_web::test]
+async fn each_change_has_exactly_one_event_and_nothing_else_has_any() {
+    let (_dir, store) = open();
+    let key = NewDeviceKey::generate().unwrap();
+    let device = store
+        .create(
+            alice("t"),
+            new_device(json!({"name": "Till", "locationIds": ["loc_a"]})),
+            key.hash,
+            Millis(1_000),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let id = device.id.as_str();
+    // A no-op, a refused If-Match, a check-in, and an unknown device: none.
+    store
+        .update("t", id, patch(json!({"name": "Till"})), None, Millis(2_000))
+        .await
+        .unwrap();
+    let stale = Some(IfMatch::parse("\"nope\""));
+    let refused = store
+        .update("t", id, patch(json!({"name": "X"})), stale, Millis(2_000))
+        .await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)));
+    store.touch("t", id, Millis(2_500));
+    assert!(store
+        .revoke("t", "dev_01JD0000000000000000000000", Millis(2_600))
+        .await
+        .is_err());
+    assert_eq!(all(&store, "t").len(), 1);
+
+    store
+        .update(
+            alice("t"),
+            id,
+            patch(json!({"name": "Till 2", "locationIds": []})),
+            None,
+            Millis(3_000),
+        )
+        .await
+        .unwrap();
+    let fresh = NewDeviceKey::generate().unwrap();
+    store
+        .rotate_key("t", id, fresh.hash, 0, Millis(4_000), None)
+        .await
+        .unwrap();
+    store.revoke(alice("t"), id, Millis(5_000)).await.unwrap();
+    // Revoking again, and changing a revoked device: none.
+    store.revoke("t", id, Millis(6_000)).await.unwrap();
+    assert!(store
+        .update("t", id, patch(json!({"name": "Z"})), None, Millis(6_000))
+        .await
+        .is_err());
+
+    let events = all(&store, "t");
+    let types: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "device.created",
+            "device.updated",
+            "device.key_rotated",
+            "device.revoked"
+        ]
+    );
+    let actors: Vec<_> = events.iter().map(|e| e["actor"].clone()).collect();
+    assert_eq!(
+        actors,
+        [json!("alice"), json!("alice"), Value::Null, json!("alice")]
+    );
+    assert_eq!(events[0]["data"]["previousAttributes"], json!({}));
+    assert_eq!(
+        events[1]["data"]["previousAttributes"],
+        json!({"name": "Till", "locationIds": ["loc_a"]})
+    );
+    assert_eq!(events[2]["data"]["previousAttributes"], json!({}));
+    assert_eq!(
+        events[3]["data"]["previousAttributes"],
+        json!({"status": "active"})
+    );
+    assert_eq!(events[3]["data"]["object"]["status"], "revoked");
+    assert_eq!(events[1]["data"]["object"]["name"], "Till 2");
+    assert_eq!(events[1]["createdAt"], "1970-01-01T00:00:03.000Z");
+    for event in &events {
+        assert_eq!(event["deviceId"], id);
+        assert!(crate::events::id::parse(event["id"].as_str().unwrap()).is_some());
+        let text = event.to_string();
+        assert!(!text.contains(&key.key) && !text.contains(&fresh.key));
+        assert!(
+            !text.contains(&device_key::to_hex(&key.hash)),
+            "no key hash"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn event_ids_increase_in_commit_order_per_tenant_even_when_the_clock_steps_back() {
+    let (_dir, store) = open();
+    let (a, _) = add(&store, "t", "a", 9_000).await;
+    store.revoke("t", &a.id, Millis(1_000)).await.unwrap();
+    add(&store, "t", "b", 1_000).await;
+    add(&store, "other", "c", 1_000).await;
+    let events = all(&store, "t");
+    let ids: Vec<_> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(all(&store, "other").len(), 1, "tenants never share events");
+    assert!(all(&store, "nobody").is_empty());
+}
+
+#[actix_web::test]
+async fn the_feed_filters_by_type_and_device_and_pages_without_gaps() {
+    let (_dir, store) = open();
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        let (d, _) = add(&store, "t", &format!("d{i}"), 1_000 + i).await;
+        devices.push(d.id);
+    }
+    for (i, id) in devices.iter().enumerate() {
+        let name = format!("renamed {i}");
+        store
+            .update("t", id, patch(json!({ "name": name })), None, Millis(2_000))
+            .await
+            .unwrap();
+    }
+    store.revoke("t", &devices[1], Millis(3_000)).await.unwrap();
+
+    let of_one = feed(
+        &store,
+        "t",
+        EventQuery {
+            device_id: Some(devices[1].clone()),
+            ..EventQuery::default()
+        },
+    );
+    let types: Vec<_> = of_one.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["device.created", "device.updated", "device.revoked"]
+    );
+    let updates = feed(
+        &store,
+        "t",
+        EventQuery {
+            kind: Some(EventType::Updated),
+            ..EventQuery::default()
+        },
+    );
+    assert_eq!(updates.len(), 4);
+    let both = feed(
+        &store,
+        "t",
+        EventQuery {
+            kind: Some(EventType::Revoked),
+            device_id: Some(devices[2].clone()),
+            ..EventQuery::default()
+        },
+    );
+    assert!(both.is_empty());
+
+    // Following pages of 3 visits every event once, in order.
+    let everything: Vec<_> = all(&store, "t").iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(everything.len(), 9);
+    let mut followed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .events(
+                "t",
+                &EventQuery {
+                    limit: 3,
+                    starting_after: after.clone(),
+                    ..EventQuery::default()
+                },
+            )
+            .unwrap();
+        followed.extend(page.events.iter().map(|e| Value::from(e.id.clone())));
+        after = page.events.last().map(|e| e.id.clone());
+        if !page.has_more {
+            assert!(page.events.len() <= 3);
+            break;
+        }
+        assert_eq!(page.events.len(), 3);
+    }
+    assert_eq!(followed, everything);
+}
+
+#[actix_web::test]
+async fn retention_prunes_old_events_only() {
+    let (_dir, store) = open();
+    store.set_event_retention(std::time::Duration::from_secs(60));
+    let (old, _) = add(&store, "t", "old", 1_000).await;
+    add(&store, "t", "new", 100_000).await;
+    assert_eq!(store.prune(Millis(120_000)).await.unwrap(), 1);
+    let left = all(&store, "t");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["data"]["object"]["name"], "new");
+    let of_old = feed(
+        &store,
+        "t",
+        EventQuery {
+            device_id: Some(old.id.clone()),
+            ..EventQuery::default()
+        },
+    );
+    assert!(of_old.is_empty(), "the device index goes with the event");
+    // The device itself is kept: only its history ages out.
+    assert_eq!(store.get("t", &old.id).unwrap().name, "old");
+    assert_eq!(store.prune(Millis(120_000)).await.unwrap(), 0);
+}
