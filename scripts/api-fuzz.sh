@@ -14,6 +14,15 @@ if [[ ! -x $VENV/bin/schemathesis ]]; then
     "$VENV/bin/pip" install --quiet 'schemathesis>=4.3,<5'
 fi
 
+# The run itself has no network but loopback (a network namespace of its
+# own): the fuzzer creates webhooks with made-up URLs, and the server must
+# not send events to hosts outside this machine.
+if [[ -z ${DH_FUZZ_ISOLATED:-} ]]; then
+    command -v unshare >/dev/null || { echo "api-fuzz: needs unshare (util-linux)" >&2; exit 1; }
+    export DH_FUZZ_ISOLATED=1
+    exec unshare --map-root-user --net bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+fi
+
 WORK=$(mktemp -d)
 PID=
 cleanup() {

@@ -10,6 +10,7 @@ use config::{Config, Environment, File, FileFormat, Map, Value};
 
 use crate::error::StartupError;
 pub use crate::logging::LogFormat;
+pub use crate::webhooks::worker::DeliverySettings;
 
 /// The built-in defaults, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -27,6 +28,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("log", &["format"]),
     ("backup", &["dir", "interval", "keep"]),
     ("events", &["retention"]),
+    ("webhooks", &["allow_loopback", "first_retry"]),
 ];
 
 /// The environment `devicehub serve --help` lists (one line per variable).
@@ -48,6 +50,8 @@ Environment (over the config file, which is over the built-in defaults; --bind w
   DEVICEHUB__BACKUP__INTERVAL                time between snapshots: 90s, 30m, 12h, 7d [default: 1h]
   DEVICEHUB__BACKUP__KEEP                    how many snapshots to keep, newest first [default: 24]
   DEVICEHUB__EVENTS__RETENTION               how long events are kept: 90s, 30m, 12h, 7d [default: 90d]
+  DEVICEHUB__WEBHOOKS__ALLOW_LOOPBACK        send webhooks to loopback addresses too [default: false]
+  DEVICEHUB__WEBHOOKS__FIRST_RETRY           delay before the first retry of a failed delivery; each later one doubles, up to 1h [default: 10s]
   RUST_LOG                                   log level or filter [default: info]";
 
 #[derive(Debug, Clone)]
@@ -65,6 +69,8 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// `events.retention`: events older than this are deleted.
     pub event_retention: std::time::Duration,
+    /// `webhooks.allow_loopback` and `webhooks.first_retry`.
+    pub webhooks: DeliverySettings,
 }
 
 /// The documented default of `events.retention`: 90 days.
@@ -128,6 +134,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             backup: BackupSettings::default(),
             event_retention: DEFAULT_EVENT_RETENTION,
+            webhooks: DeliverySettings::default(),
         }
     }
 }
@@ -255,6 +262,15 @@ impl Settings {
         let backup = backup_settings(&mut take)?;
         let event_retention =
             duration(&mut take, "events.retention")?.unwrap_or(DEFAULT_EVENT_RETENTION);
+        let defaults = DeliverySettings::default();
+        let webhooks = DeliverySettings {
+            allow_loopback: match take("webhooks.allow_loopback") {
+                None => defaults.allow_loopback,
+                Some(text) => parse_bool("webhooks.allow_loopback", &text)?,
+            },
+            first_retry: duration(&mut take, "webhooks.first_retry")?
+                .unwrap_or(defaults.first_retry),
+        };
         Ok(Settings {
             bind,
             storage_path,
@@ -265,6 +281,7 @@ impl Settings {
             log_format,
             backup,
             event_retention,
+            webhooks,
         })
     }
 
@@ -530,6 +547,22 @@ mod tests {
         assert!(yes.starts_with("metrics.enabled:"), "{yes}");
         let xml = error_of("[log]\nformat = \"xml\"");
         assert!(xml.starts_with("log.format:"), "{xml}");
+    }
+
+    #[test]
+    fn webhook_keys_are_read_and_checked() {
+        let unset = Settings::from_tree(tree("")).unwrap();
+        assert!(!unset.webhooks.allow_loopback);
+        assert_eq!(unset.webhooks.first_retry.as_secs(), 10);
+        let set = Settings::from_tree(tree(
+            "[webhooks]\nallow_loopback = \"true\"\nfirst_retry = \"2m\"",
+        ))
+        .unwrap();
+        assert!(set.webhooks.allow_loopback);
+        assert_eq!(set.webhooks.first_retry.as_secs(), 120);
+        assert!(error_of("[webhooks]\nallow_loopback = \"yes\"")
+            .starts_with("webhooks.allow_loopback:"));
+        assert!(error_of("[webhooks]\nfirst_retry = \"soon\"").starts_with("webhooks.first_retry:"));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum ApiError {
     IdempotencyConflict(&'static str),
     #[error("the tenant already has its maximum of {0} devices (limits.max_devices_per_tenant)")]
     QuotaExceeded(u64),
+    #[error("the tenant already has its maximum of {0} webhooks")]
+    WebhookQuotaExceeded(u64),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body must be sent as application/json")]
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::PreconditionFailed,
             ApiError::IdempotencyConflict(""),
             ApiError::QuotaExceeded(0),
+            ApiError::WebhookQuotaExceeded(0),
             ApiError::PayloadTooLarge(0),
             ApiError::UnsupportedMediaType,
             ApiError::BodyTimeout(0),
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PreconditionFailed => "precondition_failed",
-            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::QuotaExceeded(_) | ApiError::WebhookQuotaExceeded(_) => "quota_exceeded",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -161,7 +164,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized { .. } | ApiError::DeviceRevokedAuth => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_)
             | ApiError::DeviceInactive
-            | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            | ApiError::QuotaExceeded(_)
+            | ApiError::WebhookQuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DeviceRevokedConflict | ApiError::IdempotencyConflict(_) => {

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::devices::{as_rfc3339, Device, Millis};
 
@@ -140,6 +140,8 @@ pub const MAX_WAITING: usize = 10_000;
 pub struct EventBus {
     tenants: Mutex<HashMap<String, watch::Sender<()>>>,
     waiting: AtomicUsize,
+    /// Wakes the webhook delivery worker (one permit is kept while it is busy).
+    deliveries: Arc<Notify>,
 }
 
 /// A place in line for the next commit of a tenant's events; it counts
@@ -173,8 +175,21 @@ impl EventBus {
         Some(Waiter { bus: self, changes })
     }
 
+    /// Tells the delivery worker to look again: events were committed or a
+    /// webhook changed.
+    pub fn wake_deliveries(&self) {
+        self.deliveries.notify_one();
+    }
+
+    /// What `wake_deliveries` signals, for the delivery worker to wait on
+    /// without holding the store.
+    pub fn delivery_signal(&self) -> Arc<Notify> {
+        self.deliveries.clone()
+    }
+
     /// Wakes whoever waits on `tenant` (called after a commit).
     pub fn notify(&self, tenant: &str) {
+        self.wake_deliveries();
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = tenants.get(tenant) {
             if sender.receiver_count() == 0 {

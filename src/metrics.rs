@@ -27,8 +27,6 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The label of a path no route claims.
 pub const UNMATCHED: &str = "unmatched";
 
-const DEVICES_PREFIX: &str = "/api/tenant/devices/";
-
 /// Every route label: the templates of `ROUTES` and `PAGE_ROUTES`, then
 /// `UNMATCHED`.
 static ROUTE_LABELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
@@ -62,6 +60,8 @@ struct Metrics {
     durations: Vec<Histogram>,
     commit_batch: Histogram,
     commit_seconds: Histogram,
+    /// `devicehub_webhook_deliveries_total{result}`: delivered, failed.
+    deliveries: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -117,6 +117,16 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "devicehub_webhook_deliveries_total",
+                "Webhook delivery attempts, by result (delivered: a 2xx within 10 s; failed: anything else)",
+            ),
+            &["result"],
+        )?;
+        for result in ["delivered", "failed"] {
+            deliveries.with_label_values(&[result]);
+        }
         let durations = ROUTE_LABELS
             .iter()
             .map(|route| duration_vec.get_metric_with_label_values(&[route]))
@@ -126,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(commit_batch.clone()))?;
         registry.register(Box::new(commit_seconds.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(deliveries.clone()))?;
         let cells = METHODS.len() * ROUTE_LABELS.len() * STATUSES.len();
         Ok(Metrics {
             registry,
@@ -134,27 +145,39 @@ impl Metrics {
             durations,
             commit_batch,
             commit_seconds,
+            deliveries,
         })
     }
 }
 
-/// The index in `ROUTE_LABELS` of the route that answers `path`. The device
-/// paths mirror the hand matching of `http/devices.rs`.
+/// The index in `ROUTE_LABELS` of the route that answers `path`: a
+/// template's `{id}` segment stands for any one non-empty segment.
 fn route_index(path: &str) -> usize {
     let labels = &*ROUTE_LABELS;
     let unmatched = labels.len() - 1;
-    let template = match path.strip_prefix(DEVICES_PREFIX) {
-        Some(tail) => match tail.split_once('/') {
-            None if !tail.is_empty() => "/api/tenant/devices/{id}",
-            Some((id, "api-key")) if !id.is_empty() => "/api/tenant/devices/{id}/api-key",
-            _ => return unmatched,
-        },
-        None => path,
-    };
     labels[..unmatched]
         .iter()
-        .position(|label| *label == template)
+        .position(|template| template_matches(template, path))
         .unwrap_or(unmatched)
+}
+
+fn template_matches(template: &str, path: &str) -> bool {
+    if !template.contains('{') {
+        return template == path;
+    }
+    let (mut wanted, mut given) = (template.split('/'), path.split('/'));
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The index in `METHODS` of `method`'s label.
@@ -195,6 +218,12 @@ pub fn record_commit(batch_size: usize, took: Duration) {
     let metrics = &*METRICS;
     metrics.commit_batch.observe(batch_size as f64);
     metrics.commit_seconds.observe(took.as_secs_f64());
+}
+
+/// Counts one webhook delivery attempt.
+pub fn record_delivery(delivered: bool) {
+    let result = if delivered { "delivered" } else { "failed" };
+    METRICS.deliveries.with_label_values(&[result]).inc();
 }
 
 /// The text exposition of every series, with `devices` as

@@ -58,6 +58,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
     files::prepare_database_file(settings)?;
     let store = Arc::new(Store::open(&settings.storage_path)?);
     store.set_event_retention(settings.event_retention);
+    crate::webhooks::worker::start(&store, settings.webhooks.clone());
     start_backups(settings, &store)?;
     let listener = TcpListener::bind(settings.bind).map_err(|e| {
         StartupError::new(format!(

@@ -10,6 +10,7 @@ mod list_gate;
 mod meta;
 mod openapi;
 mod query;
+mod webhooks;
 
 pub use body::{JsonObject, MAX_BODY_BYTES};
 pub use list_gate::ListGate;
@@ -26,6 +27,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/tenant/devices/{id}/api-key", "POST"),
     ("/api/tenant/stats", "GET"),
     ("/api/tenant/events", "GET"),
+    ("/api/tenant/webhooks", "GET, POST"),
+    ("/api/tenant/webhooks/{id}", "GET, PATCH, DELETE"),
+    ("/api/tenant/webhooks/{id}/secret", "POST"),
+    ("/api/tenant/webhooks/{id}/deliveries", "GET"),
     ("/api/device/me", "GET"),
     ("/healthz", "GET"),
     ("/openapi.json", "GET"),
@@ -38,6 +43,7 @@ pub const PAGE_ROUTES: &[(&str, &str)] = &[("/", "GET"), ("/app.js", "GET"), ("/
 pub fn configure(cfg: &mut web::ServiceConfig) {
     devices::configure(cfg);
     events::configure(cfg);
+    webhooks::configure(cfg);
     device_api::configure(cfg);
     meta::configure(cfg);
     dashboard::configure(cfg);

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::devices::{DEVICE, DEVICES, DEVICE_KEY, MAX_LIMIT, Q_MAX_CHARS, STATS};
 use super::events::{DEFAULT_LIMIT, EVENTS, MAX_WAIT_SECONDS};
+use super::webhooks::{WEBHOOK, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_SECRET};
 use super::MAX_BODY_BYTES;
 use crate::auth::guard::MAX_CREDENTIAL_BYTES;
 use crate::auth::token::Scopes;
@@ -23,6 +24,8 @@ use crate::devices::{
 use crate::error::ApiError;
 use crate::events::{self, EventType};
 use crate::idempotency;
+use crate::store::DELIVERIES_KEPT;
+use crate::webhooks;
 
 /// The description as served, built once.
 pub fn document() -> &'static str {
@@ -65,6 +68,9 @@ fn operations() -> Vec<Operation> {
             )],
         )
     };
+    let webhook = json!({"$ref": "#/components/schemas/Webhook"});
+    let one_webhook =
+        |description: &str| response(description, object(&[("data", webhook.clone())]), &[]);
     let with_key = |description: &str, extra: &[(&str, &str)]| {
         let mut headers = vec![(
             "ETag",
@@ -195,6 +201,125 @@ fn operations() -> Vec<Operation> {
                 ),
             ),
             errors: &[400, 401, 403, 405, 500],
+        },
+        Operation {
+            path: WEBHOOKS,
+            method: "post",
+            id: "createWebhook",
+            tag: "webhooks",
+            summary: "Add a webhook (at most 20 per tenant); its signing secret is returned once",
+            access: admin,
+            parameters: vec![],
+            body: Some(webhook_body(true)),
+            success: (
+                201,
+                response(
+                    "The webhook and its signing secret (shown only now)",
+                    object(&[("data", webhook.clone()), ("secret", secret_schema())]),
+                    &[("Location", "The webhook's URL")],
+                ),
+            ),
+            errors: &[400, 401, 403, 405, 413, 415, 500, 503],
+        },
+        Operation {
+            path: WEBHOOKS,
+            method: "get",
+            id: "listWebhooks",
+            tag: "webhooks",
+            summary: "The tenant's webhooks, oldest first",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response(
+                    "Every webhook of the tenant",
+                    object(&[("data", json!({"type": "array", "items": webhook.clone()}))]),
+                    &[],
+                ),
+            ),
+            errors: &[401, 403, 405, 500],
+        },
+        Operation {
+            path: WEBHOOK,
+            method: "get",
+            id: "getWebhook",
+            tag: "webhooks",
+            summary: "Retrieve a webhook (never its secret)",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (200, one_webhook("The webhook")),
+            errors: &[401, 403, 404, 405, 500],
+        },
+        Operation {
+            path: WEBHOOK,
+            method: "patch",
+            id: "updateWebhook",
+            tag: "webhooks",
+            summary: "Change a webhook's url, events, description or enabled; enabling it again resumes at its first undelivered event",
+            access: admin,
+            parameters: vec![],
+            body: Some(webhook_body(false)),
+            success: (200, one_webhook("The updated webhook")),
+            errors: &[400, 401, 403, 404, 405, 413, 415, 500, 503],
+        },
+        Operation {
+            path: WEBHOOK,
+            method: "delete",
+            id: "deleteWebhook",
+            tag: "webhooks",
+            summary: "Delete a webhook: nothing more is sent to it",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response("Deleted", object(&[("success", json!({"const": true}))]), &[]),
+            ),
+            errors: &[401, 403, 404, 405, 500, 503],
+        },
+        Operation {
+            path: WEBHOOK_SECRET,
+            method: "post",
+            id: "rotateWebhookSecret",
+            tag: "webhooks",
+            summary: "A new signing secret, used from the next delivery attempt on",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response(
+                    "The webhook and its new signing secret (shown only now)",
+                    object(&[("data", webhook.clone()), ("secret", secret_schema())]),
+                    &[],
+                ),
+            ),
+            errors: &[401, 403, 404, 405, 500, 503],
+        },
+        Operation {
+            path: WEBHOOK_DELIVERIES,
+            method: "get",
+            id: "listWebhookDeliveries",
+            tag: "webhooks",
+            summary: "The webhook's last 100 delivery attempts, newest first",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response(
+                    "Delivery attempts, newest first",
+                    object(&[(
+                        "data",
+                        json!({"type": "array", "maxItems": DELIVERIES_KEPT,
+                               "items": {"$ref": "#/components/schemas/Delivery"}}),
+                    )]),
+                    &[],
+                ),
+            ),
+            errors: &[401, 403, 404, 405, 500],
         },
         Operation {
             path: DEVICES,
@@ -397,12 +522,17 @@ fn build() -> Value {
         }
         let item = paths.entry(op.path).or_default();
         if op.path.contains("{id}") {
+            let (what, pattern) = if op.path.starts_with(WEBHOOKS) {
+                ("The webhook id: wh_ and a ULID", webhooks::id::PATTERN)
+            } else {
+                ("The device id: dev_ and a ULID", id::PATTERN)
+            };
             item.insert(
                 "parameters".into(),
                 json!([{
                     "name": "id", "in": "path", "required": true,
-                    "description": "The device id: dev_ and a ULID",
-                    "schema": {"type": "string", "pattern": id::PATTERN}
+                    "description": what,
+                    "schema": {"type": "string", "pattern": pattern}
                 }]),
             );
         }
@@ -420,6 +550,7 @@ fn build() -> Value {
             {"name": "devices", "description": "The tenant's device registry (access token)"},
             {"name": "device", "description": "A device's own endpoint (device API key)"},
             {"name": "events", "description": "The change feed: one event per change to a device (access token)"},
+            {"name": "webhooks", "description": "Signed deliveries of events to your endpoints (admin)"},
             {"name": "service"}
         ],
         "paths": paths,
@@ -437,6 +568,8 @@ fn build() -> Value {
             "schemas": {
                 "Device": device_schema(),
                 "Event": event_schema(),
+                "Webhook": webhook_schema(),
+                "Delivery": delivery_schema(),
                 "Timestamp": {"type": "string", "format": "date-time", "pattern": "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$"},
                 "ApiKey": {"type": "string", "pattern": "^dhk_[A-Za-z0-9_-]{43}$"},
                 "Error": {
@@ -452,6 +585,86 @@ fn build() -> Value {
             }
         }
     })
+}
+
+/// A webhook as served (never its secret).
+fn webhook_schema() -> Value {
+    let timestamp = json!({"$ref": "#/components/schemas/Timestamp"});
+    object(&[
+        (
+            "id",
+            json!({"type": "string", "pattern": webhooks::id::PATTERN}),
+        ),
+        (
+            "url",
+            json!({"type": "string", "maxLength": webhooks::URL_MAX_CHARS}),
+        ),
+        ("events", webhook_events()),
+        (
+            "description",
+            json!({"type": "string", "maxLength": webhooks::DESCRIPTION_MAX_CHARS}),
+        ),
+        ("enabled", json!({"type": "boolean"})),
+        ("createdAt", timestamp.clone()),
+        ("updatedAt", timestamp),
+    ])
+}
+
+/// `events` of a webhook: 1-4 distinct types, or `["*"]`.
+fn webhook_events() -> Value {
+    let types = EventType::ALL.map(EventType::as_str);
+    json!({"oneOf": [
+        {"type": "array", "minItems": 1, "maxItems": types.len(), "uniqueItems": true,
+         "items": {"type": "string", "enum": types}},
+        {"type": "array", "minItems": 1, "maxItems": 1,
+         "items": {"const": webhooks::ALL_EVENTS}}
+    ]})
+}
+
+/// The body of a webhook's creation (`url`, `events` required) or PATCH.
+fn webhook_body(creation: bool) -> Value {
+    let mut body = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "url": {"type": "string", "minLength": 1, "maxLength": webhooks::URL_MAX_CHARS,
+                    "format": "uri", "pattern": "^https?://",
+                    "description": "http or https, no credentials"},
+            "events": webhook_events(),
+            "description": {"type": "string", "maxLength": webhooks::DESCRIPTION_MAX_CHARS, "default": ""},
+            "enabled": {"type": "boolean", "default": true}
+        }
+    });
+    if creation {
+        body["required"] = json!(["url", "events"]);
+    }
+    body
+}
+
+fn secret_schema() -> Value {
+    json!({"type": "string", "pattern": "^whsec_[A-Za-z0-9_-]{43}$",
+           "description": "The HMAC-SHA256 key of Devicehub-Signature, shown only here"})
+}
+
+/// One delivery attempt.
+fn delivery_schema() -> Value {
+    object(&[
+        (
+            "eventId",
+            json!({"type": "string", "pattern": events::id::PATTERN}),
+        ),
+        ("attempt", json!({"type": "integer", "minimum": 1})),
+        ("at", json!({"$ref": "#/components/schemas/Timestamp"})),
+        (
+            "status",
+            json!({"type": ["integer", "null"], "description": "the HTTP status answered, if any"}),
+        ),
+        (
+            "error",
+            json!({"type": ["string", "null"], "description": "why it failed: timeout, refused address, connection…"}),
+        ),
+        ("durationMs", json!({"type": "integer", "minimum": 0})),
+    ])
 }
 
 /// An event as stored and served (API.md §7).

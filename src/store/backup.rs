@@ -22,7 +22,7 @@ use redb::{
 use super::tables::{
     DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX,
     LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
-    TENANT_COUNTS,
+    TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
 use super::{indexes, Store, StoreError, StoreResult};
 
@@ -248,6 +248,8 @@ fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
     batch.copy(source, EVENTS)?;
     batch.copy(source, DEVICE_EVENTS)?;
     batch.copy(source, EVENT_EXPIRY)?;
+    batch.copy(source, WEBHOOKS)?;
+    batch.copy(source, WEBHOOK_DELIVERIES)?;
     for table in source.list_tables()? {
         if !TABLES.contains(&table.name()) {
             return Err(StoreError::Internal(format!(
@@ -279,6 +281,8 @@ pub const TABLES: &[&str] = &[
     "events",
     "device_events",
     "event_expiry",
+    "webhooks",
+    "webhook_deliveries",
 ];
 
 /// The destination's write transaction, committed every `ROWS_PER_COMMIT`

@@ -156,7 +156,8 @@ impl Writer {
                     refused @ (StoreError::NotFound
                     | StoreError::Revoked
                     | StoreError::PreconditionFailed
-                    | StoreError::QuotaExceeded(_)),
+                    | StoreError::QuotaExceeded(_)
+                    | StoreError::WebhookQuotaExceeded(_)),
                 ) => Applied::Sound(Box::new(move |_| done(Err(refused)))),
                 Err(broken) => {
                     let answer = broken.clone();

@@ -13,6 +13,7 @@ mod indexes;
 mod last_seen;
 mod list;
 pub mod tables;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use redb::{
 pub use events::{EventPage, EventQuery, StoredEvent};
 pub use indexes::StatusCounts;
 pub use list::{DeviceCursor, ListQuery, Order, Page};
+pub use webhooks::{Attempt, Next, Recorded as DeliveryRecorded, Scheduled, DELIVERIES_KEPT};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,7 @@ use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, New
 use crate::error::{ApiError, StartupError};
 use crate::events::{EventBus, EventType};
 use crate::idempotency::{self, Fingerprint, KeyId};
+use crate::webhooks::{Delivery, Webhook, WebhookPatch};
 use commit::Writer;
 use events::Recorded;
 use handle::DbHandle;
@@ -42,7 +45,7 @@ use last_seen::LastSeen;
 use tables::{
     DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX,
     KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
-    TENANT_COUNTS,
+    TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +58,8 @@ pub enum StoreError {
     PreconditionFailed,
     #[error("the tenant has reached its device quota of {0}")]
     QuotaExceeded(u64),
+    #[error("the tenant has reached its webhook quota of {0}")]
+    WebhookQuotaExceeded(u64),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// An earlier I/O failure left the open database refusing all work.
@@ -100,6 +105,7 @@ impl From<StoreError> for ApiError {
             StoreError::Revoked => ApiError::DeviceRevokedConflict,
             StoreError::PreconditionFailed => ApiError::PreconditionFailed,
             StoreError::QuotaExceeded(quota) => ApiError::QuotaExceeded(quota),
+            StoreError::WebhookQuotaExceeded(quota) => ApiError::WebhookQuotaExceeded(quota),
             StoreError::Unavailable(detail) => {
                 log::warn!("storage unavailable: {detail}");
                 ApiError::StorageUnavailable
@@ -662,6 +668,119 @@ impl Store {
         shown.at
     }
 
+    /// Adds a webhook (at most `MAX_PER_TENANT` per tenant). It gets the
+    /// events committed after it.
+    pub async fn create_webhook(
+        &self,
+        tenant: &str,
+        new: WebhookPatch,
+        secret: String,
+        now: Millis,
+    ) -> StoreResult<Webhook> {
+        let owned = tenant.to_string();
+        let hook = self
+            .writer
+            .submit(move |_, txn| webhooks::create(txn, &owned, &new, secret, now))
+            .await?;
+        self.inner.bus.wake_deliveries();
+        Ok(hook)
+    }
+
+    /// The tenant's webhooks, oldest first.
+    pub fn webhooks(&self, tenant: &str) -> StoreResult<Vec<Webhook>> {
+        self.inner
+            .db
+            .run(|db| webhooks::list(&read_txn(db)?, tenant))
+    }
+
+    pub fn webhook(&self, tenant: &str, id: &str) -> StoreResult<Webhook> {
+        self.inner
+            .db
+            .run(|db| webhooks::read(&read_txn(db)?, tenant, id))
+    }
+
+    /// Applies a PATCH; enabling a webhook again resumes its deliveries.
+    pub async fn update_webhook(
+        &self,
+        tenant: &str,
+        id: &str,
+        patch: WebhookPatch,
+        now: Millis,
+    ) -> StoreResult<Webhook> {
+        let (owned, id) = (tenant.to_string(), id.to_string());
+        let hook = self
+            .writer
+            .submit(move |_, txn| webhooks::update(txn, &owned, &id, &patch, now))
+            .await?;
+        self.inner.bus.wake_deliveries();
+        Ok(hook)
+    }
+
+    /// Replaces the signing secret, from the next attempt on.
+    pub async fn set_webhook_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        secret: String,
+        now: Millis,
+    ) -> StoreResult<Webhook> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .submit(move |_, txn| webhooks::set_secret(txn, &tenant, &id, secret, now))
+            .await
+    }
+
+    /// Deletes a webhook and its deliveries log; nothing more is sent to it.
+    pub async fn delete_webhook(&self, tenant: &str, id: &str) -> StoreResult<()> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .submit(move |_, txn| webhooks::delete(txn, &tenant, &id))
+            .await
+    }
+
+    /// A webhook's newest attempts, newest first.
+    pub fn webhook_deliveries(&self, tenant: &str, id: &str) -> StoreResult<Vec<Delivery>> {
+        self.inner
+            .db
+            .run(|db| webhooks::deliveries(&read_txn(db)?, tenant, id))
+    }
+
+    /// Every enabled webhook, for the delivery worker.
+    pub fn webhook_schedule(&self) -> StoreResult<Vec<Scheduled>> {
+        self.inner.db.run(|db| webhooks::schedule(&read_txn(db)?))
+    }
+
+    /// What to send a webhook next (see `webhooks::next`).
+    pub fn next_delivery(
+        &self,
+        tenant: &str,
+        id: &str,
+        read_from: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<Next> {
+        self.inner
+            .db
+            .run(|db| webhooks::next(&read_txn(db)?, tenant, id, read_from, now))
+    }
+
+    /// Records an attempt, in one commit with the cursor it moves.
+    pub async fn record_delivery(
+        &self,
+        tenant: &str,
+        id: &str,
+        attempt: Attempt,
+        delivery: Delivery,
+        first_retry: std::time::Duration,
+        now: Millis,
+    ) -> StoreResult<DeliveryRecorded> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .submit(move |_, txn| {
+                webhooks::record(txn, &tenant, &id, &attempt, &delivery, first_retry, now)
+            })
+            .await
+    }
+
     /// Every (tenant, device id, key hash) kept, for consistency checks.
     pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
         self.inner.db.run(|db| {
@@ -784,6 +903,8 @@ impl Inner {
                 txn.open_table(EVENTS)?;
                 txn.open_table(DEVICE_EVENTS)?;
                 txn.open_table(EVENT_EXPIRY)?;
+                txn.open_table(WEBHOOKS)?;
+                txn.open_table(WEBHOOK_DELIVERIES)?;
             }
             txn.commit()?;
             Ok(())

@@ -65,9 +65,19 @@ pub const DEVICE_EVENTS: TableDefinition<(&str, &str, &str), ()> =
 pub const EVENT_EXPIRY: TableDefinition<(u64, &str, &str), &str> =
     TableDefinition::new("event_expiry");
 
+/// key: (tenant_id, webhook_id) · value: the webhook as stored, JSON
+/// (`WebhookRecord`: its fields, signing secret, and delivery state: the
+/// cursor, failures so far and when to try again).
+pub const WEBHOOKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("webhooks");
+
+/// key: (tenant_id, webhook_id, sequence number) · value: one delivery
+/// attempt, JSON (`Delivery`). The newest 100 per webhook are kept.
+pub const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("webhook_deliveries");
+
 /// The layout version this build reads and writes. Version 1 (the first
-/// release) had no status, location or count tables; version 2 had no event
-/// tables. Both are upgraded in place.
+/// release) had no status, location or count tables; version 2 had no event or
+/// webhook tables. Both are upgraded in place.
 pub const SCHEMA_VERSION: u64 = 3;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 

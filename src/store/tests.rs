@@ -519,3 +519,4 @@ async fn a_grace_period_keeps_the_old_key_until_it_ends_and_never_a_third() {
 
 mod events;
 mod fleet;
+mod webhooks;

@@ -1,0 +1,388 @@
+//! Webhooks and their delivery state (API.md §7). A webhook's record holds
+//! its cursor: the last event it has been given (or that was before it was
+//! made). The events after the cursor that it wants are its queue, in event
+//! order; a delivery moves the cursor in the same commit as its log entry,
+//! so a crash at any point re-sends at most the event in flight.
+
+use std::time::Duration;
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::events::StoredEvent;
+use super::tables::{EVENTS, ID_MAX, WEBHOOKS, WEBHOOK_DELIVERIES};
+use super::{random_u128, StoreError, StoreResult};
+use crate::devices::Millis;
+use crate::events::EventType;
+use crate::webhooks::{self, signature, Delivery, Webhook, WebhookPatch};
+
+/// The newest this many attempts are kept per webhook.
+pub const DELIVERIES_KEPT: u64 = 100;
+
+/// A webhook as stored (value of `WEBHOOKS`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct WebhookRecord {
+    url: String,
+    events: Vec<String>,
+    description: String,
+    enabled: bool,
+    created_ms: u64,
+    updated_ms: u64,
+    secret: String,
+    /// The last event id given to this webhook (or before its creation);
+    /// empty before the tenant's first event.
+    cursor: String,
+    /// Failed attempts at the event after the cursor.
+    failures: u32,
+    /// When the first of those failed (Unix ms).
+    failing_since_ms: Option<u64>,
+    /// No attempt before this (Unix ms).
+    next_attempt_ms: u64,
+    /// The sequence number of the next deliveries-log entry.
+    next_log: u64,
+}
+
+impl WebhookRecord {
+    fn decode(bytes: &[u8]) -> StoreResult<WebhookRecord> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Internal(format!("undecodable webhook record: {e}")))
+    }
+
+    fn encode(&self) -> StoreResult<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn public(&self, id: &str) -> Webhook {
+        Webhook {
+            id: id.to_string(),
+            url: self.url.clone(),
+            events: self.events.clone(),
+            description: self.description.clone(),
+            enabled: self.enabled,
+            created_at: Millis(self.created_ms),
+            updated_at: Millis(self.updated_ms),
+        }
+    }
+
+    fn set_public(&mut self, hook: &Webhook) {
+        self.url.clone_from(&hook.url);
+        self.events.clone_from(&hook.events);
+        self.description.clone_from(&hook.description);
+        self.enabled = hook.enabled;
+        self.updated_ms = hook.updated_at.0;
+    }
+}
+
+/// What the delivery worker knows of a webhook between reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    pub tenant: String,
+    pub id: String,
+    pub next_attempt_ms: u64,
+}
+
+/// The next thing to do for a webhook.
+#[derive(Debug)]
+pub enum Next {
+    /// Deleted, or disabled: nothing.
+    Idle,
+    /// Nothing it wants after the cursor; the feed was read up to this id.
+    UpToDate { read_to: Option<String> },
+    /// A retry is not due before this (Unix ms).
+    Later(u64),
+    /// Send this event.
+    Send(Attempt),
+}
+
+/// One delivery to make.
+#[derive(Debug)]
+pub struct Attempt {
+    pub url: String,
+    pub secret: String,
+    pub event: StoredEvent,
+    /// 1 for the first attempt at this event.
+    pub number: u32,
+    /// The cursor this attempt moves on from.
+    pub cursor: String,
+}
+
+fn get(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<WebhookRecord> {
+    match table.get((tenant, id))? {
+        Some(v) => WebhookRecord::decode(v.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+pub(super) fn create(
+    txn: &WriteTransaction,
+    tenant: &str,
+    new: &WebhookPatch,
+    secret: String,
+    now: Millis,
+) -> StoreResult<Webhook> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    let held = table
+        .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
+        .count() as u64;
+    if held >= webhooks::MAX_PER_TENANT {
+        return Err(StoreError::WebhookQuotaExceeded(webhooks::MAX_PER_TENANT));
+    }
+    // It gets the events committed after it: start after the tenant's last.
+    let cursor = txn
+        .open_table(EVENTS)?
+        .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(key, _)| key.value().1.to_string())
+        .unwrap_or_default();
+    let id = webhooks::id::format(ulid::Ulid::from_parts(now.0, random_u128()?));
+    let record = WebhookRecord {
+        url: new.url.clone().unwrap_or_default(),
+        events: new.events.clone().unwrap_or_default(),
+        description: new.description.clone().unwrap_or_default(),
+        enabled: new.enabled.unwrap_or(true),
+        created_ms: now.0,
+        updated_ms: now.0,
+        secret,
+        cursor,
+        failures: 0,
+        failing_since_ms: None,
+        next_attempt_ms: 0,
+        next_log: 1,
+    };
+    table.insert((tenant, id.as_str()), record.encode()?.as_slice())?;
+    Ok(record.public(&id))
+}
+
+pub(super) fn list(txn: &ReadTransaction, tenant: &str) -> StoreResult<Vec<Webhook>> {
+    let table = txn.open_table(WEBHOOKS)?;
+    let mut out = Vec::new();
+    for entry in table.range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))? {
+        let (key, value) = entry?;
+        out.push(WebhookRecord::decode(value.value())?.public(key.value().1));
+    }
+    Ok(out)
+}
+
+pub(super) fn read(txn: &ReadTransaction, tenant: &str, id: &str) -> StoreResult<Webhook> {
+    Ok(get(&txn.open_table(WEBHOOKS)?, tenant, id)?.public(id))
+}
+
+/// Applies a PATCH. Enabling a webhook again resumes at its first
+/// undelivered event, at once.
+pub(super) fn update(
+    txn: &WriteTransaction,
+    tenant: &str,
+    id: &str,
+    patch: &WebhookPatch,
+    now: Millis,
+) -> StoreResult<Webhook> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    let mut record = get(&table, tenant, id)?;
+    let mut hook = record.public(id);
+    let was_enabled = hook.enabled;
+    if !patch.apply(&mut hook) {
+        return Ok(hook);
+    }
+    hook.updated_at = now.max(hook.updated_at);
+    record.set_public(&hook);
+    if hook.enabled && !was_enabled {
+        record.failures = 0;
+        record.failing_since_ms = None;
+        record.next_attempt_ms = 0;
+    }
+    table.insert((tenant, id), record.encode()?.as_slice())?;
+    Ok(hook)
+}
+
+pub(super) fn set_secret(
+    txn: &WriteTransaction,
+    tenant: &str,
+    id: &str,
+    secret: String,
+    now: Millis,
+) -> StoreResult<Webhook> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    let mut record = get(&table, tenant, id)?;
+    record.secret = secret;
+    record.updated_ms = now.0.max(record.updated_ms);
+    table.insert((tenant, id), record.encode()?.as_slice())?;
+    Ok(record.public(id))
+}
+
+/// Deletes a webhook and its deliveries log.
+pub(super) fn delete(txn: &WriteTransaction, tenant: &str, id: &str) -> StoreResult<()> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    if table.remove((tenant, id))?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let mut log = txn.open_table(WEBHOOK_DELIVERIES)?;
+    log.retain_in::<(&str, &str, u64), _>((tenant, id, 0)..=(tenant, id, u64::MAX), |_, _| false)?;
+    Ok(())
+}
+
+/// The newest `DELIVERIES_KEPT` attempts, newest first.
+pub(super) fn deliveries(
+    txn: &ReadTransaction,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<Vec<Delivery>> {
+    get(&txn.open_table(WEBHOOKS)?, tenant, id)?;
+    let log = txn.open_table(WEBHOOK_DELIVERIES)?;
+    let mut out = Vec::new();
+    for entry in log
+        .range::<(&str, &str, u64)>((tenant, id, 0)..=(tenant, id, u64::MAX))?
+        .rev()
+        .take(DELIVERIES_KEPT as usize)
+    {
+        let (_, value) = entry?;
+        out.push(
+            serde_json::from_slice(value.value())
+                .map_err(|e| StoreError::Internal(format!("undecodable delivery: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Every enabled webhook of every tenant, with when it may next be tried.
+pub(super) fn schedule(txn: &ReadTransaction) -> StoreResult<Vec<Scheduled>> {
+    let table = txn.open_table(WEBHOOKS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record = WebhookRecord::decode(value.value())?;
+        if record.enabled {
+            let (tenant, id) = key.value();
+            out.push(Scheduled {
+                tenant: tenant.to_string(),
+                id: id.to_string(),
+                next_attempt_ms: record.next_attempt_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The next event to send to a webhook at `now`. `read_from` is where an
+/// earlier call found nothing wanted (the worker's memory), so events the
+/// webhook does not want are not read again and again.
+pub(super) fn next(
+    txn: &ReadTransaction,
+    tenant: &str,
+    id: &str,
+    read_from: Option<&str>,
+    now: Millis,
+) -> StoreResult<Next> {
+    let record = match get(&txn.open_table(WEBHOOKS)?, tenant, id) {
+        Ok(record) if record.enabled => record,
+        Ok(_) | Err(StoreError::NotFound) => return Ok(Next::Idle),
+        Err(e) => return Err(e),
+    };
+    if record.next_attempt_ms > now.0 {
+        return Ok(Next::Later(record.next_attempt_ms));
+    }
+    let hook = record.public(id);
+    let from = match read_from {
+        Some(hint) if hint > record.cursor.as_str() => hint,
+        _ => record.cursor.as_str(),
+    };
+    let table = txn.open_table(EVENTS)?;
+    let mut read_to = None;
+    for entry in table.range::<(&str, &str)>((tenant, from)..=(tenant, ID_MAX))? {
+        let (key, value) = entry?;
+        let event_id = key.value().1;
+        if event_id == from {
+            continue;
+        }
+        let Some((&code, json)) = value.value().split_first() else {
+            continue;
+        };
+        read_to = Some(event_id.to_string());
+        let Some(kind) = EventType::from_code(code) else {
+            continue;
+        };
+        if hook.wants(kind) {
+            return Ok(Next::Send(Attempt {
+                url: record.url.clone(),
+                secret: record.secret.clone(),
+                event: StoredEvent {
+                    id: event_id.to_string(),
+                    kind,
+                    json: json.to_vec(),
+                },
+                number: record.failures + 1,
+                cursor: record.cursor.clone(),
+            }));
+        }
+    }
+    Ok(Next::UpToDate { read_to })
+}
+
+/// What recording an attempt did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The webhook went or moved on meanwhile: nothing recorded.
+    Stale,
+    Delivered,
+    /// Failed; tried again at this time (Unix ms).
+    RetryAt(u64),
+    /// Failed for longer than `GIVE_UP_AFTER`: the webhook is now disabled.
+    Disabled,
+}
+
+/// Records an attempt at `attempt`'s event: logs it and, when delivered,
+/// moves the cursor past it; when not, schedules the retry or, after three
+/// days of failing, disables the webhook.
+pub(super) fn record(
+    txn: &WriteTransaction,
+    tenant: &str,
+    id: &str,
+    attempt: &Attempt,
+    delivery: &Delivery,
+    first_retry: Duration,
+    now: Millis,
+) -> StoreResult<Recorded> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    let mut record = match get(&table, tenant, id) {
+        Ok(record) => record,
+        Err(StoreError::NotFound) => return Ok(Recorded::Stale),
+        Err(e) => return Err(e),
+    };
+    if record.cursor != attempt.cursor {
+        return Ok(Recorded::Stale);
+    }
+    let outcome = if delivery.delivered() {
+        record.cursor.clone_from(&attempt.event.id);
+        record.failures = 0;
+        record.failing_since_ms = None;
+        record.next_attempt_ms = 0;
+        Recorded::Delivered
+    } else {
+        record.failures = record.failures.saturating_add(1);
+        let since = *record.failing_since_ms.get_or_insert(now.0);
+        let give_up = since.saturating_add(signature::GIVE_UP_AFTER.as_millis() as u64);
+        let delay = signature::retry_delay(first_retry, record.failures);
+        record.next_attempt_ms = now.0.saturating_add(delay.as_millis() as u64);
+        if now.0 >= give_up && record.enabled {
+            record.enabled = false;
+            record.updated_ms = now.0.max(record.updated_ms);
+            Recorded::Disabled
+        } else {
+            Recorded::RetryAt(record.next_attempt_ms)
+        }
+    };
+    let seq = record.next_log;
+    record.next_log += 1;
+    table.insert((tenant, id), record.encode()?.as_slice())?;
+    let mut log = txn.open_table(WEBHOOK_DELIVERIES)?;
+    let entry = serde_json::to_vec(delivery).map_err(|e| StoreError::Internal(e.to_string()))?;
+    log.insert((tenant, id, seq), entry.as_slice())?;
+    if seq > DELIVERIES_KEPT {
+        log.remove((tenant, id, seq - DELIVERIES_KEPT))?;
+    }
+    Ok(outcome)
+}
