@@ -1276,9 +1276,9 @@ fn event_requests(browser: &Browser, id: &str) -> Vec<String> {
 
 /// The drawer shows a device's history from the change feed: newest first,
 /// who (or "unknown"), what, and each changed field from → to; names as
-/// text; long histories read a page of 100 at a time and shown 20 at a time;
-/// the history catches up after edit, rotate and revoke in the dashboard;
-/// keyboard, 390 px and axe-core.
+/// text; long histories read a page of 100 at a time, the newest 500 kept
+/// and shown 20 at a time; the history catches up after edit, rotate and
+/// revoke in the dashboard; keyboard, 390 px, dark mode and axe-core.
 #[test]
 fn the_drawer_shows_the_device_history() {
     let app = common::spawn_app();
@@ -1299,10 +1299,10 @@ fn the_drawer_shows_the_device_history() {
     );
     assert_eq!(renamed.status, 200);
     assert_eq!(app.send("DELETE", &probe_path, &admin_as(None)).status, 200);
-    // 130 events: more than one page of the feed.
+    // 520 events: six pages of the feed, and more than the drawer keeps.
     let (busy, _) = app.register(&admin(), json!({"name": "Busy 0"}));
     let busy_id = busy["id"].as_str().unwrap().to_string();
-    for i in 1..=129 {
+    for i in 1..=519 {
         let r = app.send_json(
             "PATCH",
             &format!("/api/tenant/devices/{busy_id}"),
@@ -1404,39 +1404,52 @@ fn the_drawer_shows_the_device_history() {
     browser.keys(ESCAPE);
     wait_focus(&browser, &in_row(&probe_id, ".open-details"));
 
-    // A long history: read 100 at a time to the end, shown 20 at a time.
+    // A long history: read 100 at a time to the end, the newest 500 kept,
+    // shown 20 at a time.
     browser.click(&in_row(&busy_id, ".open-details"));
     browser.find("#drawer");
     browser.wait_for("the whole history read", || {
-        (browser.text("#history-status") == "130 changes, newest first.").then_some(())
+        (browser.text("#history-status") == "520 changes, newest first.").then_some(())
     });
     let shown = history(&browser);
     assert_eq!(shown.len(), 20);
     assert_eq!(
         shown[0],
-        json!(["Updated", "tester", [["Name", "“Busy 128”", "“Busy 129”"]]])
+        json!(["Updated", "tester", [["Name", "“Busy 518”", "“Busy 519”"]]])
     );
-    assert_eq!(shown[19][2][0][2], "“Busy 110”");
+    assert_eq!(shown[19][2][0][2], "“Busy 500”");
     let requests = event_requests(&browser, &busy_id);
-    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests.len(), 6, "{requests:?}");
     assert!(requests.iter().all(|u| u.contains("limit=100")));
-    assert!(!requests[0].contains("startingAfter") && requests[1].contains("startingAfter=evt_"));
+    assert!(
+        !requests[0].contains("startingAfter")
+            && requests[1..]
+                .iter()
+                .all(|u| u.contains("startingAfter=evt_"))
+    );
     // "Show older changes" from the keyboard: the focus goes to the first
     // entry it added.
     wait_focus(&browser, "#drawer-close");
     tab_to(&browser, "#history-more", 30);
     browser.keys(ENTER);
     wait_focus(&browser, "#history-list > li:nth-child(21)");
-    assert_eq!(history(&browser)[20][2][0][2], "“Busy 109”");
-    for _ in 0..20 {
+    assert_eq!(history(&browser)[20][2][0][2], "“Busy 499”");
+    for _ in 0..30 {
         if !browser.shown("#history-more") {
             break;
         }
         browser.click("#history-more");
     }
     let all = history(&browser);
-    assert_eq!(all.len(), 130);
-    assert_eq!(all[129], json!(["Registered", "tester", []]));
+    assert_eq!(all.len(), 500);
+    assert_eq!(
+        all[499],
+        json!(["Updated", "tester", [["Name", "“Busy 19”", "“Busy 20”"]]])
+    );
+    assert_eq!(
+        browser.text("#history-dropped"),
+        "20 older changes not shown: the drawer keeps the newest 500."
+    );
     assert!(!focus_is(&browser, "body"), "the focus is not lost");
     // A phone: nothing sideways, still clean.
     browser.set_viewport(390, 844);

@@ -1170,24 +1170,10 @@ function renderDrawer(d) {
   ui.drawerActions.hidden = !S.admin || d.status === 'revoked';
 }
 
-// Opened on a device not on this page: nothing of another device shows
-// while it loads.
-function renderDrawerPlaceholder(id) {
-  ui.drawer.dataset.id = id;
-  ui.drawerName.textContent = id;
-  ui.drawerBadges.replaceChildren();
-  ui.drawerId.textContent = id;
-  for (const node of [ui.drawerSeen, ui.drawerCreated, ui.drawerUpdated, ui.drawerLocations, ui.drawerPim, ui.drawerSegments]) {
-    node.replaceChildren();
-  }
-  ui.drawerActions.hidden = true;
-}
-
 async function openDrawer(id, ret) {
   const known = S.byId.get(id);
   if (known) renderDrawer(known);
   ui.drawerCopyStatus.textContent = '';
-  if (ui.drawer.dataset.id !== id) renderDrawerPlaceholder(id);
   openDialog(ui.drawer, ui.drawerClose, ret);
   loadHistory(id, true);
   try {
