@@ -1,7 +1,7 @@
 //! The dashboard in real headless Chromium (Debian's chromium and
 //! chromium-driver, over WebDriver): sign in, list newest first, stats,
-//! server-side search, paging, filters in the URL, the detail drawer,
-//! register and read the key once, edit, the 412 conflict, rotate, revoke,
+//! server-side search, paging, filters in the URL, the detail drawer and
+//! the device's history from the change feed, register and read the key once, edit, the 412 conflict, rotate, revoke,
 //! the read-only view, `#token=` links, the expiry warning, phone and tablet
 //! widths, dark mode, keyboard-only use, and axe-core with zero violations.
 //!
@@ -1216,5 +1216,325 @@ fn every_flow_works_from_the_keyboard() {
         (browser.text("#role") == "Read-only").then_some(())
     });
     wait_focus(&browser, "#devices-title");
+    assert_no_page_errors(&browser);
+}
+
+/// An admin token of tenant acme whose `sub` is `subject` (or none).
+fn admin_as(subject: Option<&str>) -> String {
+    devicehub::auth::token::mint_hs256(
+        common::SECRET.as_bytes(),
+        &devicehub::auth::token::TokenRequest {
+            tenant_id: "acme",
+            scope: "devices:read admin",
+            ttl_secs: 3600,
+            subject,
+            issuer: None,
+            audience: None,
+        },
+    )
+    .unwrap()
+}
+
+/// The drawer's history as shown, top to bottom: [what, who, [[field, from,
+/// to]…]] per entry.
+fn history(browser: &Browser) -> Vec<Value> {
+    js(
+        browser,
+        "return Array.from(document.querySelectorAll('#history-list > li')).map(li => [
+           li.querySelector('h4').textContent,
+           li.querySelector('.history-actor').textContent,
+           Array.from(li.querySelectorAll('.history-change')).map(c => [
+             c.querySelector('.history-field').textContent,
+             c.querySelector('.history-from').textContent,
+             c.querySelector('.history-to').textContent])])",
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+fn wait_history(browser: &Browser, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    browser.wait_for(what, || {
+        let now = history(browser);
+        check(&now).then_some(now)
+    })
+}
+
+/// The feed requests the page made for one device, in order.
+fn event_requests(browser: &Browser, id: &str) -> Vec<String> {
+    browser
+        .script(
+            "return window.__eventUrls.filter(u => u.includes('deviceId=' + arguments[0]))",
+            json!([id]),
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The drawer shows a device's history from the change feed: newest first,
+/// who (or "unknown"), what, and each changed field from → to; names as
+/// text; long histories read a page of 100 at a time, the newest 500 kept
+/// and shown 20 at a time; the history catches up after edit, rotate and
+/// revoke in the dashboard; keyboard, 390 px, dark mode and axe-core.
+#[test]
+fn the_drawer_shows_the_device_history() {
+    let app = common::spawn_app();
+    // Changed through the API by three actors: registered by "tester",
+    // renamed and moved by "alice", revoked by a token without a subject.
+    let html_name = "<img src=x onerror=\"window.__injected=1\"><b>Probe</b>";
+    let (probe, _) = app.register(
+        &admin(),
+        json!({"name": html_name, "locationIds": ["store-a"]}),
+    );
+    let probe_id = probe["id"].as_str().unwrap().to_string();
+    let probe_path = format!("/api/tenant/devices/{probe_id}");
+    let renamed = app.send_json(
+        "PATCH",
+        &probe_path,
+        &admin_as(Some("alice")),
+        &json!({"name": "Probe <i>2</i>", "locationIds": ["store-a", "store-b"]}),
+    );
+    assert_eq!(renamed.status, 200);
+    assert_eq!(app.send("DELETE", &probe_path, &admin_as(None)).status, 200);
+    // 520 events: six pages of the feed, and more than the drawer keeps.
+    let (busy, _) = app.register(&admin(), json!({"name": "Busy 0"}));
+    let busy_id = busy["id"].as_str().unwrap().to_string();
+    for i in 1..=519 {
+        let r = app.send_json(
+            "PATCH",
+            &format!("/api/tenant/devices/{busy_id}"),
+            &admin(),
+            &json!({ "name": format!("Busy {i}") }),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // Changed through the dashboard below.
+    let (live, _) = app.register(&admin(), json!({"name": "Live Probe"}));
+    let live_id = live["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start();
+    browser.set_viewport(1440, 900);
+    browser.goto(&format!("http://{}/#token={}", app.addr, admin()));
+    wait_rows(&browser, "three rows", |r| r.len() == 3);
+    js(
+        &browser,
+        "window.__eventUrls = []; const f = window.fetch; window.fetch = (u, o) => { \
+           if (String(u).includes('/api/tenant/events')) window.__eventUrls.push(String(u)); \
+           return f(u, o); }; return true",
+    );
+
+    // Newest first, with who, what and from → to; the HTML-looking name is text.
+    browser.click(&in_row(&probe_id, ".open-details"));
+    browser.find("#drawer");
+    let shown = wait_history(&browser, "the probe's three entries", |h| h.len() == 3);
+    let quoted_html = format!("“{html_name}”");
+    assert_eq!(
+        shown,
+        [
+            json!(["Revoked", "unknown", [["Status", "active", "revoked"]]]),
+            json!([
+                "Updated",
+                "alice",
+                [
+                    ["Name", quoted_html, "“Probe <i>2</i>”"],
+                    ["Locations", "store-a", "store-a, store-b"],
+                ]
+            ]),
+            json!(["Registered", "tester", []]),
+        ]
+    );
+    assert_eq!(
+        js(
+            &browser,
+            "return [document.querySelectorAll('#history-list img, #history-list b, #history-list i').length, \
+             typeof window.__injected]"
+        ),
+        json!([0, "undefined"]),
+        "names are text, never markup"
+    );
+    assert_eq!(browser.text("#history-status"), "3 changes, newest first.");
+    // When: local time shown, the exact UTC time in the tooltip, in the
+    // feed's order reversed.
+    let feed = app.get(
+        &format!("/api/tenant/events?deviceId={probe_id}"),
+        &reader(),
+    );
+    let mut created: Vec<Value> = feed.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["createdAt"].clone())
+        .collect();
+    created.reverse();
+    let times = js(
+        &browser,
+        "return Array.from(document.querySelectorAll('#history-list > li time')).map(t => t.dateTime)",
+    );
+    assert_eq!(times, json!(created));
+    let first = created[0].as_str().unwrap();
+    let title = js(
+        &browser,
+        "return document.querySelector('#history-list > li time').title",
+    );
+    assert_eq!(
+        title,
+        json!(format!(
+            "{} UTC",
+            first.replace('T', " ").trim_end_matches('Z')
+        ))
+    );
+    // A list under a heading, an entry a heading each.
+    assert_eq!(
+        js(
+            &browser,
+            "const ol = document.querySelector('#history-list'); \
+             return [document.querySelector('#drawer h3').textContent, ol.tagName, \
+               ol.getAttribute('aria-labelledby'), ol.querySelectorAll(':scope > li > h4').length]"
+        ),
+        json!(["History", "OL", "history-title", 3])
+    );
+    assert_accessible(&browser, "with the history open");
+    browser.set_dark(true);
+    assert_accessible(&browser, "with the history open in dark mode");
+    browser.set_dark(false);
+    assert_eq!(event_requests(&browser, &probe_id).len(), 1);
+    browser.keys(ESCAPE);
+    wait_focus(&browser, &in_row(&probe_id, ".open-details"));
+
+    // A long history: read 100 at a time to the end, the newest 500 kept,
+    // shown 20 at a time.
+    browser.click(&in_row(&busy_id, ".open-details"));
+    browser.find("#drawer");
+    browser.wait_for("the whole history read", || {
+        (browser.text("#history-status") == "520 changes, newest first.").then_some(())
+    });
+    let shown = history(&browser);
+    assert_eq!(shown.len(), 20);
+    assert_eq!(
+        shown[0],
+        json!(["Updated", "tester", [["Name", "“Busy 518”", "“Busy 519”"]]])
+    );
+    assert_eq!(shown[19][2][0][2], "“Busy 500”");
+    let requests = event_requests(&browser, &busy_id);
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert!(requests.iter().all(|u| u.contains("limit=100")));
+    assert!(
+        !requests[0].contains("startingAfter")
+            && requests[1..]
+                .iter()
+                .all(|u| u.contains("startingAfter=evt_"))
+    );
+    // "Show older changes" from the keyboard: the focus goes to the first
+    // entry it added.
+    wait_focus(&browser, "#drawer-close");
+    tab_to(&browser, "#history-more", 30);
+    browser.keys(ENTER);
+    wait_focus(&browser, "#history-list > li:nth-child(21)");
+    assert_eq!(history(&browser)[20][2][0][2], "“Busy 499”");
+    for _ in 0..30 {
+        if !browser.shown("#history-more") {
+            break;
+        }
+        browser.click("#history-more");
+    }
+    let all = history(&browser);
+    assert_eq!(all.len(), 500);
+    assert_eq!(
+        all[499],
+        json!(["Updated", "tester", [["Name", "“Busy 19”", "“Busy 20”"]]])
+    );
+    assert_eq!(
+        browser.text("#history-dropped"),
+        "20 older changes not shown: the drawer keeps the newest 500."
+    );
+    assert!(!focus_is(&browser, "body"), "the focus is not lost");
+    // A phone: nothing sideways, still clean.
+    browser.set_viewport(390, 844);
+    assert_eq!(
+        js(
+            &browser,
+            "const d = document.querySelector('#drawer'); return d.scrollWidth <= d.clientWidth"
+        ),
+        json!(true),
+        "the drawer does not scroll sideways at 390 px"
+    );
+    assert_accessible(&browser, "with the history open at 390 px");
+    browser.set_viewport(1440, 900);
+    browser.keys(ESCAPE);
+    wait_focus(&browser, &in_row(&busy_id, ".open-details"));
+
+    // Changed through the dashboard: the history catches up each time,
+    // reading only what came after the newest entry it has.
+    browser.click(&in_row(&live_id, ".open-details"));
+    browser.find("#drawer");
+    wait_history(&browser, "the registration", |h| {
+        h.len() == 1 && h[0][0] == "Registered"
+    });
+    browser.click("#drawer-actions [data-action='edit']");
+    wait_for_value(&browser, "#edit-name", "Live Probe");
+    browser.clear("#edit-name");
+    browser.type_into("#edit-name", "Live Probe 2");
+    browser.click("#edit-submit");
+    let shown = wait_history(&browser, "the edit on top", |h| h.len() == 2);
+    assert_eq!(
+        shown[0],
+        json!([
+            "Updated",
+            "tester",
+            [["Name", "“Live Probe”", "“Live Probe 2”"]]
+        ])
+    );
+    browser.click("#drawer-actions [data-action='rotate']");
+    browser.click("#confirm-ok");
+    browser.find("#key-dialog");
+    browser.click("#key-done");
+    let shown = wait_history(&browser, "the rotation on top", |h| h.len() == 3);
+    assert_eq!(shown[0], json!(["Key rotated", "tester", []]));
+    browser.click("#drawer-actions [data-action='revoke']");
+    browser.click("#confirm-ok");
+    let shown = wait_history(&browser, "the revocation on top", |h| h.len() == 4);
+    assert_eq!(
+        shown[0],
+        json!(["Revoked", "tester", [["Status", "active", "revoked"]]])
+    );
+    assert_eq!(shown[3], json!(["Registered", "tester", []]));
+    let requests = event_requests(&browser, &live_id);
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(
+        requests[1..]
+            .iter()
+            .all(|u| u.contains("startingAfter=evt_")),
+        "{requests:?}"
+    );
+    assert_accessible(&browser, "with the history of a revoked device");
+    browser.keys(ESCAPE);
+
+    // The feed cannot be read: the history says so in place, and tries again.
+    js(
+        &browser,
+        "window.__fetch = window.fetch; window.fetch = (u, o) => String(u).includes('/api/tenant/events') \
+         ? Promise.reject(new TypeError('offline')) : window.__fetch(u, o); return true",
+    );
+    browser.click(&in_row(&probe_id, ".open-details"));
+    browser.find("#history-error");
+    assert!(browser
+        .text("#history-error-text")
+        .contains("Could not load the history"));
+    assert!(history(&browser).is_empty());
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('#toast-alerts .toast-item').length"
+        ),
+        json!(0),
+        "one message: in the drawer"
+    );
+    js(&browser, "window.fetch = window.__fetch; return true");
+    browser.click("#history-retry");
+    wait_history(&browser, "the history after trying again", |h| h.len() == 3);
+    assert!(!browser.shown("#history-error"));
     assert_no_page_errors(&browser);
 }

@@ -1175,6 +1175,7 @@ async function openDrawer(id, ret) {
   if (known) renderDrawer(known);
   ui.drawerCopyStatus.textContent = '';
   openDialog(ui.drawer, ui.drawerClose, ret);
+  loadHistory(id, true);
   try {
     const { data } = await api('GET', devicePath(id));
     const d = deviceFrom(data);
@@ -1186,6 +1187,211 @@ async function openDrawer(id, ret) {
     if (!known) ui.drawer.close();
     toast(`Could not read the device: ${describe(err)}`, { key: `device:${id}` });
   }
+}
+
+// --- the device's history, in the drawer
+// The change feed (GET /api/tenant/events?deviceId=…) is oldest first and
+// has no newest-first order, so the drawer reads it forward to its end, at
+// most HISTORY_PAGE events a request (no single answer is ever larger), and
+// keeps only the newest HISTORY_KEEP events in memory: a device changed ten
+// thousand times costs a hundred small requests, never one big answer, and
+// the page holds at most HISTORY_KEEP of them. The server prunes events after
+// `events.retention` (90 days by default), so a history is short in practice.
+// The list shows HISTORY_STEP entries, newest first, and "Show older
+// changes" adds HISTORY_STEP more each time. After a change made here (edit,
+// rotate, revoke) only the events after the newest one read are fetched.
+
+const HISTORY_PAGE = 100;
+const HISTORY_KEEP = 500;
+const HISTORY_STEP = 20;
+
+const EVENT_LABELS = {
+  'device.created': 'Registered',
+  'device.updated': 'Updated',
+  'device.revoked': 'Revoked',
+  'device.key_rotated': 'Key rotated',
+};
+
+const FIELD_LABELS = {
+  name: 'Name',
+  status: 'Status',
+  locationIds: 'Locations',
+  pimEnabled: 'PIM',
+  pimSegmentIds: 'PIM segments',
+};
+
+const H = {
+  id: null, // the device whose history is held
+  gen: 0, // bumped on every load and when the drawer closes
+  controller: null,
+  events: [], // oldest first, at most HISTORY_KEEP
+  dropped: 0, // older events read but not kept
+  last: null, // the newest event id read: where a refresh starts
+  complete: false, // read to the end without an error
+  shown: HISTORY_STEP,
+  loading: false,
+  error: '',
+};
+
+function normalizeEvent(e) {
+  if (!e || typeof e !== 'object' || typeof e.id !== 'string') return null;
+  const data = e.data && typeof e.data === 'object' ? e.data : {};
+  const object = data.object && typeof data.object === 'object' ? data.object : {};
+  const previous = data.previousAttributes && typeof data.previousAttributes === 'object'
+    && !Array.isArray(data.previousAttributes) ? data.previousAttributes : {};
+  return {
+    id: e.id,
+    type: typeof e.type === 'string' ? e.type : '',
+    createdAt: typeof e.createdAt === 'string' ? e.createdAt : null,
+    actor: typeof e.actor === 'string' && e.actor ? e.actor : null,
+    object,
+    previous,
+  };
+}
+
+function stopHistory() {
+  H.gen += 1;
+  if (H.controller) H.controller.abort();
+  H.controller = null;
+  H.loading = false;
+}
+
+// Reads the history of device `id`: all of it when `fresh` (or when what is
+// held is for another device or incomplete), else only what came since.
+async function loadHistory(id, fresh = true) {
+  stopHistory();
+  if (fresh || H.id !== id || !H.complete) {
+    Object.assign(H, { id, events: [], dropped: 0, last: null, complete: false, shown: HISTORY_STEP });
+  }
+  const gen = H.gen;
+  const controller = new AbortController();
+  H.controller = controller;
+  H.loading = true;
+  H.error = '';
+  const before = H.events.length + H.dropped;
+  renderHistory();
+  try {
+    for (;;) {
+      const params = new URLSearchParams({ deviceId: id, limit: String(HISTORY_PAGE) });
+      if (H.last) params.set('startingAfter', H.last);
+      const { data } = await api('GET', `/api/tenant/events?${params}`, { signal: controller.signal });
+      if (gen !== H.gen) return;
+      const raw = Array.isArray(data.data) ? data.data : [];
+      const page = raw.map(normalizeEvent).filter(Boolean);
+      if (!page.length) break;
+      H.events.push(...page);
+      if (H.events.length > HISTORY_KEEP) H.dropped += H.events.splice(0, H.events.length - HISTORY_KEEP).length;
+      H.last = page[page.length - 1].id;
+      if (data.hasMore !== true) break;
+      // A long history: say how far the reading got.
+      ui.historyStatus.textContent = `Reading the history… ${plural(H.events.length + H.dropped, 'change')} so far.`;
+    }
+    H.complete = true;
+    // Entries that arrived on a refresh are shown on top of those shown.
+    if (before > 0) H.shown += H.events.length + H.dropped - before;
+  } catch (err) {
+    if (gen !== H.gen) return;
+    H.complete = false;
+    if (!(err && err.handled)) H.error = `Could not load the history: ${describe(err)}`;
+  }
+  H.controller = null;
+  H.loading = false;
+  renderHistory();
+}
+
+// After a change made in the dashboard: the drawer's history catches up.
+function historyChanged(id) {
+  if (ui.drawer.open && ui.drawer.dataset.id === id) loadHistory(id, false);
+}
+
+function utcTitle(iso) {
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return String(iso);
+  return `${new Date(t).toISOString().replace('T', ' ').replace('Z', '')} UTC`;
+}
+
+function fieldValue(field, v) {
+  if (v === null || v === undefined) return 'none';
+  if (typeof v === 'boolean') return v ? 'enabled' : 'disabled';
+  if (Array.isArray(v)) return v.length ? v.map(String).join(', ') : 'none';
+  if (typeof v === 'object') return JSON.stringify(v);
+  return field === 'name' ? `“${v}”` : String(v);
+}
+
+// One changed field: "Name “Old” → “New”", read aloud as "Name changed
+// from “Old” to “New”".
+function changeLine(field, from, to) {
+  const li = el('li', 'history-change');
+  li.append(
+    el('span', 'history-field', FIELD_LABELS[field] || field),
+    el('span', 'vh', ' changed from'),
+    ' ',
+    el('bdi', 'history-from', fieldValue(field, from)),
+    ' ',
+    el('span', 'history-arrow', '→'),
+    el('span', 'vh', ' to'),
+    ' ',
+    el('bdi', 'history-to', fieldValue(field, to)),
+  );
+  li.querySelector('.history-arrow').setAttribute('aria-hidden', 'true');
+  return li;
+}
+
+function historyItem(e) {
+  const li = el('li', 'history-item');
+  li.tabIndex = -1;
+  li.dataset.id = e.id;
+  li.dataset.type = e.type;
+  li.append(el('h4', 'history-what', EVENT_LABELS[e.type] || e.type || 'Changed'));
+  const meta = el('p', 'history-meta');
+  if (e.createdAt) {
+    const time = el('time', 'history-when', formatDate(e.createdAt));
+    time.dateTime = e.createdAt;
+    time.title = utcTitle(e.createdAt);
+    meta.append(time, ' ');
+  }
+  meta.append('by ');
+  if (e.actor) meta.append(el('bdi', 'history-actor', e.actor));
+  else meta.append(el('span', 'history-actor muted', 'unknown'));
+  li.append(meta);
+  const fields = Object.keys(FIELD_LABELS).filter((f) => f in e.previous);
+  for (const f of Object.keys(e.previous)) if (!fields.includes(f)) fields.push(f);
+  if (fields.length) {
+    const changes = el('ul', 'history-changes');
+    for (const f of fields) changes.append(changeLine(f, e.previous[f], e.object[f]));
+    li.append(changes);
+  }
+  return li;
+}
+
+function renderHistory() {
+  const total = H.events.length + H.dropped;
+  let status = '';
+  if (H.loading && !total) status = 'Loading the history…';
+  else if (!H.loading && !H.error && H.complete) {
+    status = total ? `${plural(total, 'change')}, newest first.` : 'No changes recorded.';
+  }
+  if (ui.historyStatus.textContent !== status) ui.historyStatus.textContent = status;
+  ui.historyErrorText.textContent = H.error;
+  ui.historyError.hidden = !H.error;
+  const shown = H.events.slice(-Math.min(H.shown, H.events.length)).reverse();
+  const frag = document.createDocumentFragment();
+  for (const e of shown) frag.append(historyItem(e));
+  ui.historyList.replaceChildren(frag);
+  ui.historyList.hidden = !shown.length;
+  ui.historyMore.hidden = shown.length >= H.events.length;
+  ui.historyDropped.textContent = H.dropped && ui.historyMore.hidden
+    ? `${plural(H.dropped, 'older change')} not shown: the drawer keeps the newest ${fmt(HISTORY_KEEP)}.`
+    : '';
+}
+
+function showOlderHistory() {
+  const from = Math.min(H.shown, H.events.length);
+  H.shown += HISTORY_STEP;
+  renderHistory();
+  // The focus goes to the first entry just shown (the button may be gone).
+  const first = ui.historyList.children[from];
+  if (first) first.focus();
 }
 
 // --- the row action menu
@@ -1497,6 +1703,7 @@ async function onEditReload() {
     const { data, etag } = await api('GET', devicePath(editing.id));
     const d = deviceFrom(data);
     updateDevice(d);
+    historyChanged(d.id);
     if (S.editing !== editing) return;
     if (d.status === 'revoked') {
       ui.editDialog.close();
@@ -1540,6 +1747,7 @@ async function onEdit(event) {
     dismissToast(`device:${d.id}`);
     if (S.editing === editing) ui.editDialog.close();
     toast(msg('Saved ', quoted(d.name), '.'), { kind: 'success' });
+    historyChanged(d.id);
     loadStats();
   } catch (err) {
     if (err && err.handled) return;
@@ -1556,6 +1764,7 @@ async function onEdit(event) {
       if (stillOpen) $('edit-error').textContent = text;
       else toast(msg(quoted(editing.name), ' has been revoked and can no longer be changed.'), { key: `device:${editing.id}` });
       refreshDevice(editing.id);
+      historyChanged(editing.id);
       return;
     }
     if (stillOpen && showServerFieldError('edit', err)) return;
@@ -1597,6 +1806,7 @@ async function rotateKey(id, ret) {
     const { data } = await api('POST', `${devicePath(id)}/api-key`, options);
     const device = deviceFrom(data);
     updateDevice(device);
+    historyChanged(id);
     dismissToast(key);
     if (typeof data.apiKey === 'string' && data.apiKey) {
       showKey(data.apiKey, device, 'New API key', ret, data.previousKeyExpiresAt);
@@ -1606,7 +1816,10 @@ async function rotateKey(id, ret) {
   } catch (err) {
     if (err && err.handled) return;
     toast(msg('Could not rotate the key of ', quoted(d.name), `: ${describe(err)}`), { key });
-    if (err instanceof ApiError && (err.status === 409 || err.status === 404)) refreshDevice(id);
+    if (err instanceof ApiError && (err.status === 409 || err.status === 404)) {
+      refreshDevice(id);
+      historyChanged(id);
+    }
   }
 }
 
@@ -1626,13 +1839,17 @@ async function revokeDevice(id, ret) {
     dismissToast(key);
     toast(msg('Revoked ', quoted(d.name), '. Its key no longer works.'), { kind: 'success' });
     await refreshDevice(id, { ...d, status: 'revoked' });
+    historyChanged(id);
     loadStats();
     const active = document.activeElement;
     if (!active || active === document.body || !visible(active)) restoreFocus({ id, action: 'revoke' });
   } catch (err) {
     if (err && err.handled) return;
     toast(msg('Could not revoke ', quoted(d.name), `: ${describe(err)}`), { key });
-    if (err instanceof ApiError && (err.status === 409 || err.status === 404)) refreshDevice(id);
+    if (err instanceof ApiError && (err.status === 409 || err.status === 404)) {
+      refreshDevice(id);
+      historyChanged(id);
+    }
   }
 }
 
@@ -1690,7 +1907,8 @@ function bind() {
     'page-prev', 'page-next', 'page-info', 'row-menu', 'drawer', 'drawer-name', 'drawer-close',
     'drawer-badges', 'drawer-id', 'drawer-copy', 'drawer-copy-status', 'drawer-seen',
     'drawer-created', 'drawer-updated', 'drawer-locations', 'drawer-pim', 'drawer-segments',
-    'drawer-actions', 'register-dialog', 'register-form', 'reg-submit', 'edit-dialog', 'edit-form',
+    'drawer-actions', 'history-status', 'history-error', 'history-error-text', 'history-retry',
+    'history-list', 'history-dropped', 'history-more', 'register-dialog', 'register-form', 'reg-submit', 'edit-dialog', 'edit-form',
     'edit-submit', 'edit-id', 'edit-conflict', 'edit-reload', 'key-dialog', 'key-title', 'key-for',
     'key-value', 'key-copy', 'key-done', 'key-copy-status', 'key-actions', 'key-confirm', 'key-back',
     'key-discard', 'confirm-dialog', 'confirm-title', 'confirm-message', 'confirm-ok',
@@ -1783,6 +2001,11 @@ function bind() {
   ui.drawerCopy.addEventListener('click', async () => {
     const copied = await copyText(ui.drawerId);
     ui.drawerCopyStatus.textContent = copied ? 'ID copied to the clipboard.' : COPY_BLOCKED;
+  });
+  ui.drawer.addEventListener('close', stopHistory);
+  ui.historyMore.addEventListener('click', showOlderHistory);
+  ui.historyRetry.addEventListener('click', () => {
+    if (ui.drawer.dataset.id) loadHistory(ui.drawer.dataset.id, true);
   });
   ui.drawerActions.addEventListener('click', (e) => {
     const button = e.target instanceof Element ? e.target.closest('button[data-action]') : null;
