@@ -75,6 +75,7 @@ pub fn start(settings: &Settings) -> Result<Running, StartupError> {
         limits: settings.limits.clone(),
         lists: http::ListGate::default(),
         idempotency: Default::default(),
+        webhooks: settings.webhooks.clone(),
     });
     let metrics = settings.metrics_enabled;
     let server = HttpServer::new(move || {

@@ -7,6 +7,7 @@ use crate::config::LimitSettings;
 use crate::http::ListGate;
 use crate::idempotency::InFlight;
 use crate::store::Store;
+use crate::webhooks::worker::DeliverySettings;
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -16,4 +17,6 @@ pub struct AppState {
     pub lists: ListGate,
     /// `Idempotency-Key`s whose request is under way.
     pub idempotency: InFlight,
+    /// `webhooks.*`: test deliveries follow the same address rules.
+    pub webhooks: DeliverySettings,
 }

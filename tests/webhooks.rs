@@ -450,3 +450,56 @@ fn the_node_receiver_example_verifies_deliveries() {
     }
     example_receiver_accepts_real_deliveries("node", "webhook_receiver.js");
 }
+
+#[test]
+fn a_test_delivery_is_sent_at_once_signed_and_logged_without_touching_the_queue() {
+    let app = app();
+    let sink = Receiver::start();
+    let (hook, secret) = create(
+        &app,
+        json!({"url": sink.url("/t"), "events": ["*"], "enabled": false}),
+    );
+    let answer = app.send("POST", &format!("{}/test", path(&hook)), &admin());
+    assert_eq!(answer.status, 200);
+    let delivery = answer.json()["data"].clone();
+    assert_eq!(delivery["status"], 200);
+    assert_eq!(delivery["error"], Value::Null);
+    assert_eq!(delivery["attempt"], 1);
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "sent even though the webhook is disabled");
+    let event = got[0].json();
+    assert_eq!(event["type"], "webhook.test");
+    assert_eq!(event["actor"], "tester");
+    assert_eq!(event["id"], delivery["eventId"]);
+    assert!(verifies(
+        &secret,
+        got[0].header("devicehub-signature").unwrap(),
+        &got[0].body
+    ));
+    assert_eq!(deliveries(&app, &hook), vec![delivery]);
+    let feed = app.get("/api/tenant/events", &admin()).json();
+    assert_eq!(
+        feed["data"],
+        json!([]),
+        "a test is not an event of the feed"
+    );
+
+    // A refused address is an answer too, not an error of the API.
+    let strict = spawn_app_with(|_| {});
+    let (local, _) = create(&strict, json!({"url": sink.url("/"), "events": ["*"]}));
+    let answer = strict.send("POST", &format!("{}/test", path(&local)), &admin());
+    assert_eq!(answer.status, 200);
+    assert!(answer.json()["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("loopback"));
+    assert_eq!(sink.received().len(), 1);
+    let unknown = "/api/tenant/webhooks/wh_01JD0000000000000000000000/test";
+    assert_eq!(app.send("POST", unknown, &admin()).status, 404);
+    let reader = token_for("acme", "devices:read");
+    assert_eq!(
+        app.send("POST", &format!("{}/test", path(&hook)), &reader)
+            .status,
+        403
+    );
+}

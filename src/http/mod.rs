@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/tenant/webhooks/{id}", "GET, PATCH, DELETE"),
     ("/api/tenant/webhooks/{id}/secret", "POST"),
     ("/api/tenant/webhooks/{id}/deliveries", "GET"),
+    ("/api/tenant/webhooks/{id}/test", "POST"),
     ("/api/device/me", "GET"),
     ("/healthz", "GET"),
     ("/openapi.json", "GET"),

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::devices::{DEVICE, DEVICES, DEVICE_KEY, MAX_LIMIT, Q_MAX_CHARS, STATS};
 use super::events::{DEFAULT_LIMIT, EVENTS, MAX_WAIT_SECONDS};
-use super::webhooks::{WEBHOOK, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_SECRET};
+use super::webhooks::{WEBHOOK, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_SECRET, WEBHOOK_TEST};
 use super::MAX_BODY_BYTES;
 use crate::auth::guard::MAX_CREDENTIAL_BYTES;
 use crate::auth::token::Scopes;
@@ -320,6 +320,25 @@ fn operations() -> Vec<Operation> {
                 ),
             ),
             errors: &[401, 403, 404, 405, 500],
+        },
+        Operation {
+            path: WEBHOOK_TEST,
+            method: "post",
+            id: "testWebhook",
+            tag: "webhooks",
+            summary: "Send one signed webhook.test event to the webhook now and answer what happened (logged; its queue is untouched)",
+            access: admin,
+            parameters: vec![],
+            body: None,
+            success: (
+                200,
+                response(
+                    "The attempt",
+                    object(&[("data", json!({"$ref": "#/components/schemas/Delivery"}))]),
+                    &[],
+                ),
+            ),
+            errors: &[401, 403, 404, 405, 500, 503],
         },
         Operation {
             path: DEVICES,

@@ -16,6 +16,7 @@ pub const WEBHOOKS: &str = "/api/tenant/webhooks";
 pub const WEBHOOK: &str = "/api/tenant/webhooks/{id}";
 pub const WEBHOOK_SECRET: &str = "/api/tenant/webhooks/{id}/secret";
 pub const WEBHOOK_DELIVERIES: &str = "/api/tenant/webhooks/{id}/deliveries";
+pub const WEBHOOK_TEST: &str = "/api/tenant/webhooks/{id}/test";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -30,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete)),
     )
     .service(resource(WEBHOOK_SECRET).route(web::post().to(new_secret)))
-    .service(resource(WEBHOOK_DELIVERIES).route(web::get().to(deliveries)));
+    .service(resource(WEBHOOK_DELIVERIES).route(web::get().to(deliveries)))
+    .service(resource(WEBHOOK_TEST).route(web::post().to(test)));
 }
 
 #[derive(Serialize)]
@@ -162,3 +164,63 @@ async fn deliveries(
         .webhook_deliveries(auth.tenant(), webhook_id(&path)?)?;
     json(StatusCode::OK, &Many { data })
 }
+
+/// The body of a test delivery: an event of type `webhook.test`, about no
+/// device, that is not part of the feed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TestEvent<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    created_at: String,
+    actor: Option<&'a str>,
+    device_id: Option<&'a str>,
+    data: TestData,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TestData {
+    object: Option<()>,
+    previous_attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Sends one signed `webhook.test` event to the webhook now (enabled or
+/// not), logs the attempt, and answers what happened. The webhook's queue
+/// and retries are untouched.
+async fn test(
+    auth: TenantAuth<Admin>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let id = webhook_id(&path)?;
+    let (url, secret) = state.store.webhook_test_target(auth.tenant(), id)?;
+    let now = Millis::now();
+    let event_id = crate::events::id::format(ulid::Ulid::new());
+    let body = serde_json::to_vec(&TestEvent {
+        id: &event_id,
+        kind: TEST_EVENT_TYPE,
+        created_at: now.to_rfc3339(),
+        actor: auth.principal.subject.as_deref(),
+        device_id: None,
+        data: TestData {
+            object: None,
+            previous_attributes: serde_json::Map::new(),
+        },
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let delivery =
+        crate::webhooks::worker::deliver_once(&url, &secret, &event_id, &body, 1, &state.webhooks)
+            .await;
+    crate::metrics::record_delivery(delivery.delivered());
+    state
+        .store
+        .log_test_delivery(auth.tenant(), id, delivery.clone())
+        .await?;
+    log_change(&auth, "tested", id);
+    json(StatusCode::OK, &serde_json::json!({ "data": delivery }))
+}
+
+/// The type of a test delivery's event.
+pub const TEST_EVENT_TYPE: &str = "webhook.test";

@@ -781,6 +781,26 @@ impl Store {
             .await
     }
 
+    /// The URL and current secret of a webhook, for a test delivery.
+    pub fn webhook_test_target(&self, tenant: &str, id: &str) -> StoreResult<(String, String)> {
+        self.inner
+            .db
+            .run(|db| webhooks::test_target(&read_txn(db)?, tenant, id))
+    }
+
+    /// Adds a test delivery to a webhook's log (its queue is untouched).
+    pub async fn log_test_delivery(
+        &self,
+        tenant: &str,
+        id: &str,
+        delivery: Delivery,
+    ) -> StoreResult<()> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .submit(move |_, txn| webhooks::log_test(txn, &tenant, &id, &delivery))
+            .await
+    }
+
     /// Every (tenant, device id, key hash) kept, for consistency checks.
     pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
         self.inner.db.run(|db| {

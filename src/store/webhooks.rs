@@ -375,6 +375,20 @@ pub(super) fn record(
             Recorded::RetryAt(record.next_attempt_ms)
         }
     };
+    append_log(txn, &mut table, tenant, id, record, delivery)?;
+    Ok(outcome)
+}
+
+/// Writes `record` back with the next log number taken, and `delivery`
+/// under that number, dropping what falls out of the newest 100.
+fn append_log(
+    txn: &WriteTransaction,
+    table: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    id: &str,
+    mut record: WebhookRecord,
+    delivery: &Delivery,
+) -> StoreResult<()> {
     let seq = record.next_log;
     record.next_log += 1;
     table.insert((tenant, id), record.encode()?.as_slice())?;
@@ -384,5 +398,27 @@ pub(super) fn record(
     if seq > DELIVERIES_KEPT {
         log.remove((tenant, id, seq - DELIVERIES_KEPT))?;
     }
-    Ok(outcome)
+    Ok(())
+}
+
+/// Where a test delivery goes: the webhook's URL and current secret.
+pub(super) fn test_target(
+    txn: &ReadTransaction,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<(String, String)> {
+    let record = get(&txn.open_table(WEBHOOKS)?, tenant, id)?;
+    Ok((record.url, record.secret))
+}
+
+/// Logs a test delivery; the webhook's cursor and retries are untouched.
+pub(super) fn log_test(
+    txn: &WriteTransaction,
+    tenant: &str,
+    id: &str,
+    delivery: &Delivery,
+) -> StoreResult<()> {
+    let mut table = txn.open_table(WEBHOOKS)?;
+    let record = get(&table, tenant, id)?;
+    append_log(txn, &mut table, tenant, id, record, delivery)
 }

@@ -194,15 +194,36 @@ fn why(status: Option<u16>, error: Option<&str>) -> String {
 
 /// One attempt: sign the event's exact bytes and POST them.
 async fn send(attempt: &Attempt, settings: &DeliverySettings) -> Delivery {
+    let event = &attempt.event;
+    deliver_once(
+        &attempt.url,
+        &attempt.secret,
+        &event.id,
+        &event.json,
+        attempt.number,
+        settings,
+    )
+    .await
+}
+
+/// Signs `body` with `secret` and POSTs it to `url` once; what happened, as
+/// the deliveries log shows it.
+pub async fn deliver_once(
+    url: &str,
+    secret: &str,
+    event_id: &str,
+    body: &[u8],
+    number: u32,
+    settings: &DeliverySettings,
+) -> Delivery {
     let started = Millis::now();
-    let body = &attempt.event.json;
-    let outcome = match Target::parse(&attempt.url) {
+    let outcome = match Target::parse(url) {
         Ok(target) => {
             let headers = [
-                ("Devicehub-Event-Id", attempt.event.id.clone()),
+                ("Devicehub-Event-Id", event_id.to_string()),
                 (
                     "Devicehub-Signature",
-                    signature::signature(&attempt.secret, started.0 / 1000, body),
+                    signature::signature(secret, started.0 / 1000, body),
                 ),
             ];
             client::post(&target, &headers, body, settings.allow_loopback).await
@@ -214,8 +235,8 @@ async fn send(attempt: &Attempt, settings: &DeliverySettings) -> Delivery {
         },
     };
     Delivery {
-        event_id: attempt.event.id.clone(),
-        attempt: attempt.number,
+        event_id: event_id.to_string(),
+        attempt: number,
         at: started.to_rfc3339(),
         status: outcome.status,
         error: outcome.error,
