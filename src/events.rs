@@ -129,16 +129,68 @@ pub fn previous_attributes(before: &Device, after: &Device) -> Map<String, Value
     out
 }
 
+/// How many events a tenant has committed since its channel was made, by
+/// type and by device (hashed into `DEVICE_BUCKETS` buckets). A waiter
+/// compares the counter its filter depends on, so a commit of events it
+/// does not want does not make it read the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    by_type: [u64; 4],
+    by_device: [u64; DEVICE_BUCKETS],
+}
+
+const DEVICE_BUCKETS: usize = 64;
+
+impl Default for Committed {
+    fn default() -> Self {
+        Committed {
+            by_type: [0; 4],
+            by_device: [0; DEVICE_BUCKETS],
+        }
+    }
+}
+
+impl Committed {
+    fn add(&mut self, kind: EventType, device_id: &str) {
+        self.by_type[usize::from(kind.code() - 1)] += 1;
+        self.by_device[bucket(device_id)] += 1;
+    }
+
+    /// A number that grows whenever an event `filter` may match is committed.
+    fn relevant(&self, filter: &Filter) -> u64 {
+        match (filter.kind, &filter.device_id) {
+            (_, Some(device)) => self.by_device[bucket(device)],
+            (Some(kind), None) => self.by_type[usize::from(kind.code() - 1)],
+            (None, None) => self.by_type.iter().sum(),
+        }
+    }
+}
+
+fn bucket(device_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    device_id.hash(&mut hasher);
+    (hasher.finish() % DEVICE_BUCKETS as u64) as usize
+}
+
+/// What a waiting request wants to hear of.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub kind: Option<EventType>,
+    pub device_id: Option<String>,
+}
+
 /// At most this many requests wait for events at once; past it, a request
 /// with `waitSeconds` is answered at once with what there is.
 pub const MAX_WAITING: usize = 10_000;
 
 /// Wakes long polls when a commit adds events: one watch channel per tenant
 /// that has a request waiting, signalled after the commit. A waiting request
-/// is a future parked on its channel: no thread, no polling.
+/// is a future parked on its channel: no thread, no polling, and no read of
+/// the store until an event it may want was committed.
 #[derive(Default)]
 pub struct EventBus {
-    tenants: Mutex<HashMap<String, watch::Sender<()>>>,
+    tenants: Mutex<HashMap<String, watch::Sender<Committed>>>,
     waiting: AtomicUsize,
     /// Wakes the webhook delivery worker (one permit is kept while it is busy).
     deliveries: Arc<Notify>,
@@ -148,13 +200,16 @@ pub struct EventBus {
 /// towards `MAX_WAITING` until dropped.
 pub struct Waiter<'a> {
     bus: &'a EventBus,
-    changes: watch::Receiver<()>,
+    changes: watch::Receiver<Committed>,
+    filter: Filter,
+    seen: u64,
 }
 
 impl EventBus {
-    /// Starts watching `tenant`: every commit after this call wakes the
-    /// waiter. None when `MAX_WAITING` requests already wait.
-    pub fn watch(&self, tenant: &str) -> Option<Waiter<'_>> {
+    /// Starts watching `tenant` for events `filter` may match: every such
+    /// commit after this call wakes the waiter. None when `MAX_WAITING`
+    /// requests already wait.
+    pub fn watch(&self, tenant: &str, filter: Filter) -> Option<Waiter<'_>> {
         let taken = self.waiting.fetch_add(1, Ordering::AcqRel);
         if taken >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -167,12 +222,18 @@ impl EventBus {
         let changes = match tenants.get(tenant) {
             Some(sender) => sender.subscribe(),
             None => {
-                let (sender, changes) = watch::channel(());
+                let (sender, changes) = watch::channel(Committed::default());
                 tenants.insert(tenant.to_string(), sender);
                 changes
             }
         };
-        Some(Waiter { bus: self, changes })
+        let seen = changes.borrow().relevant(&filter);
+        Some(Waiter {
+            bus: self,
+            changes,
+            filter,
+            seen,
+        })
     }
 
     /// Tells the delivery worker to look again: events were committed or a
@@ -187,15 +248,20 @@ impl EventBus {
         self.deliveries.clone()
     }
 
-    /// Wakes whoever waits on `tenant` (called after a commit).
-    pub fn notify(&self, tenant: &str) {
+    /// Wakes whoever waits on `tenant` for one of `events` (type and device
+    /// id), and the delivery worker. Called after the commit that holds them.
+    pub fn notify(&self, tenant: &str, events: &[(EventType, &str)]) {
         self.wake_deliveries();
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = tenants.get(tenant) {
             if sender.receiver_count() == 0 {
                 tenants.remove(tenant);
             } else {
-                sender.send_replace(());
+                sender.send_modify(|committed| {
+                    for (kind, device) in events {
+                        committed.add(*kind, device);
+                    }
+                });
             }
         }
     }
@@ -207,13 +273,20 @@ impl EventBus {
 }
 
 impl Waiter<'_> {
-    /// Returns once a commit has added events to the tenant since the last
-    /// call (or since `watch`).
+    /// Returns once a commit has added an event the filter may match since
+    /// the last call (or since `watch`).
     pub async fn changed(&mut self) {
-        if self.changes.changed().await.is_err() {
-            // The sender went (no one else watched and a notify removed it):
-            // nothing will wake this waiter again, so wait out the deadline.
-            std::future::pending::<()>().await;
+        loop {
+            if self.changes.changed().await.is_err() {
+                // The sender went (no one else watched and a notify removed
+                // it): nothing will wake this waiter again.
+                std::future::pending::<()>().await;
+            }
+            let now = self.changes.borrow_and_update().relevant(&self.filter);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
         }
     }
 }
@@ -278,20 +351,49 @@ mod tests {
     #[test]
     fn the_bus_wakes_watchers_of_the_tenant_only_and_caps_them() {
         let bus = EventBus::default();
-        let mut a = bus.watch("a").unwrap();
-        let mut b = bus.watch("b").unwrap();
+        let all = Filter::default();
+        let a = bus.watch("a", all.clone()).unwrap();
+        let b = bus.watch("b", all.clone()).unwrap();
         assert_eq!(bus.waiting(), 2);
-        bus.notify("a");
+        bus.notify("a", &[(EventType::Created, "dev_1")]);
         assert!(a.changes.has_changed().unwrap());
         assert!(!b.changes.has_changed().unwrap());
-        a.changes.mark_unchanged();
-        b.changes.mark_unchanged();
         drop(a);
         drop(b);
         assert_eq!(bus.waiting(), 0);
-        let held: Vec<_> = (0..MAX_WAITING).map(|_| bus.watch("c").unwrap()).collect();
-        assert!(bus.watch("c").is_none());
+        let held: Vec<_> = (0..MAX_WAITING)
+            .map(|_| bus.watch("c", all.clone()).unwrap())
+            .collect();
+        assert!(bus.watch("c", all.clone()).is_none());
         drop(held);
-        assert!(bus.watch("c").is_some());
+        assert!(bus.watch("c", all).is_some());
+    }
+
+    #[actix_web::test]
+    async fn a_waiter_wakes_only_for_events_its_filter_may_match() {
+        use std::time::Duration;
+        let bus = EventBus::default();
+        let revocations = Filter {
+            kind: Some(EventType::Revoked),
+            device_id: None,
+        };
+        let mut waiter = bus.watch("t", revocations).unwrap();
+        bus.notify(
+            "t",
+            &[(EventType::Created, "dev_1"), (EventType::Updated, "dev_1")],
+        );
+        let early = actix_web::rt::time::timeout(Duration::from_millis(50), waiter.changed());
+        assert!(early.await.is_err(), "woke for events it does not want");
+        bus.notify("t", &[(EventType::Revoked, "dev_2")]);
+        let woke = actix_web::rt::time::timeout(Duration::from_secs(5), waiter.changed());
+        assert!(woke.await.is_ok());
+        let one_device = Filter {
+            kind: None,
+            device_id: Some("dev_9".into()),
+        };
+        let mut waiter = bus.watch("t", one_device).unwrap();
+        bus.notify("t", &[(EventType::Updated, "dev_9")]);
+        let woke = actix_web::rt::time::timeout(Duration::from_secs(5), waiter.changed());
+        assert!(woke.await.is_ok());
     }
 }

@@ -587,20 +587,67 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// 256 connections at once for OVERLOAD_SECS (default 30) seconds: every
-/// request is answered correctly, memory stays bounded, and no write is lost
-/// or applied twice.
+/// Raises this process's open-file limit to its hard limit (children
+/// started afterwards inherit it).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// How many long polls wait through the overload test.
+const LONG_POLLS: usize = 1000;
+
+/// 256 connections at once for OVERLOAD_SECS (default 30) seconds, beside
+/// 1,000 long polls waiting on the event feed: every request is answered
+/// correctly, memory stays bounded, no write is lost or applied twice, and
+/// every long poll is woken by the one event it waits for.
 #[test]
 fn under_256_connections_nothing_is_lost_or_duplicated_and_memory_stays_bounded() {
     let secs: u64 = std::env::var("OVERLOAD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
+    assert!(
+        secs <= 50,
+        "the long polls wait 60 s: keep OVERLOAD_SECS at 50 or less"
+    );
+    raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(command(dir.path()), "http");
     let admin = token(dir.path(), "load", "admin");
     let reader = token(dir.path(), "load", "devices:read");
     let app = server.app();
+    // The long polls wait for a key rotation, made once the load is over;
+    // the load's registrations and updates must not wake them.
+    let rotated = app.call(
+        "POST",
+        "/api/tenant/devices",
+        &admin,
+        Some(&json!({"name": "rotated at the end"})),
+    );
+    let rotated_id = rotated.json()["data"]["id"].as_str().unwrap().to_string();
+    let feed = app.call("GET", "/api/tenant/events", &reader, None).json();
+    let cursor = feed["data"][0]["id"].as_str().unwrap().to_string();
+    let polls: Vec<std::net::TcpStream> = (0..LONG_POLLS)
+        .map(|_| {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+            let request = format!(
+                "GET /api/tenant/events?type=device.key_rotated&startingAfter={cursor}&waitSeconds=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
     // One device per patching connection, and one to read and check in with.
     let mut own = Vec::new();
     for i in 0..64 {
@@ -703,6 +750,30 @@ fn under_256_connections_nothing_is_lost_or_duplicated_and_memory_stays_bounded(
     );
     assert!(peak_mib < 256, "memory grew to {peak_mib} MiB");
 
+    // One rotation wakes every long poll, each with exactly that event.
+    let rotation = app.call(
+        "POST",
+        &format!("/api/tenant/devices/{rotated_id}/api-key"),
+        &admin,
+        None,
+    );
+    assert_eq!(rotation.status, 200);
+    for mut stream in polls {
+        use std::io::Read;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let events = body["data"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{body}");
+        assert_eq!(events[0]["type"], "device.key_rotated");
+        assert_eq!(events[0]["deviceId"], json!(rotated_id));
+    }
+
     let list = app.call("GET", "/api/tenant/devices", &reader, None).json();
     let stored: Vec<&Value> = list["data"].as_array().unwrap().iter().collect();
     let mut by_id = std::collections::HashMap::new();
@@ -715,7 +786,7 @@ fn under_256_connections_nothing_is_lost_or_duplicated_and_memory_stays_bounded(
     }
     assert_eq!(
         stored.len(),
-        64 + registered.len(),
+        65 + registered.len(),
         "every registration exactly once"
     );
     for (id, name) in &registered {

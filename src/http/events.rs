@@ -38,7 +38,13 @@ async fn feed(
     // wait still wakes this request.
     let mut waiter = match wait.is_zero() {
         true => None,
-        false => state.store.event_bus().watch(auth.tenant()),
+        false => {
+            let filter = events::Filter {
+                kind: query.kind,
+                device_id: query.device_id.clone(),
+            };
+            state.store.event_bus().watch(auth.tenant(), filter)
+        }
     };
     loop {
         let (store, tenant, q) = (

@@ -206,6 +206,14 @@ impl DeviceRecord {
     }
 }
 
+/// A device after a read-modify-write, and whether it changed (and so has
+/// an event).
+struct Modified {
+    device: Device,
+    grace_end: Option<Millis>,
+    changed: bool,
+}
+
 /// What a read-modify-write did to a device.
 enum Change {
     None,
@@ -476,7 +484,9 @@ impl Store {
                 Ok(device)
             })
             .await?;
-        self.inner.bus.notify(author.tenant);
+        self.inner
+            .bus
+            .notify(author.tenant, &[(EventType::Created, &device.id)]);
         Ok(device)
     }
 
@@ -596,21 +606,24 @@ impl Store {
             .writer
             .submit(move |inner, txn| {
                 let event = (EventType::KeyRotated, actor.as_deref());
-                let (device, grace_end) =
-                    inner.modify_in(txn, &tenant, &device_id, now, event, |device| {
-                        if device.status == DeviceStatus::Revoked {
-                            return Err(StoreError::Revoked);
-                        }
-                        Ok(Change::Key(new_hash, grace_ms))
-                    })?;
+                let modified = inner.modify_in(txn, &tenant, &device_id, now, event, |device| {
+                    if device.status == DeviceStatus::Revoked {
+                        return Err(StoreError::Revoked);
+                    }
+                    Ok(Change::Key(new_hash, grace_ms))
+                })?;
                 if let Some(remember) = remember {
-                    remember_in(txn, &tenant, remember, &device, grace_end, now)?;
+                    let (device, grace_end) = (&modified.device, modified.grace_end);
+                    remember_in(txn, &tenant, remember, device, grace_end, now)?;
                 }
-                Ok((device, grace_end))
+                Ok(modified)
             })
             .await?;
-        self.inner.bus.notify(author.tenant);
-        Ok(rotated)
+        self.inner.bus.notify(
+            author.tenant,
+            &[(EventType::KeyRotated, &rotated.device.id)],
+        );
+        Ok((rotated.device, rotated.grace_end))
     }
 
     async fn modify<F>(
@@ -632,8 +645,12 @@ impl Store {
                 inner.modify_in(txn, &tenant, &device_id, now, event, change)
             })
             .await?;
-        self.inner.bus.notify(author.tenant);
-        Ok(modified)
+        if modified.changed {
+            self.inner
+                .bus
+                .notify(author.tenant, &[(kind, &modified.device.id)]);
+        }
+        Ok((modified.device, modified.grace_end))
     }
 
     /// Records a check-in: shown at once, written to disk at most once a
@@ -1016,7 +1033,7 @@ impl Inner {
         now: Millis,
         (kind, actor): (EventType, Option<&str>),
         change: impl FnOnce(&mut Device) -> StoreResult<Change>,
-    ) -> StoreResult<(Device, Option<Millis>)> {
+    ) -> StoreResult<Modified> {
         let mut devices = txn.open_table(DEVICES)?;
         let record = match devices.get((tenant, device_id))? {
             Some(v) => DeviceRecord::decode(v.value())?,
@@ -1029,7 +1046,11 @@ impl Inner {
         let change = change(&mut device)?;
         if let Change::None = change {
             let grace_end = keys.previous.map(|(_, end)| Millis(end));
-            return Ok((device, grace_end));
+            return Ok(Modified {
+                device,
+                grace_end,
+                changed: false,
+            });
         }
         indexes::change(
             txn,
@@ -1083,7 +1104,11 @@ impl Inner {
             previous: crate::events::previous_attributes(&before, &device),
         };
         events::record(txn, tenant, what, now)?;
-        Ok((device, grace_end))
+        Ok(Modified {
+            device,
+            grace_end,
+            changed: true,
+        })
     }
 }
 
