@@ -20,9 +20,8 @@ use redb::{
 };
 
 use super::tables::{
-    DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX,
-    LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
-    TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
+    DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
 use super::{indexes, Store, StoreError, StoreResult};
 
@@ -246,8 +245,6 @@ fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
     batch.copy(source, IDEMPOTENCY)?;
     batch.copy(source, IDEMPOTENCY_EXPIRY)?;
     batch.copy(source, EVENTS)?;
-    batch.copy(source, DEVICE_EVENTS)?;
-    batch.copy(source, EVENT_EXPIRY)?;
     batch.copy(source, WEBHOOKS)?;
     batch.copy(source, WEBHOOK_DELIVERIES)?;
     for table in source.list_tables()? {
@@ -279,8 +276,6 @@ pub const TABLES: &[&str] = &[
     "idempotency",
     "idempotency_expiry",
     "events",
-    "device_events",
-    "event_expiry",
     "webhooks",
     "webhook_deliveries",
 ];

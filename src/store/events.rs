@@ -4,7 +4,7 @@
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::tables::{DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, ID_MAX};
+use super::tables::{EVENTS, ID_MAX};
 use super::{random_u128, StoreError, StoreResult};
 use crate::devices::{Device, Millis};
 use crate::events::{self, Event, EventData, EventType};
@@ -41,16 +41,26 @@ pub struct Recorded<'a> {
     pub actor: Option<&'a str>,
     pub device: &'a Device,
     pub previous: serde_json::Map<String, serde_json::Value>,
+    /// The device's event before this one (`DeviceRecord::last_event`).
+    pub device_previous: Option<&'a str>,
 }
 
 /// Writes the event of a change into the change's transaction, with an id
-/// after every event already committed for the tenant.
+/// after every event already committed for the tenant; returns the id, for
+/// the device record to point at.
+///
+/// One insert, at the end of the tenant's range: the events of a device
+/// are a chain (each stored with the id of the device's event before it,
+/// the device record holding the last), so no second index is written, and
+/// expiry follows the ids (ULIDs, in time order) instead of a third table.
+/// A stored event is: the type code (1 byte), the length of the previous
+/// id (1 byte) and that id, then the event's JSON.
 pub(super) fn record(
     txn: &WriteTransaction,
     tenant: &str,
     what: Recorded<'_>,
     now: Millis,
-) -> StoreResult<()> {
+) -> StoreResult<String> {
     let mut table = txn.open_table(EVENTS)?;
     let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
     let last = table
@@ -77,27 +87,42 @@ pub(super) fn record(
             previous_attributes: what.previous,
         },
     };
-    let mut value = vec![what.kind.code()];
+    let previous = what.device_previous.unwrap_or("").as_bytes();
+    let mut value = Vec::with_capacity(640);
+    value.push(what.kind.code());
+    value.push(
+        u8::try_from(previous.len()).map_err(|_| StoreError::Internal("a long event id".into()))?,
+    );
+    value.extend_from_slice(previous);
     serde_json::to_writer(&mut value, &event).map_err(|e| StoreError::Internal(e.to_string()))?;
     table.insert((tenant, id.as_str()), value.as_slice())?;
-    txn.open_table(DEVICE_EVENTS)?
-        .insert((tenant, what.device.id.as_str(), id.as_str()), ())?;
-    txn.open_table(EVENT_EXPIRY)?
-        .insert((now.0, tenant, id.as_str()), what.device.id.as_str())?;
-    Ok(())
+    Ok(id)
 }
 
-fn decode(id: &str, value: &[u8]) -> StoreResult<StoredEvent> {
-    let (code, json) = value
-        .split_first()
-        .ok_or_else(|| StoreError::Internal(format!("empty event record {id}")))?;
-    let kind = EventType::from_code(*code)
-        .ok_or_else(|| StoreError::Internal(format!("event {id} has an unknown type")))?;
-    Ok(StoredEvent {
-        id: id.to_string(),
-        kind,
-        json: json.to_vec(),
-    })
+/// A stored event, and the device's event before it ("" for none).
+fn decode<'v>(id: &str, value: &'v [u8]) -> StoreResult<(StoredEvent, &'v str)> {
+    let bad = || StoreError::Internal(format!("undecodable event record {id}"));
+    let (&code, rest) = value.split_first().ok_or_else(bad)?;
+    let (&len, rest) = rest.split_first().ok_or_else(bad)?;
+    if rest.len() < usize::from(len) {
+        return Err(bad());
+    }
+    let (previous, json) = rest.split_at(usize::from(len));
+    let kind = EventType::from_code(code).ok_or_else(bad)?;
+    let previous = std::str::from_utf8(previous).map_err(|_| bad())?;
+    Ok((
+        StoredEvent {
+            id: id.to_string(),
+            kind,
+            json: json.to_vec(),
+        },
+        previous,
+    ))
+}
+
+/// A stored event as the webhooks see it (`webhooks::next`).
+pub(super) fn decode_stored(id: &str, value: &[u8]) -> StoreResult<StoredEvent> {
+    decode(id, value).map(|(event, _)| event)
 }
 
 /// A page of the tenant's events after `query.starting_after`, in id order.
@@ -109,38 +134,30 @@ pub(super) fn page(
     let after = query.starting_after.as_deref().unwrap_or("");
     let limit = query.limit.max(1);
     let table = txn.open_table(EVENTS)?;
+    let wanted = |event: &StoredEvent| query.kind.is_none_or(|k| k == event.kind);
     let mut out = EventPage::default();
-    let take = |event: StoredEvent, out: &mut EventPage| -> bool {
-        if query.kind.is_some_and(|k| k != event.kind) {
-            return true;
-        }
-        if out.events.len() == limit {
-            out.has_more = true;
-            return false;
-        }
-        out.events.push(event);
-        true
-    };
     match &query.device_id {
         Some(device) => {
-            let by_device = txn.open_table(DEVICE_EVENTS)?;
-            let range = by_device.range::<(&str, &str, &str)>(
-                (tenant, device.as_str(), after)..=(tenant, device.as_str(), ID_MAX),
-            )?;
-            for entry in range {
-                let (key, _) = entry?;
-                let id = key.value().2;
-                if id == after {
-                    continue;
-                }
-                // Pruning removes an event and its index entry together.
-                let Some(value) = table.get((tenant, id))? else {
-                    continue;
-                };
-                if !take(decode(id, value.value())?, &mut out) {
+            // Walk the device's chain back from its last event to the
+            // cursor, then serve it oldest first.
+            let mut next = super::device_last_event(txn, tenant, device)?;
+            let mut found = Vec::new();
+            while let Some(id) = next.filter(|id| id.as_str() > after) {
+                // An id the chain names but the table lacks was pruned, and
+                // everything older with it.
+                let Some(value) = table.get((tenant, id.as_str()))? else {
                     break;
+                };
+                let (event, previous) = decode(&id, value.value())?;
+                next = (!previous.is_empty()).then(|| previous.to_string());
+                if wanted(&event) {
+                    found.push(event);
                 }
             }
+            found.reverse();
+            out.has_more = found.len() > limit;
+            found.truncate(limit);
+            out.events = found;
         }
         None => {
             for entry in table.range::<(&str, &str)>((tenant, after)..=(tenant, ID_MAX))? {
@@ -149,39 +166,48 @@ pub(super) fn page(
                 if id == after {
                     continue;
                 }
-                if !take(decode(id, value.value())?, &mut out) {
+                let (event, _) = decode(id, value.value())?;
+                if !wanted(&event) {
+                    continue;
+                }
+                if out.events.len() == limit {
+                    out.has_more = true;
                     break;
                 }
+                out.events.push(event);
             }
         }
     }
     Ok(out)
 }
 
-/// Deletes up to `max` events created before `cutoff` (Unix ms); returns
-/// how many went.
+/// Deletes up to `max` events created before `cutoff` (Unix ms), oldest
+/// first in each tenant; returns how many went. Event ids are ULIDs, whose
+/// first part is the time: a tenant's expired events are the start of its
+/// range.
 pub(super) fn prune(txn: &WriteTransaction, cutoff: u64, max: usize) -> StoreResult<usize> {
-    let mut expiry = txn.open_table(EVENT_EXPIRY)?;
-    let mut due = Vec::new();
-    for entry in expiry.range::<(u64, &str, &str)>(..(cutoff, "", ""))? {
-        let (key, device) = entry?;
-        let (at, tenant, id) = key.value();
-        due.push((
-            at,
-            tenant.to_string(),
-            id.to_string(),
-            device.value().to_string(),
-        ));
-        if due.len() == max {
+    let before = events::id::format(ulid::Ulid::from_parts(cutoff, 0));
+    let tenants = super::indexes::tenants(txn)?;
+    let mut table = txn.open_table(EVENTS)?;
+    let mut pruned = 0;
+    for tenant in tenants {
+        if pruned == max {
             break;
         }
+        let mut due = Vec::new();
+        for entry in table
+            .range::<(&str, &str)>((tenant.as_str(), "")..(tenant.as_str(), before.as_str()))?
+        {
+            let (key, _) = entry?;
+            due.push(key.value().1.to_string());
+            if pruned + due.len() == max {
+                break;
+            }
+        }
+        for id in &due {
+            table.remove((tenant.as_str(), id.as_str()))?;
+        }
+        pruned += due.len();
     }
-    let mut table = txn.open_table(EVENTS)?;
-    let mut by_device = txn.open_table(DEVICE_EVENTS)?;
-    for (at, tenant, id, device) in &due {
-        expiry.remove((*at, tenant.as_str(), id.as_str()))?;
-        table.remove((tenant.as_str(), id.as_str()))?;
-        by_device.remove((tenant.as_str(), device.as_str(), id.as_str()))?;
-    }
-    Ok(due.len())
+    Ok(pruned)
 }

@@ -131,6 +131,20 @@ pub fn counts(
 }
 
 /// Every tenant's counts added up (for the `devicehub_devices` gauge).
+/// Every tenant that has devices (and so may have events), once each.
+pub fn tenants(txn: &WriteTransaction) -> StoreResult<Vec<String>> {
+    let counts = txn.open_table(TENANT_COUNTS)?;
+    let mut out: Vec<String> = Vec::new();
+    for entry in counts.iter()? {
+        let (key, _) = entry?;
+        let tenant = key.value().0;
+        if out.last().map(String::as_str) != Some(tenant) {
+            out.push(tenant.to_string());
+        }
+    }
+    Ok(out)
+}
+
 pub fn all_counts(txn: &ReadTransaction) -> StoreResult<StatusCounts> {
     let mut out = StatusCounts::default();
     for entry in txn.open_table(TENANT_COUNTS)?.iter()? {

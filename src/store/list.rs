@@ -317,6 +317,7 @@ mod tests {
             key_hash: String::new(),
             prev_key_hash: None,
             prev_key_expires_ms: None,
+            last_event: None,
         };
         let record = stored.encode().unwrap();
         assert!(record.starts_with(br#"{"name":"Scanner \"7\"""#));

@@ -43,9 +43,9 @@ use handle::DbHandle;
 use indexes::Indexed;
 use last_seen::LastSeen;
 use tables::{
-    DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX,
-    KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
-    TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
+    DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX,
+    META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS,
+    WEBHOOK_DELIVERIES,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -135,6 +135,10 @@ struct DeviceRecord {
     prev_key_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prev_key_expires_ms: Option<u64>,
+    /// The id of the device's last event: the head of its chain of events
+    /// (`store/events.rs`). Absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_event: Option<String>,
 }
 
 /// A device's keys as stored: the current one and, after a rotation with a
@@ -202,6 +206,7 @@ impl DeviceRecord {
             key_hash: keys.current,
             prev_key_hash,
             prev_key_expires_ms,
+            last_event: None,
         }
     }
 }
@@ -470,14 +475,11 @@ impl Store {
         let device = self
             .writer
             .submit(move |inner, txn| {
-                let device = inner.create_in(txn, &tenant, &new, key_hash, now, quota)?;
-                let what = Recorded {
-                    kind: EventType::Created,
+                let author = Author {
+                    tenant: &tenant,
                     actor: actor.as_deref(),
-                    device: &device,
-                    previous: serde_json::Map::new(),
                 };
-                events::record(txn, &tenant, what, now)?;
+                let device = inner.create_in(txn, author, &new, key_hash, now, quota)?;
                 if let Some(remember) = remember {
                     remember_in(txn, &tenant, remember, &device, None, now)?;
                 }
@@ -834,6 +836,20 @@ impl Store {
     }
 }
 
+/// The id of a device's last event (None for an unknown device, or one
+/// without events).
+fn device_last_event(
+    txn: &ReadTransaction,
+    tenant: &str,
+    device_id: &str,
+) -> StoreResult<Option<String>> {
+    let devices = txn.open_table(DEVICES)?;
+    let Some(value) = devices.get((tenant, device_id))? else {
+        return Ok(None);
+    };
+    Ok(DeviceRecord::decode(value.value())?.last_event)
+}
+
 /// An author's tenant and actor, owned, for a job on the writer thread.
 fn owned(author: Author<'_>) -> (String, Option<String>) {
     (author.tenant.to_string(), author.actor.map(str::to_string))
@@ -938,8 +954,6 @@ impl Inner {
                 txn.open_table(IDEMPOTENCY)?;
                 txn.open_table(IDEMPOTENCY_EXPIRY)?;
                 txn.open_table(EVENTS)?;
-                txn.open_table(DEVICE_EVENTS)?;
-                txn.open_table(EVENT_EXPIRY)?;
                 txn.open_table(WEBHOOKS)?;
                 txn.open_table(WEBHOOK_DELIVERIES)?;
             }
@@ -963,7 +977,7 @@ impl Inner {
     fn create_in(
         &self,
         txn: &WriteTransaction,
-        tenant: &str,
+        Author { tenant, actor }: Author<'_>,
         new: &NewDevice,
         key_hash: KeyHash,
         now: Millis,
@@ -1005,7 +1019,15 @@ impl Inner {
             current: device_key::to_hex(&key_hash),
             previous: None,
         };
-        let record = DeviceRecord::from_device(&device, keys);
+        let what = Recorded {
+            kind: EventType::Created,
+            actor,
+            device: &device,
+            previous: serde_json::Map::new(),
+            device_previous: None,
+        };
+        let mut record = DeviceRecord::from_device(&device, keys);
+        record.last_event = Some(events::record(txn, tenant, what, now)?);
         devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
@@ -1040,6 +1062,7 @@ impl Inner {
             None => return Err(StoreError::NotFound),
         };
         let mut keys = record.keys();
+        let last_event = record.last_event.clone();
         let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
         let mut device = record.into_device(device_id, last_seen);
         let before = device.clone();
@@ -1095,15 +1118,16 @@ impl Inner {
             }
         }
         let grace_end = keys.previous.as_ref().map(|(_, end)| Millis(*end));
-        let record = DeviceRecord::from_device(&device, keys);
-        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
         let what = Recorded {
             kind,
             actor,
             device: &device,
             previous: crate::events::previous_attributes(&before, &device),
+            device_previous: last_event.as_deref(),
         };
-        events::record(txn, tenant, what, now)?;
+        let mut record = DeviceRecord::from_device(&device, keys);
+        record.last_event = Some(events::record(txn, tenant, what, now)?);
+        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
         Ok(Modified {
             device,
             grace_end,

@@ -50,20 +50,13 @@ pub const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &[u8; 32]), ()> =
     TableDefinition::new("idempotency_expiry");
 
 /// key: (tenant_id, event_id) · value: the event's type code (one byte,
-/// `EventType::code`) then the event as clients see it, JSON. Event ids are
-/// `evt_` + ULID and increase in commit order within a tenant, so a tenant's
-/// range is its change feed, oldest first.
+/// `EventType::code`), the length of the id of the device's event before it
+/// (one byte) and that id, then the event as clients see it, JSON. Event
+/// ids are `evt_` + ULID and increase in commit order within a tenant, so a
+/// tenant's range is its change feed, oldest first, and its oldest events
+/// are the first to expire. A device's events are a chain: the device
+/// record names its last event, each event the one before.
 pub const EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("events");
-
-/// key: (tenant_id, device_id, event_id) · value: nothing. A device's events,
-/// for `GET /api/tenant/events?deviceId=`.
-pub const DEVICE_EVENTS: TableDefinition<(&str, &str, &str), ()> =
-    TableDefinition::new("device_events");
-
-/// key: (created at, Unix ms; tenant_id; event_id) · value: the device id.
-/// Events in the order they expire (`events.retention`), for pruning.
-pub const EVENT_EXPIRY: TableDefinition<(u64, &str, &str), &str> =
-    TableDefinition::new("event_expiry");
 
 /// key: (tenant_id, webhook_id) · value: the webhook as stored, JSON
 /// (`WebhookRecord`: its fields, signing secret, and delivery state: the

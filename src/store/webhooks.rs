@@ -13,7 +13,6 @@ use super::events::StoredEvent;
 use super::tables::{EVENTS, ID_MAX, WEBHOOKS, WEBHOOK_DELIVERIES};
 use super::{random_u128, StoreError, StoreResult};
 use crate::devices::Millis;
-use crate::events::EventType;
 use crate::webhooks::{self, signature, Delivery, Webhook, WebhookPatch};
 
 /// The newest this many attempts are kept per webhook.
@@ -298,22 +297,13 @@ pub(super) fn next(
         if event_id == from {
             continue;
         }
-        let Some((&code, json)) = value.value().split_first() else {
-            continue;
-        };
         read_to = Some(event_id.to_string());
-        let Some(kind) = EventType::from_code(code) else {
-            continue;
-        };
-        if hook.wants(kind) {
+        let event = super::events::decode_stored(event_id, value.value())?;
+        if hook.wants(event.kind) {
             return Ok(Next::Send(Attempt {
                 url: record.url.clone(),
                 secret: record.secret.clone(),
-                event: StoredEvent {
-                    id: event_id.to_string(),
-                    kind,
-                    json: json.to_vec(),
-                },
+                event,
                 number: record.failures + 1,
                 cursor: record.cursor.clone(),
             }));
