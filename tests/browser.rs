@@ -1842,6 +1842,13 @@ fn the_webhooks_page() {
         "the new secret is gone"
     );
     browser.click(&card("[data-action='test']"));
+    // The click says "Sending…" at once; the answer rebuilds the card.
+    browser.wait_for("the second test's result", || {
+        browser
+            .text(&card(".wh-result"))
+            .starts_with("Test event delivered: HTTP 200")
+            .then_some(())
+    });
     let got = receiver.wait_for(4, std::time::Duration::from_secs(10));
     let signature = got[3].header("devicehub-signature").unwrap();
     assert!(verifies(&new_secret, signature, &got[3].body));

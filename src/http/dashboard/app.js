@@ -1992,7 +1992,6 @@ const W = {
   gen: 0, // bumped on every load; stale answers are dropped
   list: [], // the webhooks, in the server's order
   cards: new Map(), // id -> <li>
-  results: new Map(), // id -> the card's "Send test event" result line
   busy: new Set(), // ids with a change in flight
   testing: new Set(), // ids with a test delivery in flight
   loading: false,
@@ -2045,7 +2044,6 @@ function clearWebhooks() {
   stopLog();
   Object.assign(W, { list: [], loading: false, loaded: false, denied: false, error: '', highlight: null });
   W.cards.clear();
-  W.results.clear();
   W.busy.clear();
   W.testing.clear();
   ui.webhookList.replaceChildren();
@@ -2082,7 +2080,6 @@ function denyWebhooks() {
   W.error = '';
   W.list = [];
   W.cards.clear();
-  W.results.clear();
   for (const d of [ui.whDrawer, ui.webhookDialog]) if (d.open) d.close();
   renderWebhooks();
 }
@@ -2107,12 +2104,7 @@ function renderWebhooks() {
     seen.add(h.id);
     wanted.push(renderWebhookCard(h, W.cards.get(h.id)));
   }
-  for (const id of [...W.cards.keys()]) {
-    if (!seen.has(id)) {
-      W.cards.delete(id);
-      W.results.delete(id);
-    }
-  }
+  for (const id of [...W.cards.keys()]) if (!seen.has(id)) W.cards.delete(id);
   // Cards already in place stay where they are (and so does the focus).
   const current = [...ui.webhookList.children];
   if (current.length !== wanted.length || current.some((c, i) => c !== wanted[i])) {
@@ -2128,87 +2120,77 @@ function eventTags(events) {
   return list;
 }
 
-// A card button named by its text and, for screen readers, the webhook:
-// "Disable, webhook to “…”".
-function webhookButton(action, label, h, cls = '') {
-  const b = el('button', `btn btn-small ${cls}`.trim());
-  b.type = 'button';
-  b.dataset.action = action;
-  const hidden = el('span', 'vh');
-  hidden.append(', webhook to ', quoted(h.url));
-  b.append(label, hidden);
-  return b;
+// The card's buttons: each named by its text and, for screen readers, the
+// webhook ("Disable, webhook to “…”").
+const WH_ACTIONS = [
+  ['toggle', ''], ['test', 'Send test event'], ['log', 'Deliveries'], ['secret', 'New secret'], ['delete', 'Delete'],
+];
+
+// A card is built once and then updated in place, so that its elements (and
+// the focus on one of them) stay across updates.
+function buildWebhookCard() {
+  const li = el('li', 'wh-card');
+  const head = el('div', 'wh-head');
+  const title = el('h2', 'wh-url');
+  title.tabIndex = -1;
+  head.append(title, el('span', 'badge wh-state'));
+  const facts = el('dl', 'wh-facts');
+  const events = el('div');
+  events.append(el('dt', null, 'Events'), el('dd', 'wh-events'));
+  const created = el('div', 'wh-created');
+  created.append(el('dt', null, 'Created'), el('dd'));
+  facts.append(events, created);
+  const actions = el('div', 'wh-actions');
+  for (const [action, label] of WH_ACTIONS) {
+    const b = el('button', `btn btn-small${action === 'delete' ? ' btn-danger-outline' : ''}`);
+    b.type = 'button';
+    b.dataset.action = action;
+    b.append(el('span', 'wh-label', label), el('span', 'vh'));
+    if (action === 'log') b.setAttribute('aria-haspopup', 'dialog');
+    actions.append(b);
+  }
+  const result = el('p', 'wh-result');
+  result.setAttribute('role', 'status');
+  li.append(head, el('p', 'wh-description'), facts, actions, result);
+  return li;
 }
 
-// Builds a webhook's card, or rebuilds `existing` in place (the focus goes
-// back to the same action when it was in the card).
+const cardShown = new WeakMap(); // card -> the JSON of the webhook it shows
+
 function renderWebhookCard(h, existing) {
-  const li = existing || el('li', 'wh-card');
-  const active = document.activeElement;
-  let focused = null;
-  if (existing && existing.contains(active)) focused = active.classList.contains('wh-url') ? 'title' : active.dataset.action;
-  li.replaceChildren();
+  const li = existing || buildWebhookCard();
   li.dataset.id = h.id;
   li.dataset.enabled = String(h.enabled);
   li.classList.toggle('is-disabled', !h.enabled);
   li.classList.toggle('is-new', h.id === W.highlight);
-
-  const head = el('div', 'wh-head');
-  const title = el('h2', 'wh-url');
-  title.tabIndex = -1;
-  title.append(bdi(h.url));
-  head.append(title, el('span', `badge ${h.enabled ? 'badge-active' : 'badge-off'} wh-state`, h.enabled ? 'Enabled' : 'Disabled'));
-
-  const description = h.description
-    ? el('p', 'wh-description', h.description)
-    : el('p', 'wh-description muted', 'No description');
-
-  const facts = el('dl', 'wh-facts');
-  const events = el('div');
-  const eventsValue = el('dd', 'wh-events');
-  eventsValue.append(eventTags(h.events));
-  events.append(el('dt', null, 'Events'), eventsValue);
-  facts.append(events);
-  if (h.createdAt) {
-    const created = el('div');
-    const value = el('dd');
-    const time = el('time', null, formatDate(h.createdAt));
-    time.dateTime = h.createdAt;
-    time.title = utcTitle(h.createdAt);
-    value.append(time);
-    created.append(el('dt', null, 'Created'), value);
-    facts.append(created);
-  }
-
-  const actions = el('div', 'wh-actions');
-  const log = webhookButton('log', 'Deliveries', h);
-  log.setAttribute('aria-haspopup', 'dialog');
-  actions.append(
-    webhookButton('toggle', h.enabled ? 'Disable' : 'Enable', h),
-    webhookButton('test', 'Send test event', h),
-    log,
-    webhookButton('secret', 'New secret', h),
-    webhookButton('delete', 'Delete', h, 'btn-danger-outline'),
-  );
-  for (const b of actions.querySelectorAll('button')) {
-    if ((b.dataset.action === 'test' && W.testing.has(h.id)) || (b.dataset.action !== 'test' && W.busy.has(h.id))) {
-      b.setAttribute('aria-disabled', 'true');
+  const shown = JSON.stringify(h);
+  if (cardShown.get(li) !== shown) {
+    cardShown.set(li, shown);
+    li.querySelector('.wh-url').replaceChildren(bdi(h.url));
+    const state = li.querySelector('.wh-state');
+    state.className = `badge ${h.enabled ? 'badge-active' : 'badge-off'} wh-state`;
+    state.textContent = h.enabled ? 'Enabled' : 'Disabled';
+    const description = li.querySelector('.wh-description');
+    description.classList.toggle('muted', !h.description);
+    description.textContent = h.description || 'No description';
+    li.querySelector('.wh-events').replaceChildren(eventTags(h.events));
+    const created = li.querySelector('.wh-created');
+    created.hidden = !h.createdAt;
+    if (h.createdAt) {
+      const time = el('time', null, formatDate(h.createdAt));
+      time.dateTime = h.createdAt;
+      time.title = utcTitle(h.createdAt);
+      created.querySelector('dd').replaceChildren(time);
     }
+    for (const hidden of li.querySelectorAll('.wh-actions .vh')) hidden.replaceChildren(msg(', webhook to ', quoted(h.url)));
+    li.querySelector('[data-action="toggle"] .wh-label').textContent = h.enabled ? 'Disable' : 'Enable';
   }
-
-  let result = W.results.get(h.id);
-  if (!result) {
-    result = el('p', 'wh-result');
-    result.setAttribute('role', 'status');
-    W.results.set(h.id, result);
+  for (const b of li.querySelectorAll('.wh-actions button')) {
+    const busy = b.dataset.action === 'test' ? W.testing.has(h.id) : W.busy.has(h.id);
+    if (busy) b.setAttribute('aria-disabled', 'true');
+    else b.removeAttribute('aria-disabled');
   }
-  li.append(head, description, facts, actions, result);
   W.cards.set(h.id, li);
-  if (focused === 'title') title.focus();
-  else if (focused) {
-    const again = actions.querySelector(`[data-action="${focused}"]`);
-    if (again) again.focus();
-  }
   return li;
 }
 
@@ -2286,7 +2268,8 @@ function testSentence(d) {
 async function testWebhook(id, where) {
   const h = webhookById(id);
   if (!h || W.testing.has(id)) return;
-  const out = where === 'drawer' ? ui.whDrawerResult : W.results.get(id);
+  const card = W.cards.get(id);
+  const out = where === 'drawer' ? ui.whDrawerResult : card && card.querySelector('.wh-result');
   if (!out) return;
   W.testing.add(id);
   ui.whDrawerTest.setAttribute('aria-disabled', String(L.id === id));
