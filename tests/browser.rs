@@ -3,18 +3,22 @@
 //! server-side search, paging, filters in the URL, the detail drawer and
 //! the device's history from the change feed, register and read the key once, edit, the 412 conflict, rotate, revoke,
 //! the read-only view, `#token=` links, the expiry warning, phone and tablet
-//! widths, dark mode, keyboard-only use, and axe-core with zero violations.
+//! widths, dark mode, keyboard-only use, the Webhooks page (a local receiver
+//! gets its test events), and axe-core with zero violations.
 //!
 //! Screenshots at 1440, 1024 and 390 px go to `target/screenshots/`, or to
 //! the folder named by `DASHBOARD_SCREENSHOTS` (`DASHBOARD_SCREENSHOTS=docs`
 //! refreshes the ones in the repository).
 
 mod common;
+#[path = "support/receiver.rs"]
+mod receiver;
 mod webdriver;
 
 use std::time::Instant;
 
 use common::{token_for, TestApp};
+use receiver::{verifies, Receiver, Reply};
 use serde_json::{json, Value};
 use webdriver::{Browser, ARROW_DOWN, ARROW_UP, BACKSPACE, END, ENTER, ESCAPE, TAB};
 
@@ -217,7 +221,7 @@ fn assert_borders_and_labels(browser: &Browser, when: &str) {
            const bg = getComputedStyle(e).backgroundColor; if (bg !== 'rgba(0, 0, 0, 0)' && bg !== 'transparent') return bg; }
            return 'rgb(255, 255, 255)'; };
          const out = [];
-         for (const i of document.querySelectorAll('input[type=text], input[type=search], select, textarea')) {
+         for (const i of document.querySelectorAll('input[type=text], input[type=search], input[type=url], select, textarea')) {
            if (!i.getClientRects().length) continue;
            const r = ratio(getComputedStyle(i).borderTopColor, surface(i));
            if (r < 3) out.push(`#${i.id} border ${r.toFixed(2)}:1`);
@@ -1536,5 +1540,409 @@ fn the_drawer_shows_the_device_history() {
     browser.click("#history-retry");
     wait_history(&browser, "the history after trying again", |h| h.len() == 3);
     assert!(!browser.shown("#history-error"));
+    assert_no_page_errors(&browser);
+}
+
+/// The selector of an element in a webhook's card.
+fn in_card(id: &str, css: &str) -> String {
+    format!("#webhook-list li[data-id='{id}'] {css}")
+}
+
+/// The webhooks as the API lists them.
+fn api_webhooks(app: &TestApp) -> Vec<Value> {
+    let response = app.get("/api/tenant/webhooks", &admin());
+    assert_eq!(response.status, 200);
+    response.json()["data"].as_array().unwrap().clone()
+}
+
+/// The deliveries log as shown, top to bottom: [outcome, attempt, status,
+/// event id] per attempt.
+fn deliveries_shown(browser: &Browser) -> Vec<Value> {
+    js(
+        browser,
+        "return Array.from(document.querySelectorAll('#wh-log > li')).map(li => [
+           li.querySelector('h4').textContent,
+           li.querySelector('.wh-delivery-attempt').textContent,
+           li.querySelector('.wh-delivery-status').textContent,
+           li.querySelector('.wh-delivery-event').textContent])",
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+fn wait_deliveries(browser: &Browser, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    browser.wait_for(what, || {
+        let now = deliveries_shown(browser);
+        check(&now).then_some(now)
+    })
+}
+
+/// Whether `secret` is anywhere in the page, its storage or the selection.
+fn secret_in_page(browser: &Browser, secret: &str) -> bool {
+    browser.script(
+        "const s = arguments[0]; \
+         return document.documentElement.outerHTML.includes(s) \
+           || JSON.stringify(Object.entries(sessionStorage)).includes(s) \
+           || JSON.stringify(Object.entries(localStorage)).includes(s) \
+           || String(window.getSelection()).includes(s)",
+        json!([secret]),
+    ) == json!(true)
+}
+
+/// The Webhooks page, reached from the navigation (keyboard included):
+/// create with the API's field errors shown by their fields, the secret shown
+/// once and then gone from the page, enable and disable, a test event to a
+/// local receiver (signed with that secret) and its result, the deliveries
+/// log with each attempt, a new secret, delete after a confirmation, text
+/// never markup, 390 px, dark mode, axe-core, Back, and a read-only token
+/// told that webhooks need an admin token.
+#[test]
+fn the_webhooks_page() {
+    let app = common::spawn_app_with(|s| s.webhooks.allow_loopback = true);
+    let receiver = Receiver::start();
+    let url = receiver.url("/hook");
+    let base = format!("http://{}", app.addr);
+    let browser = Browser::start();
+    browser.set_viewport(1440, 900);
+    browser.goto(&format!("{base}/#token={}", admin()));
+    browser.find("#empty-state");
+    wait_focus(&browser, "#devices-title");
+
+    // The navigation, from the keyboard.
+    tab_back_to(&browser, "#nav a[data-view='webhooks']", 10);
+    browser.keys(ENTER);
+    wait_focus(&browser, "#webhooks-title");
+    assert_eq!(
+        js(&browser, "return location.search"),
+        json!("?view=webhooks")
+    );
+    assert_eq!(
+        js(
+            &browser,
+            "return [document.querySelector('#nav [aria-current=page]').dataset.view, document.title]"
+        ),
+        json!(["webhooks", "Webhooks · devicehub"])
+    );
+    assert!(!browser.shown("#devices"));
+    browser.find("#webhooks-empty");
+    assert_accessible(&browser, "on the empty webhooks page");
+
+    // Add: the form's own check first...
+    tab_to(&browser, "#webhook-new", 5);
+    browser.keys(ENTER);
+    wait_focus(&browser, "#wh-url");
+    browser.keys(ENTER);
+    browser.wait_for("the missing URL", || {
+        (browser.text("#wh-url-error") == "Enter the URL that receives the events").then_some(())
+    });
+    wait_focus(&browser, "#wh-url");
+    // ...then the API's errors, each by its field, with the focus on it.
+    browser.type_into("#wh-url", "ftp://hooks.example/in");
+    browser.click("#wh-submit");
+    browser.wait_for("the API's URL error", || {
+        (browser.text("#wh-url-error") == "url: must use http or https").then_some(())
+    });
+    wait_focus(&browser, "#wh-url");
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('#wh-url').getAttribute('aria-invalid')"
+        ),
+        json!("true")
+    );
+    browser.clear("#wh-url");
+    browser.type_into("#wh-url", &url);
+    browser.click("#wh-events-some");
+    browser.click("#wh-submit");
+    browser.wait_for("no event type chosen", || {
+        browser
+            .text("#wh-events-error")
+            .starts_with("Choose at least one event type")
+            .then_some(())
+    });
+    assert!(!browser.shown("#wh-url-error"), "the URL error went");
+    browser.click("#wh-type-created");
+    browser.click("#wh-type-revoked");
+    browser.type_into("#wh-description", &"d".repeat(201));
+    browser.click("#wh-submit");
+    browser.wait_for("the API's description error", || {
+        (browser.text("#wh-description-error") == "description: must be at most 200 characters")
+            .then_some(())
+    });
+    wait_focus(&browser, "#wh-description");
+    assert!(!browser.shown("#wh-events-error"));
+    assert_accessible(&browser, "with an error in the webhook form");
+    assert_borders_and_labels(&browser, "the webhook form");
+    assert!(api_webhooks(&app).is_empty(), "nothing was created");
+    // Good input: the secret is shown once.
+    let description = "<img src=x onerror=\"window.__injected=1\">SIEM <b>feed</b>";
+    browser.clear("#wh-description");
+    browser.type_into("#wh-description", description);
+    browser.click("#wh-submit");
+    let secret = browser.wait_for("the secret", || {
+        let text = browser.text("#key-value");
+        text.starts_with("whsec_").then_some(text)
+    });
+    assert_eq!(browser.text("#key-title"), "Webhook created");
+    assert!(browser
+        .text("#key-warning")
+        .starts_with("You will not see this secret again."));
+    assert!(browser.text("#key-for").contains(&url));
+    assert_accessible(&browser, "with the secret shown");
+    browser.click("#key-copy");
+    browser.wait_for("a copy answer", || {
+        (!browser.text("#key-copy-status").is_empty()).then_some(())
+    });
+    // Escape asks before the secret is thrown away.
+    browser.keys(ESCAPE);
+    browser.find("#key-confirm");
+    assert!(browser.text("#key-confirm-text").contains("secret"));
+    assert_eq!(browser.text("#key-back"), "Back to the secret");
+    browser.click("#key-back");
+    browser.click("#key-done");
+    browser.wait_for("the secret dialog to close", || {
+        (!browser.shown("#key-dialog")).then_some(())
+    });
+    wait_focus(&browser, "#webhook-new");
+    assert!(!secret_in_page(&browser, &secret), "the secret is gone");
+
+    // The card: every field, as text.
+    let hooks = api_webhooks(&app);
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    assert_eq!(hook["url"], json!(url));
+    assert_eq!(hook["events"], json!(["device.created", "device.revoked"]));
+    assert_eq!(hook["description"], json!(description));
+    assert_eq!(hook["enabled"], json!(true));
+    let id = hook["id"].as_str().unwrap().to_string();
+    let card = |css: &str| in_card(&id, css);
+    assert_eq!(browser.text(&card(".wh-url")), url);
+    assert_eq!(browser.text(&card(".wh-state")), "Enabled");
+    assert_eq!(
+        js(
+            &browser,
+            &format!(
+                "const c = document.querySelector(\"{}\"); \
+                 return [c.querySelector('.wh-description').textContent, \
+                   Array.from(c.querySelectorAll('.wh-events .tag')).map(t => t.textContent), \
+                   document.querySelectorAll('#webhook-list img, #webhook-list b').length, typeof window.__injected]",
+                card("")
+            )
+        ),
+        json!([
+            description,
+            ["device.created", "device.revoked"],
+            0,
+            "undefined"
+        ]),
+        "names and descriptions are text, never markup"
+    );
+    assert_eq!(browser.text("#webhook-count"), "1 webhook");
+    let test_button = browser.find(&card("[data-action='test']"));
+    let name = browser.accessible_name(&test_button);
+    assert!(
+        name.starts_with("Send test event") && name.contains(&url),
+        "accessible name {name:?}"
+    );
+
+    // Send test event: the receiver gets it, signed with the secret shown.
+    browser.click(&card("[data-action='test']"));
+    browser.wait_for("the test result", || {
+        browser
+            .text(&card(".wh-result"))
+            .starts_with("Test event delivered: HTTP 200")
+            .then_some(())
+    });
+    let got = receiver.wait_for(1, std::time::Duration::from_secs(10));
+    assert_eq!(got[0].path, "/hook");
+    assert_eq!(got[0].json()["type"], "webhook.test");
+    assert!(verifies(
+        &secret,
+        got[0].header("devicehub-signature").unwrap(),
+        &got[0].body
+    ));
+    let first_test = got[0].event_id();
+
+    // The deliveries log: the attempt, and a failing one sent from there.
+    browser.click(&card("[data-action='log']"));
+    browser.find("#wh-drawer");
+    wait_focus(&browser, "#wh-drawer-close");
+    let shown = wait_deliveries(&browser, "the test delivery", |d| d.len() == 1);
+    assert_eq!(
+        shown,
+        [json!(["Delivered", "attempt 1", "HTTP 200", first_test])]
+    );
+    assert_eq!(browser.text("#wh-log-status"), "1 attempt, newest first.");
+    receiver.plan(Reply::Status(500));
+    browser.click("#wh-drawer-test");
+    browser.wait_for("the failed test's result", || {
+        let text = browser.text("#wh-drawer-result");
+        text.starts_with("Test event not delivered: the receiver answered HTTP 500")
+            .then_some(())
+    });
+    let shown = wait_deliveries(&browser, "the failed test on top", |d| d.len() == 2);
+    let got = receiver.wait_for(2, std::time::Duration::from_secs(10));
+    assert_eq!(
+        shown[0],
+        json!(["Failed", "attempt 1", "HTTP 500", got[1].event_id()])
+    );
+    assert_accessible(&browser, "with the deliveries log");
+    browser.set_dark(true);
+    assert_accessible(&browser, "with the deliveries log in dark mode");
+    browser.set_dark(false);
+    browser.keys(ESCAPE);
+    wait_focus(&browser, &card("[data-action='log']"));
+
+    // Disable and enable again; the focus stays on the button.
+    browser.click(&card("[data-action='toggle']"));
+    browser.wait_for("the webhook disabled", || {
+        (browser.text(&card(".wh-state")) == "Disabled").then_some(())
+    });
+    assert_eq!(api_webhooks(&app)[0]["enabled"], json!(false));
+    assert!(browser
+        .text(&card("[data-action='toggle']"))
+        .starts_with("Enable"));
+    wait_focus(&browser, &card("[data-action='toggle']"));
+    assert_accessible(&browser, "with a disabled webhook");
+    browser.keys(ENTER);
+    browser.wait_for("the webhook enabled", || {
+        (browser.text(&card(".wh-state")) == "Enabled").then_some(())
+    });
+    assert_eq!(api_webhooks(&app)[0]["enabled"], json!(true));
+    wait_focus(&browser, &card("[data-action='toggle']"));
+    // A real change is delivered, and the log shows its attempt.
+    app.register(&admin(), json!({"name": "Hooked Scanner"}));
+    let got = receiver.wait_for(3, std::time::Duration::from_secs(10));
+    assert_eq!(got[2].json()["type"], "device.created");
+    browser.click(&card("[data-action='log']"));
+    browser.find("#wh-drawer");
+    let shown = wait_deliveries(&browser, "the device's event on top", |d| d.len() == 3);
+    assert_eq!(
+        shown[0],
+        json!(["Delivered", "attempt 1", "HTTP 200", got[2].event_id()])
+    );
+    browser.click("#wh-drawer-close");
+    wait_focus(&browser, &card("[data-action='log']"));
+
+    // A new secret: confirmed, shown once, and it signs from then on.
+    browser.click(&card("[data-action='secret']"));
+    browser.find("#confirm-dialog");
+    assert!(browser.text("#confirm-message").contains(&url));
+    browser.click("#confirm-ok");
+    let new_secret = browser.wait_for("the new secret", || {
+        let text = browser.text("#key-value");
+        (text.starts_with("whsec_") && text != secret).then_some(text)
+    });
+    assert_eq!(browser.text("#key-title"), "New signing secret");
+    browser.click("#key-done");
+    wait_focus(&browser, &card("[data-action='secret']"));
+    assert!(
+        !secret_in_page(&browser, &new_secret),
+        "the new secret is gone"
+    );
+    browser.click(&card("[data-action='test']"));
+    // The click says "Sending…" at once; the answer rebuilds the card.
+    browser.wait_for("the second test's result", || {
+        browser
+            .text(&card(".wh-result"))
+            .starts_with("Test event delivered: HTTP 200")
+            .then_some(())
+    });
+    let got = receiver.wait_for(4, std::time::Duration::from_secs(10));
+    let signature = got[3].header("devicehub-signature").unwrap();
+    assert!(verifies(&new_secret, signature, &got[3].body));
+    assert!(!verifies(&secret, signature, &got[3].body));
+
+    // A phone: nothing sideways, the form and the log fit.
+    browser.set_viewport(390, 844);
+    assert_nothing_off_screen(&browser, "the webhooks at 390 px");
+    assert_accessible(&browser, "the webhooks at 390 px");
+    screenshot(&browser, "webhooks-390.png");
+    browser.click("#webhook-new");
+    wait_focus(&browser, "#wh-url");
+    let fits =
+        "const d = document.querySelector(arguments[0]); return d.scrollWidth <= d.clientWidth";
+    assert_eq!(
+        browser.script(fits, json!(["#webhook-dialog"])),
+        json!(true),
+        "the form does not scroll sideways at 390 px"
+    );
+    assert_accessible(&browser, "the webhook form at 390 px");
+    browser.keys(ESCAPE);
+    wait_focus(&browser, "#webhook-new");
+    browser.click(&card("[data-action='log']"));
+    wait_deliveries(&browser, "the log at 390 px", |d| d.len() == 4);
+    assert_eq!(
+        browser.script(fits, json!(["#wh-drawer"])),
+        json!(true),
+        "the log does not scroll sideways at 390 px"
+    );
+    assert_accessible(&browser, "the deliveries log at 390 px");
+    browser.click("#wh-drawer-close");
+    browser.set_viewport(1440, 900);
+    screenshot(&browser, "webhooks-1440.png");
+
+    // Delete: asked first, naming the URL; Cancel keeps it.
+    browser.click(&card("[data-action='delete']"));
+    browser.find("#confirm-dialog");
+    assert!(browser.text("#confirm-message").contains(&url));
+    browser.click("#confirm-cancel");
+    wait_focus(&browser, &card("[data-action='delete']"));
+    assert_eq!(api_webhooks(&app).len(), 1);
+    browser.click(&card("[data-action='delete']"));
+    browser.click("#confirm-ok");
+    browser.find("#webhooks-empty");
+    assert!(api_webhooks(&app).is_empty());
+    assert!(!browser.shown("#webhook-list li"));
+    wait_focus(&browser, "#webhooks-title");
+    browser.wait_for("the deletion's note", || {
+        browser
+            .text("#toast-status")
+            .contains("Deleted the webhook")
+            .then_some(())
+    });
+
+    // Devices and back: Back returns to the webhooks.
+    browser.click("#nav a[data-view='devices']");
+    wait_focus(&browser, "#devices-title");
+    assert_eq!(js(&browser, "return location.search"), json!(""));
+    wait_rows(&browser, "the device", |r| r.len() == 1);
+    js(&browser, "history.back(); return true");
+    wait_focus(&browser, "#webhooks-title");
+    assert_eq!(
+        js(&browser, "return location.search"),
+        json!("?view=webhooks")
+    );
+    browser.find("#webhooks-empty");
+
+    // Read-only: the page says webhooks need an admin token.
+    assert_eq!(
+        app.get("/api/tenant/webhooks", &reader()).error_code(),
+        "insufficient_scope"
+    );
+    browser.click("#signout");
+    browser.find("#signin");
+    browser.type_into("#token-input", &reader());
+    browser.click("#signin-button");
+    browser.wait_for("the admin-token message", || {
+        browser
+            .text("#webhooks-denied")
+            .starts_with("Webhooks need an admin token.")
+            .then_some(())
+    });
+    wait_focus(&browser, "#webhooks-title");
+    assert!(!browser.shown("#webhook-new"));
+    assert!(!browser.shown("#webhooks-error"));
+    assert!(!browser.shown("#webhooks-empty"));
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('#toast-alerts .toast-item').length"
+        ),
+        json!(0),
+        "one message: on the page"
+    );
+    assert_accessible(&browser, "the webhooks page with a read-only token");
     assert_no_page_errors(&browser);
 }

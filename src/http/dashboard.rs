@@ -77,6 +77,17 @@ mod tests {
             .chain(INDEX_HTML.split(" href=\"").skip(1))
             .map(|rest| rest.split('"').next().unwrap())
             .collect();
-        assert_eq!(sources, ["/app.js", "data:,", "/app.css", "#main"]);
+        // The sections' links lead to this page itself.
+        assert_eq!(
+            sources,
+            [
+                "/app.js",
+                "data:,",
+                "/app.css",
+                "#main",
+                "/",
+                "/?view=webhooks"
+            ]
+        );
     }
 }

@@ -68,6 +68,7 @@ const S = {
   editing: null, // { id, etag, name }
   highlight: null, // id of a device just registered
   pendingToken: null, // a #token= link waiting for the user's answer
+  view: 'devices', // the page shown: 'devices' or 'webhooks' (?view=webhooks)
 };
 
 const ui = {};
@@ -356,10 +357,18 @@ function readUrl() {
   let cursor = null;
   if (ID_RE.test(p.get('after') || '')) cursor = { after: p.get('after') };
   else if (ID_RE.test(p.get('before') || '')) cursor = { before: p.get('before') };
-  return { filters: f, cursor };
+  const view = p.get('view') === 'webhooks' ? 'webhooks' : 'devices';
+  return { filters: f, cursor, view };
 }
 
 function writeUrl() {
+  if (S.view !== 'devices') return;
+  const url = devicesUrl();
+  if (url !== window.location.pathname + window.location.search) history.replaceState(history.state, '', url);
+}
+
+// The address of the devices page with the current filters and cursor.
+function devicesUrl() {
   const f = S.filters;
   const p = new URLSearchParams();
   if (f.q) p.set('q', f.q);
@@ -370,8 +379,7 @@ function writeUrl() {
   if (S.cursor && S.cursor.after) p.set('after', S.cursor.after);
   if (S.cursor && S.cursor.before) p.set('before', S.cursor.before);
   const query = p.toString();
-  const url = window.location.pathname + (query ? `?${query}` : '');
-  if (url !== window.location.pathname + window.location.search) history.replaceState(history.state, '', url);
+  return window.location.pathname + (query ? `?${query}` : '');
 }
 
 function filtersToForm() {
@@ -394,7 +402,9 @@ function filtering() {
 
 function showSignin(message) {
   ui.session.hidden = true;
+  ui.nav.hidden = true;
   ui.devices.hidden = true;
+  ui.webhooks.hidden = true;
   ui.signin.hidden = false;
   ui.signinError.textContent = message || '';
   ui.tokenInput.value = '';
@@ -488,11 +498,11 @@ function startSession(token, keepCursor = false) {
   ui.tokenInput.value = '';
   ui.signin.hidden = true;
   ui.session.hidden = false;
-  ui.devices.hidden = false;
-  ui.devicesTitle.focus();
+  ui.nav.hidden = false;
   clearPage();
+  clearWebhooks();
   renderStats();
-  load();
+  setView(S.view);
 }
 
 function signOut(message) {
@@ -512,6 +522,7 @@ function signOut(message) {
   closeMenu(false);
   closeAllDialogs();
   clearPage();
+  clearWebhooks();
   ui.toastAlerts.replaceChildren();
   ui.toastStatus.replaceChildren();
   ui.registerOpen.hidden = true;
@@ -977,6 +988,11 @@ function focusTarget(ret) {
     const inDrawer = ret.action && ui.drawer.querySelector(`[data-action="${ret.action}"]`);
     return visible(inDrawer) ? inDrawer : ui.drawerClose;
   }
+  const card = ret.id && W.cards.get(ret.id);
+  if (card && card.isConnected) {
+    const again = ret.action && card.querySelector(`.wh-actions [data-action="${ret.action}"]`);
+    return visible(again) ? again : card.querySelector('.wh-url');
+  }
   const row = ret.id && S.rows.get(ret.id);
   if (row && row.isConnected) {
     const candidates = [
@@ -996,6 +1012,7 @@ function restoreFocus(ret) {
   else if (open) {
     if (!open.contains(document.activeElement)) open.focus();
   } else if (visible(ui.devicesTitle)) ui.devicesTitle.focus();
+  else if (visible(ui.webhooksTitle)) ui.webhooksTitle.focus();
 }
 
 // --- dialogs
@@ -1051,12 +1068,31 @@ function onConfirmClosed() {
 let keyAcknowledged = true;
 
 function showKey(key, device, title, ret, previousUntil = null) {
-  ui.keyTitle.textContent = title;
-  ui.keyGrace.textContent = typeof previousUntil === 'string' && previousUntil
-    ? `The previous key keeps working until ${formatDate(previousUntil)}; then only this one does.`
-    : '';
-  ui.keyFor.replaceChildren(msg('For ', quoted(device.name), ` (${device.id})`));
-  ui.keyValue.textContent = key;
+  showOnce({
+    value: key,
+    title,
+    sub: msg('For ', quoted(device.name), ` (${device.id})`),
+    warning: 'This key will not be shown again. Store it now.',
+    note: typeof previousUntil === 'string' && previousUntil
+      ? `The previous key keeps working until ${formatDate(previousUntil)}; then only this one does.`
+      : '',
+    confirm: 'Close without keeping the key? It cannot be shown again; you would have to rotate the key to get a new one.',
+    back: 'Back to the key',
+    discard: 'Close without the key',
+  }, ret);
+}
+
+// The one-time dialog for a device key or a webhook secret: the value is in
+// the page only while the dialog is open (onKeyClosed clears it).
+function showOnce(o, ret) {
+  ui.keyTitle.textContent = o.title;
+  ui.keyFor.replaceChildren(o.sub);
+  ui.keyWarning.textContent = o.warning;
+  ui.keyGrace.textContent = o.note || '';
+  ui.keyConfirmText.textContent = o.confirm;
+  ui.keyBack.textContent = o.back;
+  ui.keyDiscard.textContent = o.discard;
+  ui.keyValue.textContent = o.value;
   ui.keyCopyStatus.textContent = '';
   setKeyConfirm(false);
   keyAcknowledged = false;
@@ -1894,6 +1930,698 @@ function clearFilters() {
   ui.search.focus();
 }
 
+// --- pages: devices and webhooks
+// The navigation switches the page in place; the address bar says which
+// (`?view=webhooks`), so a reload, a shared link and Back keep the page.
+
+const VIEW_TITLES = { devices: 'devicehub', webhooks: 'Webhooks · devicehub' };
+
+function setView(view, { push = false } = {}) {
+  const changed = view !== S.view;
+  S.view = view === 'webhooks' ? 'webhooks' : 'devices';
+  document.title = VIEW_TITLES[S.view];
+  for (const a of ui.nav.querySelectorAll('a[data-view]')) {
+    if (a.dataset.view === S.view) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (push) {
+    const url = S.view === 'webhooks' ? `${window.location.pathname}?view=webhooks` : devicesUrl();
+    history.pushState(null, '', url);
+  }
+  if (!S.token) return;
+  closeMenu(false);
+  if (changed) {
+    // What belongs to the other page closes (a one-time key stays open).
+    for (const d of [ui.drawer, ui.whDrawer, ui.confirmDialog, ui.registerDialog, ui.editDialog, ui.webhookDialog]) {
+      if (d.open) {
+        d.returnTo = null;
+        d.close();
+      }
+    }
+  }
+  ui.devices.hidden = S.view !== 'devices';
+  ui.webhooks.hidden = S.view !== 'webhooks';
+  if (S.view === 'webhooks') {
+    ui.webhooksTitle.focus();
+    loadWebhooks();
+  } else {
+    ui.devicesTitle.focus();
+    load();
+  }
+}
+
+function onNavClick(event) {
+  const link = event.target instanceof Element ? event.target.closest('a[data-view]') : null;
+  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  setView(link.dataset.view, { push: link.dataset.view !== S.view });
+}
+
+// --- webhooks
+// GET /api/tenant/webhooks lists them all (a tenant has at most 20). Every
+// call needs the admin scope: a token without it gets 403
+// insufficient_scope, and the page says so instead of an error. A secret is
+// shown once, in the one-time dialog, and is never kept anywhere else.
+
+const WEBHOOKS_PATH = '/api/tenant/webhooks';
+const webhookPath = (id) => `${WEBHOOKS_PATH}/${encodeURIComponent(id)}`;
+const EVENT_TYPES = ['device.created', 'device.updated', 'device.revoked', 'device.key_rotated'];
+const WH_FORM_FIELDS = ['url', 'events', 'description', 'enabled'];
+
+const W = {
+  gen: 0, // bumped on every load; stale answers are dropped
+  list: [], // the webhooks, in the server's order
+  cards: new Map(), // id -> <li>
+  busy: new Set(), // ids with a change in flight
+  testing: new Set(), // ids with a test delivery in flight
+  loading: false,
+  loaded: false,
+  denied: false,
+  error: '',
+  highlight: null,
+};
+
+// The deliveries log in its drawer.
+const L = { id: null, gen: 0, controller: null, list: [], loading: false, error: '' };
+
+function normalizeWebhook(h) {
+  if (!h || typeof h !== 'object' || typeof h.id !== 'string') return null;
+  return {
+    id: h.id,
+    url: typeof h.url === 'string' ? h.url : '',
+    events: Array.isArray(h.events) ? h.events.filter((e) => typeof e === 'string') : [],
+    description: typeof h.description === 'string' ? h.description : '',
+    enabled: h.enabled === true,
+    createdAt: typeof h.createdAt === 'string' && h.createdAt ? h.createdAt : null,
+  };
+}
+
+function webhookFrom(data) {
+  const h = normalizeWebhook(data && data.data);
+  if (!h) throw new ApiError(200, 'bad_response', 'the server sent no webhook');
+  return h;
+}
+
+function normalizeDelivery(d) {
+  if (!d || typeof d !== 'object') return null;
+  const n = (v) => (Number.isSafeInteger(v) && v >= 0 ? v : null);
+  const delivery = {
+    eventId: typeof d.eventId === 'string' ? d.eventId : '',
+    attempt: n(d.attempt),
+    at: typeof d.at === 'string' && d.at ? d.at : null,
+    status: n(d.status),
+    error: typeof d.error === 'string' && d.error ? d.error : null,
+    durationMs: n(d.durationMs),
+  };
+  delivery.ok = !delivery.error && delivery.status !== null && delivery.status >= 200 && delivery.status < 300;
+  return delivery;
+}
+
+const isScopeError = (err) => err instanceof ApiError && err.status === 403 && err.code === 'insufficient_scope';
+
+function clearWebhooks() {
+  W.gen += 1;
+  stopLog();
+  Object.assign(W, { list: [], loading: false, loaded: false, denied: false, error: '', highlight: null });
+  W.cards.clear();
+  W.busy.clear();
+  W.testing.clear();
+  ui.webhookList.replaceChildren();
+  renderWebhooks();
+}
+
+async function loadWebhooks() {
+  if (!S.token) return;
+  const gen = ++W.gen;
+  W.loading = true;
+  renderWebhooks();
+  try {
+    const { data } = await api('GET', WEBHOOKS_PATH);
+    if (gen !== W.gen) return;
+    W.list = (Array.isArray(data.data) ? data.data : []).map(normalizeWebhook).filter(Boolean);
+    W.denied = false;
+    W.error = '';
+    W.loaded = true;
+  } catch (err) {
+    if (gen !== W.gen) return;
+    W.loading = false;
+    if (err && err.handled) return;
+    if (isScopeError(err)) denyWebhooks();
+    else W.error = `Could not load the webhooks: ${describe(err)}`;
+  }
+  W.loading = false;
+  renderWebhooks();
+}
+
+// The token lacks the admin scope: the page says what is needed, once.
+function denyWebhooks() {
+  W.denied = true;
+  W.loaded = true;
+  W.error = '';
+  W.list = [];
+  W.cards.clear();
+  for (const d of [ui.whDrawer, ui.webhookDialog]) if (d.open) d.close();
+  renderWebhooks();
+}
+
+function renderWebhooks() {
+  const n = W.list.length;
+  ui.webhookNew.hidden = !W.loaded || W.denied;
+  ui.webhookCount.textContent = W.loaded && !W.denied ? plural(n, 'webhook') : '';
+  const denied = W.denied
+    ? 'Webhooks need an admin token. This token has only the scopes shown above; sign in with a token that has the admin scope to see and change this tenant’s webhooks.'
+    : '';
+  if (ui.webhooksDenied.textContent !== denied) ui.webhooksDenied.textContent = denied;
+  ui.webhooksErrorText.textContent = W.error;
+  ui.webhooksError.hidden = !W.error;
+  const status = W.loading && !W.loaded ? 'Loading webhooks…' : '';
+  if (ui.webhooksStatus.textContent !== status) ui.webhooksStatus.textContent = status;
+  ui.webhooksEmpty.hidden = !(W.loaded && !W.denied && !W.error && n === 0);
+
+  const seen = new Set();
+  const wanted = [];
+  for (const h of W.list) {
+    seen.add(h.id);
+    wanted.push(renderWebhookCard(h, W.cards.get(h.id)));
+  }
+  for (const id of [...W.cards.keys()]) if (!seen.has(id)) W.cards.delete(id);
+  // Cards already in place stay where they are (and so does the focus).
+  const current = [...ui.webhookList.children];
+  if (current.length !== wanted.length || current.some((c, i) => c !== wanted[i])) {
+    ui.webhookList.replaceChildren(...wanted);
+  }
+  ui.webhookList.hidden = !n;
+}
+
+function eventTags(events) {
+  if (events.includes('*')) return el('span', 'tag tag-all', 'all events');
+  const list = el('ul', 'tags tag-list');
+  for (const e of events) list.append(el('li', 'tag', e));
+  return list;
+}
+
+// The card's buttons: each named by its text and, for screen readers, the
+// webhook ("Disable, webhook to “…”").
+const WH_ACTIONS = [
+  ['toggle', ''], ['test', 'Send test event'], ['log', 'Deliveries'], ['secret', 'New secret'], ['delete', 'Delete'],
+];
+
+// A card is built once and then updated in place, so that its elements (and
+// the focus on one of them) stay across updates.
+function buildWebhookCard() {
+  const li = el('li', 'wh-card');
+  const head = el('div', 'wh-head');
+  const title = el('h2', 'wh-url');
+  title.tabIndex = -1;
+  head.append(title, el('span', 'badge wh-state'));
+  const facts = el('dl', 'wh-facts');
+  const events = el('div');
+  events.append(el('dt', null, 'Events'), el('dd', 'wh-events'));
+  const created = el('div', 'wh-created');
+  created.append(el('dt', null, 'Created'), el('dd'));
+  facts.append(events, created);
+  const actions = el('div', 'wh-actions');
+  for (const [action, label] of WH_ACTIONS) {
+    const b = el('button', `btn btn-small${action === 'delete' ? ' btn-danger-outline' : ''}`);
+    b.type = 'button';
+    b.dataset.action = action;
+    b.append(el('span', 'wh-label', label), el('span', 'vh'));
+    if (action === 'log') b.setAttribute('aria-haspopup', 'dialog');
+    actions.append(b);
+  }
+  const result = el('p', 'wh-result');
+  result.setAttribute('role', 'status');
+  li.append(head, el('p', 'wh-description'), facts, actions, result);
+  return li;
+}
+
+const cardShown = new WeakMap(); // card -> the JSON of the webhook it shows
+
+function renderWebhookCard(h, existing) {
+  const li = existing || buildWebhookCard();
+  li.dataset.id = h.id;
+  li.dataset.enabled = String(h.enabled);
+  li.classList.toggle('is-disabled', !h.enabled);
+  li.classList.toggle('is-new', h.id === W.highlight);
+  const shown = JSON.stringify(h);
+  if (cardShown.get(li) !== shown) {
+    cardShown.set(li, shown);
+    li.querySelector('.wh-url').replaceChildren(bdi(h.url));
+    const state = li.querySelector('.wh-state');
+    state.className = `badge ${h.enabled ? 'badge-active' : 'badge-off'} wh-state`;
+    state.textContent = h.enabled ? 'Enabled' : 'Disabled';
+    const description = li.querySelector('.wh-description');
+    description.classList.toggle('muted', !h.description);
+    description.textContent = h.description || 'No description';
+    li.querySelector('.wh-events').replaceChildren(eventTags(h.events));
+    const created = li.querySelector('.wh-created');
+    created.hidden = !h.createdAt;
+    if (h.createdAt) {
+      const time = el('time', null, formatDate(h.createdAt));
+      time.dateTime = h.createdAt;
+      time.title = utcTitle(h.createdAt);
+      created.querySelector('dd').replaceChildren(time);
+    }
+    for (const hidden of li.querySelectorAll('.wh-actions .vh')) hidden.replaceChildren(msg(', webhook to ', quoted(h.url)));
+    li.querySelector('[data-action="toggle"] .wh-label').textContent = h.enabled ? 'Disable' : 'Enable';
+  }
+  for (const b of li.querySelectorAll('.wh-actions button')) {
+    const busy = b.dataset.action === 'test' ? W.testing.has(h.id) : W.busy.has(h.id);
+    if (busy) b.setAttribute('aria-disabled', 'true');
+    else b.removeAttribute('aria-disabled');
+  }
+  W.cards.set(h.id, li);
+  return li;
+}
+
+function updateWebhook(h) {
+  const i = W.list.findIndex((x) => x.id === h.id);
+  if (i >= 0) W.list[i] = h;
+  else W.list.push(h);
+  renderWebhooks();
+  if (ui.whDrawer.open && L.id === h.id) ui.whDrawerUrl.replaceChildren(msg('To ', bdi(h.url)));
+}
+
+function webhookById(id) {
+  return W.list.find((h) => h.id === id) || null;
+}
+
+// An error of a webhook action: a missing scope says so on the page; a
+// webhook gone meanwhile leaves the list; anything else is a toast.
+function webhookFailed(err, h, what) {
+  if (err && err.handled) return;
+  if (isScopeError(err)) {
+    denyWebhooks();
+    return;
+  }
+  const key = `webhook:${h.id}`;
+  if (err instanceof ApiError && err.status === 404) {
+    toast(msg('The webhook to ', quoted(h.url), ' no longer exists.'), { key });
+    loadWebhooks();
+    return;
+  }
+  toast(msg(`Could not ${what} the webhook to `, quoted(h.url), `: ${describe(err)}`), { key });
+}
+
+function runWebhookAction(action, id, ret) {
+  if (action === 'toggle') toggleWebhook(id);
+  else if (action === 'test') testWebhook(id, 'card');
+  else if (action === 'log') openLog(id, ret);
+  else if (action === 'secret') rotateSecret(id, ret);
+  else if (action === 'delete') deleteWebhook(id, ret);
+}
+
+async function toggleWebhook(id) {
+  const h = webhookById(id);
+  if (!h || W.busy.has(id)) return;
+  const enabled = !h.enabled;
+  W.busy.add(id);
+  renderWebhooks();
+  try {
+    const { data } = await api('PATCH', webhookPath(id), { body: { enabled } });
+    const fresh = webhookFrom(data);
+    W.busy.delete(id);
+    updateWebhook(fresh);
+    dismissToast(`webhook:${id}`);
+    toast(enabled
+      ? msg('Enabled the webhook to ', quoted(fresh.url), '. Sending resumes with its first undelivered event.')
+      : msg('Disabled the webhook to ', quoted(fresh.url), '. Nothing is sent to it until it is enabled again.'),
+    { kind: 'success' });
+  } catch (err) {
+    webhookFailed(err, h, enabled ? 'enable' : 'disable');
+  } finally {
+    W.busy.delete(id);
+    if (W.cards.has(id)) renderWebhooks();
+  }
+}
+
+function testSentence(d) {
+  const took = d.durationMs === null ? '' : ` in ${fmt(d.durationMs)} ms`;
+  if (d.ok) return `Test event delivered: HTTP ${d.status}${took}.`;
+  let why = d.error || (d.status !== null ? `the receiver answered HTTP ${d.status}` : 'no answer');
+  if (d.error && d.status !== null) why += ` (HTTP ${d.status})`;
+  return `Test event not delivered: ${why}${took ? `,${took}` : ''}.`;
+}
+
+// POST …/test: one signed webhook.test event, sent now; the answer is the
+// attempt, shown where the button was pressed; the log catches up.
+async function testWebhook(id, where) {
+  const h = webhookById(id);
+  if (!h || W.testing.has(id)) return;
+  const card = W.cards.get(id);
+  const out = where === 'drawer' ? ui.whDrawerResult : card && card.querySelector('.wh-result');
+  if (!out) return;
+  W.testing.add(id);
+  ui.whDrawerTest.setAttribute('aria-disabled', String(L.id === id));
+  renderWebhooks();
+  out.dataset.outcome = '';
+  out.textContent = 'Sending a test event…';
+  try {
+    const { data } = await api('POST', `${webhookPath(id)}/test`);
+    const d = normalizeDelivery(data.data);
+    if (!d) throw new ApiError(200, 'bad_response', 'the server sent no delivery');
+    out.dataset.outcome = d.ok ? 'ok' : 'failed';
+    out.textContent = testSentence(d);
+    dismissToast(`webhook:${id}`);
+  } catch (err) {
+    if (err && err.handled) return;
+    if (isScopeError(err)) {
+      denyWebhooks();
+      return;
+    }
+    out.dataset.outcome = 'failed';
+    out.textContent = `Could not send a test event: ${describe(err)}`;
+    if (err instanceof ApiError && err.status === 404) loadWebhooks();
+  } finally {
+    W.testing.delete(id);
+    ui.whDrawerTest.removeAttribute('aria-disabled');
+    if (W.cards.has(id)) renderWebhooks();
+  }
+  if (ui.whDrawer.open && L.id === id) loadLog(id);
+}
+
+async function deleteWebhook(id, ret) {
+  const h = webhookById(id);
+  if (!h || W.busy.has(id)) return;
+  const ok = await confirmAction(
+    'Delete webhook',
+    msg('Delete the webhook to ', quoted(h.url), '? Nothing more is sent to it, and its deliveries log is deleted. This cannot be undone.'),
+    'Delete',
+    ret,
+  );
+  if (!ok) return;
+  W.busy.add(id);
+  try {
+    await api('DELETE', webhookPath(id));
+    dismissToast(`webhook:${id}`);
+    removeWebhook(id);
+    toast(msg('Deleted the webhook to ', quoted(h.url), '.'), { kind: 'success' });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      removeWebhook(id);
+      return;
+    }
+    webhookFailed(err, h, 'delete');
+  } finally {
+    W.busy.delete(id);
+    if (W.cards.has(id)) renderWebhooks();
+  }
+}
+
+// Takes a webhook off the page; the focus goes to the next card's heading
+// (else the previous one's, else the page's).
+function removeWebhook(id) {
+  const i = W.list.findIndex((h) => h.id === id);
+  if (i < 0) return;
+  const hadFocus = W.cards.get(id) && W.cards.get(id).contains(document.activeElement);
+  W.list.splice(i, 1);
+  renderWebhooks();
+  const active = document.activeElement;
+  if (!hadFocus && active && active !== document.body && active.isConnected) return;
+  const next = W.list[i] || W.list[i - 1];
+  const card = next && W.cards.get(next.id);
+  if (card) card.querySelector('.wh-url').focus();
+  else ui.webhooksTitle.focus();
+}
+
+function showSecret(secret, h, title, ret) {
+  showOnce({
+    value: secret,
+    title,
+    sub: msg('For the webhook to ', quoted(h.url)),
+    warning: 'You will not see this secret again. Store it now: the receiver needs it to check the Devicehub-Signature header of each delivery.',
+    confirm: 'Close without keeping the secret? It cannot be shown again; you would have to make a new secret to get one.',
+    back: 'Back to the secret',
+    discard: 'Close without the secret',
+  }, ret);
+}
+
+async function rotateSecret(id, ret) {
+  const h = webhookById(id);
+  if (!h || W.busy.has(id)) return;
+  const ok = await confirmAction(
+    'New signing secret',
+    msg('Make a new signing secret for the webhook to ', quoted(h.url), '? From the next attempt on, deliveries are signed with the new secret only: the receiver needs it at once.'),
+    'Make a new secret',
+    ret,
+  );
+  if (!ok) return;
+  W.busy.add(id);
+  try {
+    const { data } = await api('POST', `${webhookPath(id)}/secret`);
+    const fresh = webhookFrom(data);
+    W.busy.delete(id);
+    updateWebhook(fresh);
+    dismissToast(`webhook:${id}`);
+    if (typeof data.secret === 'string' && data.secret) showSecret(data.secret, fresh, 'New signing secret', ret);
+    else toast(msg('The secret of the webhook to ', quoted(fresh.url), ' was changed, but the server returned none. Make a new one to get it.'), { key: `webhook:${id}` });
+  } catch (err) {
+    webhookFailed(err, h, 'change the secret of');
+  } finally {
+    W.busy.delete(id);
+    if (W.cards.has(id)) renderWebhooks();
+  }
+}
+
+// --- the form: add a webhook
+
+function clearWebhookErrors() {
+  for (const f of WH_FORM_FIELDS) $(`wh-${f}-error`).textContent = '';
+  for (const input of ui.webhookForm.querySelectorAll('[aria-invalid]')) input.removeAttribute('aria-invalid');
+  ui.whError.textContent = '';
+}
+
+// The control that takes the focus for a field's error.
+function webhookField(field) {
+  if (field !== 'events') return $(`wh-${field}`);
+  if (!ui.whEventsSome.checked) return ui.whEventsAll;
+  return ui.whTypes.querySelector('input:checked') || ui.whTypes.querySelector('input');
+}
+
+function setWebhookError(field, message) {
+  $(`wh-${field}-error`).textContent = message;
+  if (field === 'events') {
+    for (const input of ui.whEvents.querySelectorAll('input')) input.setAttribute('aria-invalid', 'true');
+  } else {
+    $(`wh-${field}`).setAttribute('aria-invalid', 'true');
+  }
+}
+
+function syncEventChoice() {
+  const some = ui.whEventsSome.checked;
+  for (const box of ui.whTypes.querySelectorAll('input')) box.disabled = !some;
+}
+
+function openWebhookForm() {
+  if (!W.loaded || W.denied) return;
+  ui.webhookForm.reset();
+  clearWebhookErrors();
+  syncEventChoice();
+  setBusy(ui.whSubmit, false);
+  openDialog(ui.webhookDialog, ui.whUrl, { el: ui.webhookNew });
+}
+
+function readWebhookForm() {
+  const errors = {};
+  const url = ui.whUrl.value.trim();
+  if (!url) errors.url = 'Enter the URL that receives the events';
+  let events = ['*'];
+  if (ui.whEventsSome.checked) {
+    events = [...ui.whTypes.querySelectorAll('input:checked')].map((box) => box.value).filter((v) => EVENT_TYPES.includes(v));
+    if (!events.length) errors.events = 'Choose at least one event type, or all events';
+  }
+  if (Object.keys(errors).length) return { errors };
+  return {
+    body: { url, events, description: ui.whDescription.value.trim(), enabled: ui.whEnabled.checked },
+  };
+}
+
+function showWebhookErrors(errors) {
+  let first = null;
+  for (const f of WH_FORM_FIELDS) {
+    if (!errors[f]) continue;
+    setWebhookError(f, errors[f]);
+    if (!first) first = webhookField(f);
+  }
+  if (first) first.focus();
+}
+
+// A 400 whose message names a field ("url: …", "events[1]: …") goes next to it.
+function showWebhookServerError(err) {
+  if (!(err instanceof ApiError) || err.status !== 400) return false;
+  const m = /^([A-Za-z]+)(\[\d+\])?: /.exec(err.message);
+  if (!m || !WH_FORM_FIELDS.includes(m[1])) return false;
+  showWebhookErrors({ [m[1]]: err.message });
+  return true;
+}
+
+async function onWebhookSubmit(event) {
+  event.preventDefault();
+  if (ui.whSubmit.disabled) return;
+  clearWebhookErrors();
+  const form = readWebhookForm();
+  if (form.errors) {
+    showWebhookErrors(form.errors);
+    return;
+  }
+  setBusy(ui.whSubmit, true, 'Creating…');
+  try {
+    const { data } = await api('POST', WEBHOOKS_PATH, { body: form.body });
+    const h = webhookFrom(data);
+    ui.webhookDialog.returnTo = null;
+    ui.webhookDialog.close();
+    W.highlight = h.id;
+    setTimeout(() => {
+      if (W.highlight !== h.id) return;
+      W.highlight = null;
+      const card = W.cards.get(h.id);
+      if (card) card.classList.remove('is-new');
+    }, 8000);
+    updateWebhook(h);
+    if (typeof data.secret === 'string' && data.secret) {
+      showSecret(data.secret, h, 'Webhook created', { el: ui.webhookNew });
+    } else {
+      toast(msg('The webhook to ', quoted(h.url), ' was created, but the server returned no secret. Make a new secret to get one.'));
+    }
+  } catch (err) {
+    if (err && err.handled) return;
+    if (isScopeError(err)) {
+      denyWebhooks();
+      return;
+    }
+    if (showWebhookServerError(err)) return;
+    ui.whError.textContent = `Could not create the webhook: ${describe(err)}`;
+  } finally {
+    setBusy(ui.whSubmit, false);
+  }
+}
+
+// --- the deliveries log (GET …/deliveries: the last 100 attempts, newest first)
+
+function stopLog() {
+  L.gen += 1;
+  if (L.controller) L.controller.abort();
+  L.controller = null;
+  L.loading = false;
+}
+
+function openLog(id, ret) {
+  const h = webhookById(id);
+  if (!h) return;
+  stopLog();
+  Object.assign(L, { id, list: [], error: '' });
+  ui.whDrawer.dataset.id = id;
+  ui.whDrawerUrl.replaceChildren(msg('To ', bdi(h.url)));
+  ui.whDrawerResult.textContent = '';
+  ui.whDrawerResult.dataset.outcome = '';
+  openDialog(ui.whDrawer, ui.whDrawerClose, ret);
+  loadLog(id);
+}
+
+async function loadLog(id) {
+  stopLog();
+  const gen = L.gen;
+  const controller = new AbortController();
+  L.controller = controller;
+  L.loading = true;
+  L.error = '';
+  renderLog();
+  try {
+    const { data } = await api('GET', `${webhookPath(id)}/deliveries`, { signal: controller.signal });
+    if (gen !== L.gen) return;
+    L.list = (Array.isArray(data.data) ? data.data : []).map(normalizeDelivery).filter(Boolean);
+  } catch (err) {
+    if (gen !== L.gen) return;
+    L.controller = null;
+    L.loading = false;
+    if (err && err.handled) return;
+    if (isScopeError(err)) {
+      denyWebhooks();
+      return;
+    }
+    L.error = `Could not load the deliveries: ${describe(err)}`;
+  }
+  L.controller = null;
+  L.loading = false;
+  renderLog();
+}
+
+function deliveryItem(d) {
+  const li = el('li', `history-item wh-delivery ${d.ok ? 'is-ok' : 'is-failed'}`);
+  li.dataset.eventId = d.eventId;
+  li.append(el('h4', 'history-what wh-delivery-outcome', d.ok ? 'Delivered' : 'Failed'));
+  const meta = el('p', 'history-meta');
+  if (d.at) {
+    const time = el('time', 'wh-delivery-at', formatDate(d.at));
+    time.dateTime = d.at;
+    time.title = utcTitle(d.at);
+    meta.append(time, ' · ');
+  }
+  meta.append(
+    el('span', 'wh-delivery-attempt', d.attempt === null ? 'attempt ?' : `attempt ${fmt(d.attempt)}`),
+    ' · ',
+    el('span', 'wh-delivery-duration', d.durationMs === null ? '' : `${fmt(d.durationMs)} ms`),
+  );
+  const facts = el('p', 'wh-delivery-facts');
+  facts.append(
+    el('span', 'wh-delivery-status', d.status === null ? 'No HTTP answer' : `HTTP ${d.status}`),
+    ' · event ',
+    el('code', 'mono wh-delivery-event', d.eventId),
+  );
+  li.append(meta, facts);
+  if (d.error) li.append(el('p', 'wh-delivery-error', d.error));
+  return li;
+}
+
+function renderLog() {
+  let status = '';
+  if (L.loading && !L.list.length) status = 'Loading the deliveries…';
+  else if (!L.loading && !L.error) {
+    status = L.list.length
+      ? `${plural(L.list.length, 'attempt')}, newest first.`
+      : 'No deliveries yet. Events are sent as devices change; “Send test event” sends one now.';
+  }
+  if (ui.whLogStatus.textContent !== status) ui.whLogStatus.textContent = status;
+  ui.whLogErrorText.textContent = L.error;
+  ui.whLogError.hidden = !L.error;
+  const frag = document.createDocumentFragment();
+  for (const d of L.list) frag.append(deliveryItem(d));
+  ui.whLog.replaceChildren(frag);
+  ui.whLog.hidden = !L.list.length;
+}
+
+function bindWebhooks() {
+  ui.nav.addEventListener('click', onNavClick);
+  ui.webhookNew.addEventListener('click', openWebhookForm);
+  ui.webhooksRetry.addEventListener('click', () => loadWebhooks());
+  ui.webhookList.addEventListener('click', (e) => {
+    const button = e.target instanceof Element ? e.target.closest('button[data-action]') : null;
+    const card = button && button.closest('li[data-id]');
+    if (!card || button.getAttribute('aria-disabled') === 'true') return;
+    const id = card.dataset.id;
+    runWebhookAction(button.dataset.action, id, { el: button, id, action: button.dataset.action });
+  });
+  ui.webhookForm.addEventListener('submit', onWebhookSubmit);
+  $('wh-cancel').addEventListener('click', () => ui.webhookDialog.close());
+  ui.whEventsAll.addEventListener('change', syncEventChoice);
+  ui.whEventsSome.addEventListener('change', syncEventChoice);
+  ui.whDrawerClose.addEventListener('click', () => ui.whDrawer.close());
+  ui.whDrawer.addEventListener('close', () => {
+    stopLog();
+    L.id = null;
+    delete ui.whDrawer.dataset.id;
+  });
+  ui.whDrawerTest.addEventListener('click', () => {
+    if (L.id && ui.whDrawerTest.getAttribute('aria-disabled') !== 'true') testWebhook(L.id, 'drawer');
+  });
+  ui.whLogRefresh.addEventListener('click', () => {
+    if (L.id) loadLog(L.id);
+  });
+  ui.whLogRetry.addEventListener('click', () => {
+    if (L.id) loadLog(L.id);
+  });
+}
+
 // --- wiring
 
 function bind() {
@@ -1913,6 +2641,12 @@ function bind() {
     'key-value', 'key-copy', 'key-done', 'key-copy-status', 'key-actions', 'key-confirm', 'key-back',
     'key-discard', 'confirm-dialog', 'confirm-title', 'confirm-message', 'confirm-ok',
     'confirm-cancel', 'grace-field', 'grace', 'key-grace', 'switch-dialog', 'switch-message', 'switch-ok', 'switch-keep',
+    'key-warning', 'key-confirm-text', 'nav', 'webhooks', 'webhooks-title', 'webhook-count', 'webhook-new',
+    'webhooks-denied', 'webhooks-error', 'webhooks-error-text', 'webhooks-retry', 'webhooks-status', 'webhook-list',
+    'webhooks-empty', 'wh-drawer', 'wh-drawer-close', 'wh-drawer-url', 'wh-drawer-test', 'wh-log-refresh',
+    'wh-drawer-result', 'wh-log-status', 'wh-log-error', 'wh-log-error-text', 'wh-log-retry', 'wh-log',
+    'webhook-dialog', 'webhook-form', 'wh-url', 'wh-events', 'wh-events-all', 'wh-events-some', 'wh-types',
+    'wh-description', 'wh-enabled', 'wh-error', 'wh-submit',
   ];
   for (const id of ids) ui[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
   const renamed = { count: 'device-count', locationError: 'location-filter-error', empty: 'empty-state' };
@@ -2032,7 +2766,7 @@ function bind() {
 
   ui.keyCopy.addEventListener('click', () => {
     copyKey().catch((err) => {
-      ui.keyCopyStatus.textContent = `Could not copy the key: ${describe(err)}`;
+      ui.keyCopyStatus.textContent = `Could not copy: ${describe(err)}`;
     });
   });
   ui.keyDone.addEventListener('click', closeKey);
@@ -2053,10 +2787,23 @@ function bind() {
   ui.switchKeep.addEventListener('click', () => ui.switchDialog.close('keep'));
   ui.switchDialog.addEventListener('close', onSwitchClosed);
 
+  bindWebhooks();
+
   window.addEventListener('hashchange', () => offerToken(takeFragmentToken()));
   window.addEventListener('popstate', () => {
-    if (!S.token) return;
-    const { filters, cursor } = readUrl();
+    const { filters, cursor, view } = readUrl();
+    if (view !== S.view) {
+      if (view === 'devices') {
+        S.filters = filters;
+        S.cursor = cursor;
+        S.offset = cursor ? null : 0;
+        filtersToForm();
+        renderStats();
+      }
+      setView(view);
+      return;
+    }
+    if (!S.token || view !== 'devices') return;
     if (JSON.stringify({ filters, cursor }) === JSON.stringify({ filters: S.filters, cursor: S.cursor })) return;
     S.filters = filters;
     S.cursor = cursor;
@@ -2080,10 +2827,11 @@ function bind() {
 
 function init() {
   bind();
-  const { filters, cursor } = readUrl();
+  const { filters, cursor, view } = readUrl();
   S.filters = filters;
   S.cursor = cursor;
   S.offset = cursor ? null : 0;
+  S.view = view;
   filtersToForm();
   const fromFragment = takeFragmentToken();
   const stored = storedToken();
