@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
+use crate::store::export::Source;
 use crate::store::Store;
 
 /// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
@@ -94,12 +95,12 @@ pub fn export(
             )));
         }
     }
-    let (path, what) = match from {
-        Some(snapshot) => (snapshot.to_path_buf(), "--from"),
-        None => (Settings::load(config)?.storage_path, "storage.path"),
+    let (path, source) = match from {
+        Some(snapshot) => (snapshot.to_path_buf(), Source::Snapshot),
+        None => (Settings::load(config)?.storage_path, Source::Live),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let written = Store::export_file(&path, what, &mut out, tenant)
+    let written = Store::export_file(&path, source, &mut out, tenant)
         .map_err(|e| StartupError::new(e.to_string()))?;
     Ok(format!(
         "exported {} devices and {} events from {}",

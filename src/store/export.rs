@@ -13,7 +13,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 
 use redb::{
-    DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition, TableError, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,41 @@ pub const FORMAT: &str = "devicehub-export";
 pub const VERSION: u64 = 1;
 /// A longer line is refused without being read into memory whole.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Which file `Store::export_file` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The configured database (`storage.path`) of a stopped server.
+    Live,
+    /// A backup snapshot (`--from`).
+    Snapshot,
+}
+
+impl Source {
+    /// How errors name the file.
+    fn key(self) -> &'static str {
+        match self {
+            Source::Live => "storage.path",
+            Source::Snapshot => "--from",
+        }
+    }
+}
+
+/// The database `export_file` reads.
+enum Opened {
+    ReadOnly(ReadOnlyDatabase),
+    /// Opened for writing, only so that redb could repair it.
+    Repaired(Database),
+}
+
+impl Opened {
+    fn begin_read(&self) -> Result<ReadTransaction, redb::TransactionError> {
+        match self {
+            Opened::ReadOnly(db) => db.begin_read(),
+            Opened::Repaired(db) => db.begin_read(),
+        }
+    }
+}
 
 /// What an export wrote or an import read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -210,21 +245,33 @@ impl Store {
         write_export(&txn, out, tenant, Some(&self.inner.seen))
     }
 
-    /// Exports the database file at `path` (a stopped server's store or a
-    /// backup snapshot), opened read-only: nothing in it changes. A file a
-    /// running server holds is refused. `what` names the path in errors
-    /// (`storage.path`, `--from`).
+    /// Exports the database file at `path`, a stopped server's store or a
+    /// backup snapshot (`source`). A file a running server holds is refused.
     pub fn export_file<W: Write>(
         path: &Path,
-        what: &str,
+        source: Source,
         out: &mut W,
         tenant: Option<&str>,
     ) -> Result<Transferred, ExportError> {
+        let what = source.key();
         let shown = path.display();
-        let db = ReadOnlyDatabase::open(path).map_err(|e| {
+        let opened = match ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(Opened::ReadOnly(db)),
+            // A server that stopped without closing the file leaves it to be
+            // repaired by whoever opens it next for writing, as the server's
+            // own next start would. A snapshot is never repaired.
+            Err(DatabaseError::RepairAborted) if source == Source::Live => {
+                Database::builder().open(path).map(Opened::Repaired)
+            }
+            Err(e) => Err(e),
+        };
+        let db = opened.map_err(|e| {
             ExportError::Open(match e {
                 DatabaseError::DatabaseAlreadyOpen => format!(
                     "{what}: {shown} is locked by a running devicehub server: stop it first, or export its latest backup snapshot with --from"
+                ),
+                DatabaseError::RepairAborted => format!(
+                    "{what}: {shown} was not closed cleanly; export does not repair a snapshot"
                 ),
                 DatabaseError::Storage(redb::StorageError::Io(io))
                     if io.kind() != io::ErrorKind::InvalidData =>
@@ -234,7 +281,7 @@ impl Store {
                 other => format!("{what}: {shown} is not a devicehub database ({other})"),
             })
         })?;
-        let txn = db.begin_read()?;
+        let txn = db.begin_read().map_err(StoreError::from)?;
         let version = match txn.open_table(META) {
             Ok(meta) => meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value()),
             Err(TableError::TableDoesNotExist(_)) => None,

@@ -376,13 +376,13 @@ fn times_must_be_exact_to_the_millisecond() {
 fn a_missing_or_locked_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
-    let err = Store::export_file(&path, "storage.path", &mut Vec::new(), None).unwrap_err();
+    let err = Store::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
     assert!(
         err.to_string().starts_with("storage.path: cannot read"),
         "{err}"
     );
     let held = Store::open(&path).unwrap();
-    let err = Store::export_file(&path, "storage.path", &mut Vec::new(), None).unwrap_err();
+    let err = Store::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
     assert!(
         err.to_string()
             .contains("locked by a running devicehub server"),
@@ -391,7 +391,29 @@ fn a_missing_or_locked_file_is_named() {
     assert!(err.to_string().contains("--from"), "{err}");
     drop(held);
     let mut out = Vec::new();
-    let done = Store::export_file(&path, "storage.path", &mut out, None).unwrap();
+    let done = Store::export_file(&path, Source::Live, &mut out, None).unwrap();
     assert_eq!(done, Transferred::default());
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
+}
+
+#[actix_web::test]
+async fn a_live_file_left_unclosed_is_repaired_but_a_snapshot_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/devicehub.redb");
+    let store = Store::open(&path).unwrap();
+    populate(&store).await;
+    // A copy taken while the store is open: as a server that exits without
+    // closing its database leaves the file.
+    let unclosed = dir.path().join("unclosed.redb");
+    std::fs::copy(&path, &unclosed).unwrap();
+    let as_snapshot = dir.path().join("snapshot.redb");
+    std::fs::copy(&path, &as_snapshot).unwrap();
+    let mut out = Vec::new();
+    let err = Store::export_file(&as_snapshot, Source::Snapshot, &mut out, None).unwrap_err();
+    assert!(err.to_string().contains("--from:"), "{err}");
+    assert!(err.to_string().contains("not closed cleanly"), "{err}");
+    assert!(out.is_empty());
+    let done = Store::export_file(&unclosed, Source::Live, &mut out, None).unwrap();
+    assert_eq!(done.devices, 4);
+    drop(store);
 }
