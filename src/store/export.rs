@@ -14,7 +14,7 @@ use std::path::Path;
 
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition, TableError, WriteTransaction,
+    ReadableTableMetadata, Table, TableDefinition, TableError, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -40,6 +40,9 @@ pub const FORMAT: &str = "devicehub-export";
 pub const VERSION: u64 = 1;
 /// A longer line is refused without being read into memory whole.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// redb's page cache while `export_file` reads a file (its default is 1 GiB).
+const EXPORT_CACHE_BYTES: usize = 16 << 20;
 
 /// Which file `Store::export_file` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,13 +258,16 @@ impl Store {
     ) -> Result<Transferred, ExportError> {
         let what = source.key();
         let shown = path.display();
-        let opened = match ReadOnlyDatabase::open(path) {
+        let mut builder = Database::builder();
+        // One pass over the file: a larger cache would only grow with it.
+        builder.set_cache_size(EXPORT_CACHE_BYTES);
+        let opened = match builder.open_read_only(path) {
             Ok(db) => Ok(Opened::ReadOnly(db)),
             // A server that stopped without closing the file leaves it to be
             // repaired by whoever opens it next for writing, as the server's
             // own next start would. A snapshot is never repaired.
             Err(DatabaseError::RepairAborted) if source == Source::Live => {
-                Database::builder().open(path).map(Opened::Repaired)
+                builder.open(path).map(Opened::Repaired)
             }
             Err(e) => Err(e),
         };
@@ -317,7 +323,7 @@ impl Store {
         if !txn.open_table(EVENTS)?.is_empty()? {
             return Err(ImportError::NotEmpty("events"));
         }
-        let read = Importer::new(&txn).run(input)?;
+        let read = Importer::new(&txn)?.run(input)?;
         indexes::rebuild(&txn)?;
         txn.commit()?;
         Ok(read)
@@ -565,8 +571,15 @@ fn parse_hash(field: &str, text: &str) -> Result<[u8; 32], String> {
 }
 
 /// Reads lines into one write transaction.
+/// The tables stay open for the whole import: opening one per line would
+/// look it up and write its root back every time.
 struct Importer<'t> {
-    txn: &'t WriteTransaction,
+    devices: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    key_index: Table<'t, &'static [u8; 32], (&'static str, &'static str)>,
+    last_seen: Table<'t, (&'static str, &'static str), u64>,
+    events: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    device_events: Table<'t, (&'static str, &'static str, &'static str), ()>,
+    event_expiry: Table<'t, (u64, &'static str, &'static str), &'static str>,
     line: u64,
     /// The header's `tenant`: every line must belong to it.
     only: Option<String>,
@@ -574,13 +587,18 @@ struct Importer<'t> {
 }
 
 impl<'t> Importer<'t> {
-    fn new(txn: &'t WriteTransaction) -> Importer<'t> {
-        Importer {
-            txn,
+    fn new(txn: &'t WriteTransaction) -> Result<Importer<'t>, StoreError> {
+        Ok(Importer {
+            devices: txn.open_table(DEVICES)?,
+            key_index: txn.open_table(KEY_INDEX)?,
+            last_seen: txn.open_table(LAST_SEEN)?,
+            events: txn.open_table(EVENTS)?,
+            device_events: txn.open_table(DEVICE_EVENTS)?,
+            event_expiry: txn.open_table(EVENT_EXPIRY)?,
             line: 0,
             only: None,
             read: Transferred::default(),
-        }
+        })
     }
 
     fn run<R: BufRead>(mut self, mut input: R) -> Result<Transferred, ImportError> {
@@ -715,13 +733,11 @@ impl<'t> Importer<'t> {
             hashes,
         } = line.into_record()?;
         let key = (tenant.as_str(), id.as_str());
-        let mut devices = self.txn.open_table(DEVICES)?;
-        if devices.get(key)?.is_some() {
+        if self.devices.get(key)?.is_some() {
             return Err(format!("device {id} of tenant {tenant:?} appears twice").into());
         }
-        let mut key_index = self.txn.open_table(KEY_INDEX)?;
         for hash in &hashes {
-            if let Some(owner) = key_index.get(hash)? {
+            if let Some(owner) = self.key_index.get(hash)? {
                 let (_, other) = owner.value();
                 return Err(format!(
                     "key hash {} is already a key of device {other}",
@@ -731,12 +747,12 @@ impl<'t> Importer<'t> {
             }
         }
         for hash in &hashes {
-            key_index.insert(hash, key)?;
+            self.key_index.insert(hash, key)?;
         }
         let encoded = record.encode()?;
-        devices.insert(key, encoded.as_slice())?;
+        self.devices.insert(key, encoded.as_slice())?;
         if let Some(at) = last_seen {
-            self.txn.open_table(LAST_SEEN)?.insert(key, at.0)?;
+            self.last_seen.insert(key, at.0)?;
         }
         self.read.devices += 1;
         Ok(())
@@ -764,31 +780,23 @@ impl<'t> Importer<'t> {
             return Err("event.data.object.id: differs from event.deviceId".into());
         }
         let device = head.device_id.as_str();
-        let known = self
-            .txn
-            .open_table(DEVICES)?
-            .get((tenant, device))?
-            .is_some();
-        if !known {
+        if self.devices.get((tenant, device))?.is_none() {
             return Err(format!(
                 "event.deviceId: device {device} of tenant {tenant:?} is not on an earlier line"
             )
             .into());
         }
-        let mut table = self.txn.open_table(EVENTS)?;
         let key = (tenant, line.id.as_str());
-        if table.get(key)?.is_some() {
+        if self.events.get(key)?.is_some() {
             return Err(format!("event {} of tenant {tenant:?} appears twice", line.id).into());
         }
         let mut value = Vec::with_capacity(json.len() + 1);
         value.push(kind.code());
         value.extend_from_slice(json.as_bytes());
-        table.insert(key, value.as_slice())?;
-        self.txn
-            .open_table(DEVICE_EVENTS)?
+        self.events.insert(key, value.as_slice())?;
+        self.device_events
             .insert((tenant, device, line.id.as_str()), ())?;
-        self.txn
-            .open_table(EVENT_EXPIRY)?
+        self.event_expiry
             .insert((created.0, tenant, line.id.as_str()), device)?;
         self.read.events += 1;
         Ok(())
