@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
-use crate::store::export::Source;
+use crate::store::export::{Source, Transferred};
 use crate::store::Store;
 
 /// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
@@ -103,9 +103,8 @@ pub fn export(
     let written = Store::export_file(&path, source, &mut out, tenant)
         .map_err(|e| StartupError::new(e.to_string()))?;
     Ok(format!(
-        "exported {} devices and {} events from {}",
-        written.devices,
-        written.events,
+        "exported {} from {}",
+        tally(written),
         path.display()
     ))
 }
@@ -128,9 +127,19 @@ pub fn import(config: Option<&Path>) -> Result<String, StartupError> {
         .import_from(stdin.lock())
         .map_err(|e| StartupError::new(format!("import: {e}")))?;
     Ok(format!(
-        "imported {} devices and {} events into {}",
-        read.devices,
-        read.events,
+        "imported {} into {}",
+        tally(read),
         settings.storage_path.display()
     ))
+}
+
+/// `3 devices, 7 events and 1 webhook`.
+fn tally(done: Transferred) -> String {
+    let count = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {} and {}",
+        count(done.devices, "device"),
+        count(done.events, "event"),
+        count(done.webhooks, "webhook")
+    )
 }

@@ -166,10 +166,26 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
     let revoked = call(addr, "DELETE", &path(2), &admin("acme"), None);
     assert_eq!(revoked.status, 200);
     keys[2].2 = 401;
+    // A webhook (its loopback address is refused when sending, so its
+    // deliveries fail at once and it keeps its place in the feed).
+    let hook = call(
+        addr,
+        "POST",
+        "/api/tenant/webhooks",
+        &admin("acme"),
+        Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["device.revoked"]})),
+    );
+    assert_eq!(
+        hook.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&hook.body)
+    );
     // A check-in on one device: its lastSeenAt moves with it.
     assert_eq!(me(addr, &keys[4].1).status, 200);
     let tenants = ["acme", "other"];
     let before = seen(addr, &devices, &tenants);
+    let hooks_before = call(addr, "GET", "/api/tenant/webhooks", &admin("acme"), None).body;
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(15));
 
@@ -177,7 +193,7 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
     assert!(exported.status.success(), "{exported:?}");
     let summary = String::from_utf8_lossy(&exported.stderr);
     assert!(
-        summary.contains("exported 6 devices and 9 events"),
+        summary.contains("exported 6 devices, 9 events and 1 webhook"),
         "{summary}"
     );
     let text = String::from_utf8(exported.stdout.clone()).unwrap();
@@ -194,7 +210,7 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
     assert!(imported.status.success(), "{imported:?}");
     let said = String::from_utf8_lossy(&imported.stdout);
     assert!(
-        said.starts_with("imported 6 devices and 9 events into "),
+        said.starts_with("imported 6 devices, 9 events and 1 webhook into "),
         "{said}"
     );
     {
@@ -204,6 +220,18 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
     }
     let server = Server::start(command(new.path()), "http");
     assert_eq!(seen(server.addr, &devices, &tenants), before);
+    let hooks_after = call(
+        server.addr,
+        "GET",
+        "/api/tenant/webhooks",
+        &admin("acme"),
+        None,
+    )
+    .body;
+    assert_eq!(
+        String::from_utf8_lossy(&hooks_after),
+        String::from_utf8_lossy(&hooks_before)
+    );
     for (id, key, status) in &keys {
         let answer = me(server.addr, key);
         assert_eq!(answer.status, *status, "the key of {id}");

@@ -22,8 +22,9 @@ use serde_json::value::RawValue;
 use super::last_seen::LastSeen;
 use super::tables::{
     DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, META,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, WEBHOOKS,
 };
+use super::webhooks::WebhookRecord;
 use super::{indexes, write_txn, DeviceRecord, Store, StoreError};
 use crate::auth::device_key;
 use crate::auth::token::is_tenant_id;
@@ -31,6 +32,7 @@ use crate::devices::{
     id, is_tag, DeviceName, DeviceStatus, Millis, MAX_GRACE_PERIOD_SECONDS, TAGS_MAX_ENTRIES,
 };
 use crate::events::{self, EventType};
+use crate::webhooks::{self, WebhookPatch};
 
 /// The header's `kind`: names the format.
 pub const FORMAT: &str = "devicehub-export";
@@ -84,6 +86,14 @@ impl Opened {
 pub struct Transferred {
     pub devices: u64,
     pub events: u64,
+    pub webhooks: u64,
+}
+
+impl Transferred {
+    /// Lines between the header and the end line.
+    fn records(&self) -> u64 {
+        self.devices + self.events + self.webhooks
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +228,27 @@ struct EventObject {
     id: String,
 }
 
+/// A webhook with its signing secret and its place in the event feed.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WebhookLine {
+    kind: String,
+    tenant: String,
+    id: String,
+    url: String,
+    events: Vec<String>,
+    description: String,
+    enabled: bool,
+    created_at: String,
+    updated_at: String,
+    /// `whsec_…`: receivers keep verifying signatures after the move.
+    secret: String,
+    /// The last event given to the webhook (or the tenant's last one when
+    /// it was made): it gets the events after this one. Null before the
+    /// tenant's first event.
+    cursor: Option<String>,
+}
+
 /// The last line: how many lines came between it and the header, so a
 /// truncated file is refused.
 #[derive(Serialize, Deserialize)]
@@ -323,6 +354,9 @@ impl Store {
         if !txn.open_table(EVENTS)?.is_empty()? {
             return Err(ImportError::NotEmpty("events"));
         }
+        if !txn.open_table(WEBHOOKS)?.is_empty()? {
+            return Err(ImportError::NotEmpty("webhooks"));
+        }
         let read = Importer::new(&txn)?.run(input)?;
         indexes::rebuild(&txn)?;
         txn.commit()?;
@@ -386,11 +420,24 @@ fn write_export<W: Write>(
             done.events += 1;
         }
     }
+    if let Some(hooks) = open_optional(txn, WEBHOOKS)? {
+        let rows = match tenant {
+            Some(t) => hooks.range::<(&str, &str)>((t, "")..=(t, ID_MAX))?,
+            None => hooks.range::<(&str, &str)>(..)?,
+        };
+        for row in rows {
+            let (key, value) = row?;
+            let (tenant, id) = key.value();
+            let record = WebhookRecord::decode(value.value())?;
+            write_line(out, &WebhookLine::from_record(tenant, id, record))?;
+            done.webhooks += 1;
+        }
+    }
     write_line(
         out,
         &EndLine {
             kind: "end".into(),
-            records: done.devices + done.events,
+            records: done.records(),
         },
     )?;
     out.flush()?;
@@ -526,6 +573,85 @@ struct Checked {
     hashes: Vec<[u8; 32]>,
 }
 
+impl WebhookLine {
+    fn from_record(tenant: &str, id: &str, record: WebhookRecord) -> WebhookLine {
+        WebhookLine {
+            kind: "webhook".into(),
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            url: record.url,
+            events: record.events,
+            description: record.description,
+            enabled: record.enabled,
+            created_at: Millis(record.created_ms).to_rfc3339(),
+            updated_at: Millis(record.updated_ms).to_rfc3339(),
+            secret: record.secret,
+            cursor: Some(record.cursor).filter(|c| !c.is_empty()),
+        }
+    }
+
+    /// Checks every field (the API's rules for the four a client sets) and
+    /// returns the record to store, with no delivery under way.
+    fn into_record(self) -> Result<WebhookRecord, String> {
+        if !is_tenant_id(&self.tenant) {
+            return Err("tenant: must be 1-128 characters without control characters".into());
+        }
+        if webhooks::id::parse(&self.id).is_none() {
+            return Err(format!(
+                "id: {:?} is not a webhook id (wh_ + ULID)",
+                self.id
+            ));
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert("url".into(), self.url.clone().into());
+        fields.insert("events".into(), self.events.clone().into());
+        fields.insert("description".into(), self.description.clone().into());
+        fields.insert("enabled".into(), self.enabled.into());
+        let checked = WebhookPatch::parse_new(&fields).map_err(|e| e.to_string())?;
+        let created = parse_time("createdAt", &self.created_at)?;
+        let updated = parse_time("updatedAt", &self.updated_at)?;
+        if updated < created {
+            return Err("updatedAt: is before createdAt".into());
+        }
+        if !is_webhook_secret(&self.secret) {
+            return Err("secret: must be whsec_ and 43 characters of A-Z a-z 0-9 _ -".into());
+        }
+        if let Some(cursor) = &self.cursor {
+            if events::id::parse(cursor).is_none() {
+                return Err(format!(
+                    "cursor: {cursor:?} is not an event id (evt_ + ULID)"
+                ));
+            }
+        }
+        Ok(WebhookRecord {
+            url: checked.url.unwrap_or(self.url),
+            events: checked.events.unwrap_or(self.events),
+            description: checked.description.unwrap_or(self.description),
+            enabled: self.enabled,
+            created_ms: created.0,
+            updated_ms: updated.0,
+            secret: self.secret,
+            cursor: self.cursor.unwrap_or_default(),
+            // The retry schedule starts afresh: the next event is tried at
+            // once, and a failing webhook gets its full 3 days again.
+            failures: 0,
+            failing_since_ms: None,
+            next_attempt_ms: 0,
+            next_log: 1,
+        })
+    }
+}
+
+/// `whsec_` and the unpadded base64url of 32 bytes, as webhooks make them.
+fn is_webhook_secret(text: &str) -> bool {
+    text.strip_prefix("whsec_").is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 fn check_tags(field: &str, tags: &[String]) -> Result<(), String> {
     if tags.len() > TAGS_MAX_ENTRIES {
         return Err(format!(
@@ -580,6 +706,7 @@ struct Importer<'t> {
     events: Table<'t, (&'static str, &'static str), &'static [u8]>,
     device_events: Table<'t, (&'static str, &'static str, &'static str), ()>,
     event_expiry: Table<'t, (u64, &'static str, &'static str), &'static str>,
+    webhooks: Table<'t, (&'static str, &'static str), &'static [u8]>,
     line: u64,
     /// The header's `tenant`: every line must belong to it.
     only: Option<String>,
@@ -595,6 +722,7 @@ impl<'t> Importer<'t> {
             events: txn.open_table(EVENTS)?,
             device_events: txn.open_table(DEVICE_EVENTS)?,
             event_expiry: txn.open_table(EVENT_EXPIRY)?,
+            webhooks: txn.open_table(WEBHOOKS)?,
             line: 0,
             only: None,
             read: Transferred::default(),
@@ -692,9 +820,10 @@ impl<'t> Importer<'t> {
         match kind {
             "device" => self.device(serde_json::from_str(text).map_err(json_error)?)?,
             "event" => self.event(serde_json::from_str(text).map_err(json_error)?)?,
+            "webhook" => self.webhook(serde_json::from_str(text).map_err(json_error)?)?,
             "end" => {
                 let end: EndLine = serde_json::from_str(text).map_err(json_error)?;
-                let records = self.read.devices + self.read.events;
+                let records = self.read.records();
                 if end.records != records {
                     return Err(format!(
                         "the end line counts {} records, the file holds {records}",
@@ -707,7 +836,7 @@ impl<'t> Importer<'t> {
             FORMAT => return Err("a second header".into()),
             other => {
                 return Err(format!(
-                    "unknown kind {other:?} (this build reads device, event and end lines)"
+                    "unknown kind {other:?} (this build reads device, event, webhook and end lines)"
                 )
                 .into())
             }
@@ -799,6 +928,30 @@ impl<'t> Importer<'t> {
         self.event_expiry
             .insert((created.0, tenant, line.id.as_str()), device)?;
         self.read.events += 1;
+        Ok(())
+    }
+
+    fn webhook(&mut self, line: WebhookLine) -> Result<(), Fault> {
+        self.check_tenant(&line.tenant)?;
+        let (tenant, id) = (line.tenant.clone(), line.id.clone());
+        let record = line.into_record()?;
+        let held = self
+            .webhooks
+            .range::<(&str, &str)>((tenant.as_str(), "")..=(tenant.as_str(), ID_MAX))?
+            .count() as u64;
+        if held >= webhooks::MAX_PER_TENANT {
+            return Err(format!(
+                "tenant {tenant:?} has more than {} webhooks",
+                webhooks::MAX_PER_TENANT
+            )
+            .into());
+        }
+        let key = (tenant.as_str(), id.as_str());
+        if self.webhooks.get(key)?.is_some() {
+            return Err(format!("webhook {id} of tenant {tenant:?} appears twice").into());
+        }
+        self.webhooks.insert(key, record.encode()?.as_slice())?;
+        self.read.webhooks += 1;
         Ok(())
     }
 }

@@ -22,12 +22,28 @@ async fn add(store: &Store, tenant: &str, body: Value, now: Millis) -> (Device, 
     (device, key.key)
 }
 
+async fn hook(store: &Store, tenant: &str, url: &str, events: Value) {
+    let new = crate::webhooks::WebhookPatch::parse_new(
+        json!({"url": url, "events": events, "description": "d"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let secret = crate::webhooks::new_secret().unwrap();
+    store
+        .create_webhook(tenant, new, secret, Millis::now())
+        .await
+        .unwrap();
+}
+
 /// Two tenants: a renamed device, one rotated with a grace period (two
-/// working keys), a revoked one, and a check-in. Returns every working key
-/// with its tenant and device id.
+/// working keys), a revoked one, a check-in, and a webhook each (one made
+/// before its tenant's first event). Returns every working key with its
+/// tenant and device id.
 async fn populate(store: &Store) -> Vec<(String, String, String)> {
     let now = Millis::now();
     let mut keys = Vec::new();
+    hook(store, "other", "https://hooks.example/other", json!(["*"])).await;
     let (a, key_a) = add(
         store,
         "acme",
@@ -62,6 +78,13 @@ async fn populate(store: &Store) -> Vec<(String, String, String)> {
     let (d, key_d) = add(store, "other", json!({"name": "d"}), now).await;
     store.touch("other", &d.id, Millis(now.0 + 5));
     keys.push(("other".to_string(), d.id.clone(), key_d));
+    hook(
+        store,
+        "acme",
+        "http://10.0.0.5:8080/in?x=1",
+        json!(["device.revoked", "device.created"]),
+    )
+    .await;
     keys
 }
 
@@ -102,7 +125,8 @@ async fn a_round_trip_keeps_devices_keys_etags_check_ins_and_events() {
     let (text, written) = export(&source, None);
     assert_eq!(written.devices, 4);
     assert_eq!(written.events, 7);
-    assert_eq!(text.lines().count(), 1 + 4 + 7 + 1);
+    assert_eq!(written.webhooks, 2);
+    assert_eq!(text.lines().count(), 1 + 4 + 7 + 2 + 1);
 
     let target = open(&dir, "b");
     let read = target.import_from(text.as_bytes()).unwrap();
@@ -116,7 +140,28 @@ async fn a_round_trip_keeps_devices_keys_etags_check_ins_and_events() {
         assert_eq!(etags(&before), etags(&after));
         assert_eq!(feed_of(&source, tenant), feed_of(&target, tenant));
         assert_eq!(source.stats(tenant).unwrap(), target.stats(tenant).unwrap());
+        let hooks = source.webhooks(tenant).unwrap();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(hooks, target.webhooks(tenant).unwrap());
     }
+    // The secret and the cursor moved too (and the cursor is null for the
+    // webhook made before its tenant's first event).
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"kind\":\"webhook\""))
+        .unwrap();
+    let first: Value = serde_json::from_str(line).unwrap();
+    assert!(first["secret"].as_str().unwrap().starts_with("whsec_"));
+    let cursors: Vec<Value> = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"webhook\""))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["cursor"].clone())
+        .collect();
+    assert!(
+        cursors[0].as_str().unwrap().starts_with("evt_"),
+        "{cursors:?}"
+    );
+    assert_eq!(cursors[1], Value::Null);
     // The check-in was only in the source's memory: it was exported.
     let other = devices_of(&target, "other");
     assert!(other[0].last_seen_at.is_some());
@@ -155,7 +200,10 @@ async fn one_tenant_is_exported_alone() {
     let source = open(&dir, "a");
     populate(&source).await;
     let (text, written) = export(&source, Some("other"));
-    assert_eq!((written.devices, written.events), (1, 1));
+    assert_eq!(
+        (written.devices, written.events, written.webhooks),
+        (1, 1, 1)
+    );
     let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(header["tenant"], "other");
     assert!(text.lines().skip(1).all(|l| !l.contains("\"acme\"")));
@@ -219,15 +267,15 @@ async fn every_bad_line_is_named_and_nothing_is_written() {
     let (text, _) = export(&source, None);
     let good: Vec<String> = text.lines().map(str::to_string).collect();
     // Lines: 1 header, 2-5 devices (2 renamed, 3 rotated, 4 revoked, 5
-    // other), 6-12 events, 13 end.
+    // other), 6-12 events, 13-14 webhooks, 15 end.
     assert!(good[2].contains("previousKeyHash"), "{}", good[2]);
     let last = good.len() as u64;
 
     refused(
         &good,
-        |l| set(l, 2, "kind", json!("webhook")),
+        |l| set(l, 2, "kind", json!("gadget")),
         3,
-        "unknown kind \"webhook\"",
+        "unknown kind \"gadget\"",
     );
     refused(
         &good,
