@@ -5,6 +5,8 @@ use std::path::Path;
 use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
+use crate::store::export::{Source, Transferred};
+use crate::store::Store;
 
 /// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
 pub fn serve(config: Option<&Path>, bind: Option<&str>, demo: bool) -> Result<(), StartupError> {
@@ -67,12 +69,77 @@ pub fn token(
 /// Returns the one line to print.
 pub fn restore(config: Option<&Path>, snapshot: &Path) -> Result<String, StartupError> {
     let settings = Settings::load(config)?;
-    let info = crate::store::Store::restore(snapshot, &settings.storage_path)
-        .map_err(StartupError::new)?;
+    let info = Store::restore(snapshot, &settings.storage_path).map_err(StartupError::new)?;
     Ok(format!(
         "restored {} ({} devices) into {}",
         snapshot.display(),
         info.devices,
         settings.storage_path.display()
     ))
+}
+
+/// `devicehub export`: writes the configured store (or the snapshot `from`),
+/// or one tenant of it, to stdout as NDJSON (docs/EXPORT.md). The database
+/// is opened read-only; one a running server holds is refused. Returns the
+/// summary line for stderr.
+pub fn export(
+    config: Option<&Path>,
+    from: Option<&Path>,
+    tenant: Option<&str>,
+) -> Result<String, StartupError> {
+    if let Some(tenant) = tenant {
+        if !token::is_tenant_id(tenant) {
+            return Err(StartupError::new(format!(
+                "--tenant: must be 1-{} characters without control characters",
+                token::TENANT_ID_MAX_CHARS
+            )));
+        }
+    }
+    let (path, source) = match from {
+        Some(snapshot) => (snapshot.to_path_buf(), Source::Snapshot),
+        None => (Settings::load(config)?.storage_path, Source::Live),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = Store::export_file(&path, source, &mut out, tenant)
+        .map_err(|e| StartupError::new(e.to_string()))?;
+    Ok(format!(
+        "exported {} from {}",
+        tally(written),
+        path.display()
+    ))
+}
+
+/// `devicehub import`: reads an export from stdin into the configured store,
+/// which must be empty. A bad line, or a store that is not empty, writes
+/// nothing. Returns the line to print.
+pub fn import(config: Option<&Path>) -> Result<String, StartupError> {
+    use std::io::IsTerminal;
+    let settings = Settings::load(config)?;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(StartupError::new(
+            "import reads an export from stdin: devicehub import < devicehub-export.ndjson",
+        ));
+    }
+    crate::files::prepare_database_file(&settings)?;
+    let store = Store::open(&settings.storage_path)?;
+    let read = store
+        .import_from(stdin.lock())
+        .map_err(|e| StartupError::new(format!("import: {e}")))?;
+    Ok(format!(
+        "imported {} into {}",
+        tally(read),
+        settings.storage_path.display()
+    ))
+}
+
+/// `3 devices, 7 events and 1 webhook`.
+fn tally(done: Transferred) -> String {
+    let count = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {} and {}",
+        count(done.devices, "device"),
+        count(done.events, "event"),
+        count(done.webhooks, "webhook")
+    )
 }

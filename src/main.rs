@@ -31,6 +31,33 @@ enum Command {
     /// Check a backup snapshot and replace the configured database with it
     /// (stop the server first).
     Restore(RestoreArgs),
+    /// Write the whole store (devices with their key hashes, and events) to
+    /// stdout as NDJSON, the format `import` reads (docs/EXPORT.md).
+    Export(ExportArgs),
+    /// Read an export from stdin into the configured store, which must be
+    /// empty (stop the server first).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read this backup snapshot instead of the configured database (which
+    /// a running server holds locked).
+    #[arg(long, value_name = "SNAPSHOT")]
+    from: Option<PathBuf>,
+    /// Export only this tenant.
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Configuration file (TOML); also $DEVICEHUB_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +134,15 @@ fn main() -> ExitCode {
         Some(Command::Restore(args)) => {
             devicehub::cli::restore(args.config.as_deref(), &args.snapshot)
                 .map(|line| println!("{line}"))
+        }
+        Some(Command::Export(args)) => devicehub::cli::export(
+            args.config.as_deref(),
+            args.from.as_deref(),
+            args.tenant.as_deref(),
+        )
+        .map(|summary| eprintln!("{summary}")),
+        Some(Command::Import(args)) => {
+            devicehub::cli::import(args.config.as_deref()).map(|line| println!("{line}"))
         }
     };
     match result {

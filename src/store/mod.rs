@@ -8,6 +8,7 @@
 pub mod backup;
 mod commit;
 mod events;
+pub mod export;
 mod handle;
 mod indexes;
 mod last_seen;

@@ -21,33 +21,33 @@ pub const DELIVERIES_KEPT: u64 = 100;
 /// A webhook as stored (value of `WEBHOOKS`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct WebhookRecord {
-    url: String,
-    events: Vec<String>,
-    description: String,
-    enabled: bool,
-    created_ms: u64,
-    updated_ms: u64,
-    secret: String,
+    pub(super) url: String,
+    pub(super) events: Vec<String>,
+    pub(super) description: String,
+    pub(super) enabled: bool,
+    pub(super) created_ms: u64,
+    pub(super) updated_ms: u64,
+    pub(super) secret: String,
     /// The last event id given to this webhook (or before its creation);
     /// empty before the tenant's first event.
-    cursor: String,
+    pub(super) cursor: String,
     /// Failed attempts at the event after the cursor.
-    failures: u32,
+    pub(super) failures: u32,
     /// When the first of those failed (Unix ms).
-    failing_since_ms: Option<u64>,
+    pub(super) failing_since_ms: Option<u64>,
     /// No attempt before this (Unix ms).
-    next_attempt_ms: u64,
+    pub(super) next_attempt_ms: u64,
     /// The sequence number of the next deliveries-log entry.
-    next_log: u64,
+    pub(super) next_log: u64,
 }
 
 impl WebhookRecord {
-    fn decode(bytes: &[u8]) -> StoreResult<WebhookRecord> {
+    pub(super) fn decode(bytes: &[u8]) -> StoreResult<WebhookRecord> {
         serde_json::from_slice(bytes)
             .map_err(|e| StoreError::Internal(format!("undecodable webhook record: {e}")))
     }
 
-    fn encode(&self) -> StoreResult<Vec<u8>> {
+    pub(super) fn encode(&self) -> StoreResult<Vec<u8>> {
         serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
