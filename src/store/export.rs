@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 
 use super::last_seen::LastSeen;
 use super::tables::{
-    DEVICES, DEVICE_EVENTS, EVENTS, EVENT_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, META,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY, WEBHOOKS,
+    DEVICES, EVENTS, ID_MAX, KEY_INDEX, LAST_SEEN, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    WEBHOOKS,
 };
 use super::webhooks::WebhookRecord;
 use super::{indexes, write_txn, DeviceRecord, Store, StoreError};
@@ -408,8 +408,8 @@ fn write_export<W: Write>(
         for row in rows {
             let (key, value) = row?;
             let (tenant, event_id) = key.value();
-            // The stored value is the type code, then the event's JSON.
-            let json = value.value().get(1..).unwrap_or_default();
+            let stored = super::events::decode_stored(event_id, value.value())?;
+            let json = stored.json.as_slice();
             out.write_all(br#"{"kind":"event","tenant":"#)?;
             serde_json::to_writer(&mut *out, tenant).map_err(io::Error::from)?;
             out.write_all(br#","id":"#)?;
@@ -556,6 +556,8 @@ impl DeviceLine {
             key_hash: self.key_hash,
             prev_key_hash: self.previous_key_hash,
             prev_key_expires_ms: previous.map(|m| m.0),
+            // Set from the device's events once they are all read.
+            last_event: None,
         };
         Ok(Checked {
             record,
@@ -704,8 +706,11 @@ struct Importer<'t> {
     key_index: Table<'t, &'static [u8; 32], (&'static str, &'static str)>,
     last_seen: Table<'t, (&'static str, &'static str), u64>,
     events: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    device_events: Table<'t, (&'static str, &'static str, &'static str), ()>,
-    event_expiry: Table<'t, (u64, &'static str, &'static str), &'static str>,
+    /// Each device's last event so far: the chain's head, written into the
+    /// device records at the end.
+    last_events: std::collections::HashMap<(String, String), String>,
+    /// Each tenant's last event id so far: events come in id order.
+    last_ids: std::collections::HashMap<String, String>,
     webhooks: Table<'t, (&'static str, &'static str), &'static [u8]>,
     line: u64,
     /// The header's `tenant`: every line must belong to it.
@@ -720,8 +725,8 @@ impl<'t> Importer<'t> {
             key_index: txn.open_table(KEY_INDEX)?,
             last_seen: txn.open_table(LAST_SEEN)?,
             events: txn.open_table(EVENTS)?,
-            device_events: txn.open_table(DEVICE_EVENTS)?,
-            event_expiry: txn.open_table(EVENT_EXPIRY)?,
+            last_events: Default::default(),
+            last_ids: Default::default(),
             webhooks: txn.open_table(WEBHOOKS)?,
             line: 0,
             only: None,
@@ -770,7 +775,22 @@ impl<'t> Importer<'t> {
                 reason: "the input ends without the end line: the export is incomplete".into(),
             });
         }
+        self.link_devices().map_err(ImportError::Store)?;
         Ok(self.read)
+    }
+
+    /// Points each device record at its last event (the head of its chain).
+    fn link_devices(&mut self) -> Result<(), StoreError> {
+        for ((tenant, device), last) in std::mem::take(&mut self.last_events) {
+            let key = (tenant.as_str(), device.as_str());
+            let Some(value) = self.devices.get(key)?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let mut record = DeviceRecord::decode(&value)?;
+            record.last_event = Some(last);
+            self.devices.insert(key, record.encode()?.as_slice())?;
+        }
+        Ok(())
     }
 
     fn fail(&self, reason: String) -> ImportError {
@@ -904,7 +924,7 @@ impl<'t> Importer<'t> {
         }
         let kind = EventType::parse(&head.kind)
             .ok_or_else(|| format!("event.type: {:?} is not an event type", head.kind))?;
-        let created = parse_time("event.createdAt", &head.created_at)?;
+        parse_time("event.createdAt", &head.created_at)?;
         if head.data.object.id != head.device_id {
             return Err("event.data.object.id: differs from event.deviceId".into());
         }
@@ -919,14 +939,23 @@ impl<'t> Importer<'t> {
         if self.events.get(key)?.is_some() {
             return Err(format!("event {} of tenant {tenant:?} appears twice", line.id).into());
         }
-        let mut value = Vec::with_capacity(json.len() + 1);
-        value.push(kind.code());
-        value.extend_from_slice(json.as_bytes());
+        if self
+            .last_ids
+            .get(tenant)
+            .is_some_and(|last| last.as_str() >= line.id.as_str())
+        {
+            return Err(format!(
+                "event {}: a tenant's events must come in id order (as exported)",
+                line.id
+            )
+            .into());
+        }
+        let chain = (tenant.to_string(), device.to_string());
+        let previous = self.last_events.get(&chain).map(String::as_str);
+        let value = super::events::encode(kind, previous, json.as_bytes())?;
         self.events.insert(key, value.as_slice())?;
-        self.device_events
-            .insert((tenant, device, line.id.as_str()), ())?;
-        self.event_expiry
-            .insert((created.0, tenant, line.id.as_str()), device)?;
+        self.last_events.insert(chain, line.id.clone());
+        self.last_ids.insert(tenant.to_string(), line.id.clone());
         self.read.events += 1;
         Ok(())
     }

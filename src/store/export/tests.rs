@@ -139,6 +139,20 @@ async fn a_round_trip_keeps_devices_keys_etags_check_ins_and_events() {
         let etags = |d: &[Device]| d.iter().map(Device::etag).collect::<Vec<_>>();
         assert_eq!(etags(&before), etags(&after));
         assert_eq!(feed_of(&source, tenant), feed_of(&target, tenant));
+        // Each device's own history (its chain of events) moved too.
+        for device in &before {
+            let query = EventQuery {
+                limit: 1000,
+                device_id: Some(device.id.clone()),
+                ..EventQuery::default()
+            };
+            let ids = |store: &Store| -> Vec<String> {
+                let page = store.events(tenant, &query).unwrap();
+                page.events.into_iter().map(|e| e.id).collect()
+            };
+            assert!(!ids(&source).is_empty());
+            assert_eq!(ids(&source), ids(&target), "{}", device.id);
+        }
         assert_eq!(source.stats(tenant).unwrap(), target.stats(tenant).unwrap());
         let hooks = source.webhooks(tenant).unwrap();
         assert_eq!(hooks.len(), 1);
