@@ -71,12 +71,7 @@ pub mod id {
 
     /// The ULID inside a well-formed id, or None.
     pub fn parse(text: &str) -> Option<ulid::Ulid> {
-        let body = text.strip_prefix(PREFIX)?;
-        if body.len() != ulid::ULID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        let ulid = ulid::Ulid::from_string(body).ok()?;
-        (ulid.to_string() == body).then_some(ulid)
+        crate::devices::id::parse_prefixed(PREFIX, text)
     }
 }
 

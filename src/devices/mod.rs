@@ -58,12 +58,18 @@ pub mod id {
 
     /// The ULID inside a well-formed id, or None.
     pub fn parse(text: &str) -> Option<ulid::Ulid> {
-        let body = text.strip_prefix(PREFIX)?;
+        parse_prefixed(PREFIX, text)
+    }
+
+    /// The ULID inside `prefix` + a canonical ULID (every id devicehub
+    /// makes: devices, events, webhooks), or None.
+    pub fn parse_prefixed(prefix: &str, text: &str) -> Option<ulid::Ulid> {
+        let body = text.strip_prefix(prefix)?;
         if body.len() != ulid::ULID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         let ulid = ulid::Ulid::from_string(body).ok()?;
-        // Only the canonical (upper-case) spelling names a device.
+        // Only the canonical (upper-case) spelling names anything.
         (ulid.to_string() == body).then_some(ulid)
     }
 }
@@ -200,15 +206,7 @@ const FIELDS: &[&str] = &[
 
 impl DevicePatch {
     pub fn parse(body: &Map<String, Value>) -> Result<DevicePatch, ApiError> {
-        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::invalid(unknown, "unknown field"));
-        }
-        let field = |name: &str| -> Result<Option<&Value>, ApiError> {
-            match body.get(name) {
-                Some(Value::Null) => Err(ApiError::invalid(name, "must not be null")),
-                other => Ok(other),
-            }
-        };
+        let field = known_fields(body, FIELDS)?;
         Ok(DevicePatch {
             name: field("name")?
                 .map(|v| DeviceName::parse("name", v))
@@ -263,6 +261,21 @@ impl DevicePatch {
         );
         changed
     }
+}
+
+/// A body's field reader: refuses a field not in `known`, then gives each
+/// field asked for (None when absent), refusing `null`.
+pub fn known_fields<'a>(
+    body: &'a Map<String, Value>,
+    known: &[&str],
+) -> Result<impl Fn(&str) -> Result<Option<&'a Value>, ApiError>, ApiError> {
+    if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::invalid(unknown, "unknown field"));
+    }
+    Ok(move |name: &str| match body.get(name) {
+        Some(Value::Null) => Err(ApiError::invalid(name, "must not be null")),
+        other => Ok(other),
+    })
 }
 
 impl NewDevice {

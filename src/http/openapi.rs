@@ -273,10 +273,7 @@ fn operations() -> Vec<Operation> {
             access: admin,
             parameters: vec![],
             body: None,
-            success: (
-                200,
-                response("Deleted", object(&[("success", json!({"const": true}))]), &[]),
-            ),
+            success: (200, success_true("Deleted")),
             errors: &[401, 403, 404, 405, 500, 503],
         },
         Operation {
@@ -395,10 +392,7 @@ fn operations() -> Vec<Operation> {
             access: admin,
             parameters: vec![],
             body: None,
-            success: (
-                200,
-                response("Revoked", object(&[("success", json!({"const": true}))]), &[]),
-            ),
+            success: (200, success_true("Revoked")),
             errors: &[401, 403, 404, 405, 500, 503],
         },
         Operation {
@@ -838,6 +832,15 @@ fn idempotency_key() -> Value {
         "schema": {"type": "string", "minLength": idempotency::MIN_CHARS,
                    "maxLength": idempotency::MAX_CHARS, "pattern": "^[!-~]+$"}
     })
+}
+
+/// `{"success": true}`, the answer of a DELETE.
+fn success_true(description: &str) -> Value {
+    response(
+        description,
+        object(&[("success", json!({"const": true}))]),
+        &[],
+    )
 }
 
 fn query(name: &str, schema: Value) -> Value {

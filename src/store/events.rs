@@ -5,7 +5,7 @@
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{EVENTS, ID_MAX};
-use super::{random_u128, StoreError, StoreResult};
+use super::{StoreError, StoreResult};
 use crate::devices::{Device, Millis};
 use crate::events::{self, Event, EventData, EventType};
 
@@ -62,19 +62,7 @@ pub(super) fn record(
     now: Millis,
 ) -> StoreResult<String> {
     let mut table = txn.open_table(EVENTS)?;
-    let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
-    let last = table
-        .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
-        .next_back()
-        .transpose()?
-        .and_then(|(key, _)| events::id::parse(key.value().1));
-    if let Some(last) = last {
-        if ulid <= last {
-            ulid = last
-                .increment()
-                .ok_or_else(|| StoreError::Internal("event id space exhausted".into()))?;
-        }
-    }
+    let ulid = super::next_ulid(&table, tenant, now, events::id::PREFIX)?;
     let id = events::id::format(ulid);
     let event = Event {
         id: &id,

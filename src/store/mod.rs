@@ -991,19 +991,7 @@ impl Inner {
             }
         }
         let mut devices = txn.open_table(DEVICES)?;
-        let mut ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
-        let last = devices
-            .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
-            .next_back()
-            .transpose()?
-            .and_then(|(key, _)| id::parse(key.value().1));
-        if let Some(last) = last {
-            if ulid <= last {
-                ulid = last
-                    .increment()
-                    .ok_or_else(|| StoreError::Internal("device id space exhausted".into()))?;
-            }
-        }
+        let ulid = next_ulid(&devices, tenant, now, id::PREFIX)?;
         let device = Device {
             id: id::format(ulid),
             name: new.name.as_str().to_string(),
@@ -1134,6 +1122,29 @@ impl Inner {
             grace_end,
             changed: true,
         })
+    }
+}
+
+/// A new ULID for `tenant` at `now`, after the last id in the tenant's range
+/// of `table` (ids `prefix` + ULID): ids follow commit order even when the
+/// clock steps back.
+fn next_ulid(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    now: Millis,
+    prefix: &str,
+) -> StoreResult<ulid::Ulid> {
+    let ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
+    let last = table
+        .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
+        .next_back()
+        .transpose()?
+        .and_then(|(key, _)| id::parse_prefixed(prefix, key.value().1));
+    match last {
+        Some(last) if ulid <= last => last
+            .increment()
+            .ok_or_else(|| StoreError::Internal(format!("the {prefix} id space is exhausted"))),
+        _ => Ok(ulid),
     }
 }
 

@@ -31,13 +31,9 @@ pub mod id {
         format!("{PREFIX}{ulid}")
     }
 
+    /// The ULID inside a well-formed id, or None.
     pub fn parse(text: &str) -> Option<ulid::Ulid> {
-        let body = text.strip_prefix(PREFIX)?;
-        if body.len() != ulid::ULID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        let ulid = ulid::Ulid::from_string(body).ok()?;
-        (ulid.to_string() == body).then_some(ulid)
+        crate::devices::id::parse_prefixed(PREFIX, text)
     }
 }
 
@@ -100,15 +96,7 @@ const FIELDS: &[&str] = &["url", "events", "description", "enabled"];
 
 impl WebhookPatch {
     pub fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
-        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::invalid(unknown, "unknown field"));
-        }
-        let field = |name: &str| -> Result<Option<&Value>, ApiError> {
-            match body.get(name) {
-                Some(Value::Null) => Err(ApiError::invalid(name, "must not be null")),
-                other => Ok(other),
-            }
-        };
+        let field = crate::devices::known_fields(body, FIELDS)?;
         Ok(WebhookPatch {
             url: field("url")?.map(parse_url).transpose()?,
             events: field("events")?.map(parse_events).transpose()?,
