@@ -979,3 +979,36 @@ fn an_unquoted_address_in_the_config_file_gets_a_hint_to_quote_it() {
     assert_refused(out, "devicehub.toml");
     assert!(stderr.contains("must be quoted"), "{stderr}");
 }
+
+/// A stop by SIGTERM closes the database cleanly: the next open has nothing
+/// to repair (on a large file a repair would hold up the next start).
+#[test]
+fn a_stopped_server_leaves_a_cleanly_closed_database() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let mut server = Server::start(command(dir.path()), "http");
+        let admin = token(dir.path(), "acme", "admin");
+        let app = server.app();
+        for i in 0..3 {
+            let body = json!({ "name": format!("round {round} device {i}") });
+            assert_eq!(
+                app.call("POST", "/api/tenant/devices", &admin, Some(&body))
+                    .status,
+                201
+            );
+        }
+        server.signal("TERM");
+        assert!(server.child.wait().unwrap().success());
+        let repaired = Arc::new(AtomicBool::new(false));
+        let seen = repaired.clone();
+        let db = redb::Database::builder()
+            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+            .open(dir.path().join("data/devicehub.redb"))
+            .unwrap();
+        drop(db);
+        assert!(
+            !repaired.load(Ordering::SeqCst),
+            "round {round}: the file needed a repair"
+        );
+    }
+}
