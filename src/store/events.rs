@@ -75,23 +75,27 @@ pub(super) fn record(
             previous_attributes: what.previous,
         },
     };
-    let json = serde_json::to_vec(&event).map_err(|e| StoreError::Internal(e.to_string()))?;
-    let value = encode(what.kind, what.device_previous, &json)?;
+    let mut value = head(what.kind, what.device_previous, 640)?;
+    serde_json::to_writer(&mut value, &event).map_err(|e| StoreError::Internal(e.to_string()))?;
     table.insert((tenant, id.as_str()), value.as_slice())?;
     Ok(id)
 }
 
-/// A stored event: the type code, the length of the device's previous
-/// event id and that id, then the JSON.
-pub(super) fn encode(kind: EventType, previous: Option<&str>, json: &[u8]) -> StoreResult<Vec<u8>> {
+/// The start of a stored event: the type code, the length of the device's
+/// previous event id and that id. The event's JSON (about `json_bytes`) is
+/// written after it.
+pub(super) fn head(
+    kind: EventType,
+    previous: Option<&str>,
+    json_bytes: usize,
+) -> StoreResult<Vec<u8>> {
     let previous = previous.unwrap_or("").as_bytes();
     let length =
         u8::try_from(previous.len()).map_err(|_| StoreError::Internal("a long event id".into()))?;
-    let mut value = Vec::with_capacity(2 + previous.len() + json.len());
+    let mut value = Vec::with_capacity(2 + previous.len() + json_bytes);
     value.push(kind.code());
     value.push(length);
     value.extend_from_slice(previous);
-    value.extend_from_slice(json);
     Ok(value)
 }
 

@@ -952,7 +952,8 @@ impl<'t> Importer<'t> {
         }
         let chain = (tenant.to_string(), device.to_string());
         let previous = self.last_events.get(&chain).map(String::as_str);
-        let value = super::events::encode(kind, previous, json.as_bytes())?;
+        let mut value = super::events::head(kind, previous, json.len())?;
+        value.extend_from_slice(json.as_bytes());
         self.events.insert(key, value.as_slice())?;
         self.last_events.insert(chain, line.id.clone());
         self.last_ids.insert(tenant.to_string(), line.id.clone());
