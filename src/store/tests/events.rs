@@ -239,3 +239,63 @@ async fn retention_prunes_old_events_only() {
     assert_eq!(store.get("t", &old.id).unwrap().name, "old");
     assert_eq!(store.prune(Millis(120_000)).await.unwrap(), 0);
 }
+
+#[actix_web::test]
+async fn a_layout_2_file_gains_the_event_tables_and_keeps_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let before = {
+        let store = Store::open(&path).unwrap();
+        let (device, _) = add(&store, "t", "from layout 2", 1_000).await;
+        device
+    };
+    {
+        // What a layout-2 build left: no event or webhook tables.
+        let db = Database::create(&path).unwrap();
+        let txn = write_txn(&db).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, 2)
+            .unwrap();
+        for table in ["events", "webhooks", "webhook_deliveries"] {
+            let definition: redb::TableDefinition<&str, u64> = redb::TableDefinition::new(table);
+            txn.delete_table(definition).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.get("t", &before.id).unwrap(), before);
+    assert!(
+        all(&store, "t").is_empty(),
+        "the feed starts at the upgrade"
+    );
+    store
+        .update(
+            "t",
+            &before.id,
+            patch(json!({"name": "after"})),
+            None,
+            Millis(2_000),
+        )
+        .await
+        .unwrap();
+    let feed = all(&store, "t");
+    assert_eq!(feed.len(), 1);
+    assert_eq!(
+        feed[0]["data"]["previousAttributes"],
+        json!({"name": "from layout 2"})
+    );
+    store.verify_indexes().unwrap();
+    drop(store);
+    let db = Database::create(&path).unwrap();
+    let version = db
+        .begin_read()
+        .unwrap()
+        .open_table(META)
+        .unwrap()
+        .get(SCHEMA_VERSION_KEY)
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(version, SCHEMA_VERSION);
+}
