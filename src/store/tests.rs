@@ -8,6 +8,15 @@ fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// The layout version written in a closed database file.
+fn stored_layout_version(path: &Path) -> u64 {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let version = meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap().value();
+    version
+}
+
 fn new_device(body: serde_json::Value) -> NewDevice {
     NewDevice::parse(body.as_object().unwrap()).unwrap()
 }

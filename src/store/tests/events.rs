@@ -287,15 +287,5 @@ async fn a_layout_2_file_gains_the_event_tables_and_keeps_its_devices() {
     );
     store.verify_indexes().unwrap();
     drop(store);
-    let db = Database::create(&path).unwrap();
-    let version = db
-        .begin_read()
-        .unwrap()
-        .open_table(META)
-        .unwrap()
-        .get(SCHEMA_VERSION_KEY)
-        .unwrap()
-        .unwrap()
-        .value();
-    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
 }

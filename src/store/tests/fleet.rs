@@ -447,14 +447,5 @@ async fn a_first_release_file_is_upgraded_in_place_once() {
         .await;
         store.verify_indexes().unwrap();
     }
-    let db = Database::open(&path).unwrap();
-    let txn = db.begin_read().unwrap();
-    let version = txn
-        .open_table(META)
-        .unwrap()
-        .get(SCHEMA_VERSION_KEY)
-        .unwrap()
-        .unwrap()
-        .value();
-    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
 }
