@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use devicehub::auth::device_key::{self, NewDeviceKey};
 use devicehub::auth::token::{mint_hs256, TokenRequest, TokenVerifier, VerificationKey};
 use devicehub::devices::{Millis, NewDevice};
-use devicehub::store::{ListQuery, Store};
+use devicehub::store::{Embedded, ListQuery};
 use serde_json::{json, Value};
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";
@@ -72,7 +72,7 @@ fn bodies(c: &mut Criterion) {
 
 fn store(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("bench.redb")).unwrap();
+    let store = Embedded::open(&dir.path().join("bench.redb")).unwrap();
     let rt = actix_web::rt::System::new();
     let mut ids = Vec::new();
     rt.block_on(async {

@@ -6,7 +6,7 @@ use crate::auth::{secret, token};
 use crate::config::Settings;
 use crate::error::StartupError;
 use crate::store::export::{Source, Transferred};
-use crate::store::Store;
+use crate::store::Embedded;
 
 /// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
 pub fn serve(config: Option<&Path>, bind: Option<&str>, demo: bool) -> Result<(), StartupError> {
@@ -69,7 +69,7 @@ pub fn token(
 /// Returns the one line to print.
 pub fn restore(config: Option<&Path>, snapshot: &Path) -> Result<String, StartupError> {
     let settings = Settings::load(config)?;
-    let info = Store::restore(snapshot, &settings.storage_path).map_err(StartupError::new)?;
+    let info = Embedded::restore(snapshot, &settings.storage_path).map_err(StartupError::new)?;
     Ok(format!(
         "restored {} ({} devices) into {}",
         snapshot.display(),
@@ -100,7 +100,7 @@ pub fn export(
         None => (Settings::load(config)?.storage_path, Source::Live),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let written = Store::export_file(&path, source, &mut out, tenant)
+    let written = Embedded::export_file(&path, source, &mut out, tenant)
         .map_err(|e| StartupError::new(e.to_string()))?;
     Ok(format!(
         "exported {} from {}",
@@ -122,7 +122,7 @@ pub fn import(config: Option<&Path>) -> Result<String, StartupError> {
         ));
     }
     crate::files::prepare_database_file(&settings)?;
-    let store = Store::open(&settings.storage_path)?;
+    let store = Embedded::open(&settings.storage_path)?;
     let read = store
         .import_from(stdin.lock())
         .map_err(|e| StartupError::new(format!("import: {e}")))?;

@@ -18,7 +18,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// Every key devicehub knows, by section. Anything else is refused.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("server", &["bind", "tls_cert_file", "tls_key_file"]),
-    ("storage", &["path"]),
+    ("storage", &["path", "postgres_url", "postgres_ca_file"]),
     (
         "auth",
         &["hs256_secret", "public_key_file", "issuer", "audience"],
@@ -37,6 +37,8 @@ Environment (over the config file, which is over the built-in defaults; --bind w
   DEVICEHUB_CONFIG                           configuration file (TOML), like --config
   DEVICEHUB__SERVER__BIND                    HOST:PORT to listen on [default: 127.0.0.1:8080]; port 0 picks a free one
   DEVICEHUB__STORAGE__PATH                   the database file, relative to the working directory [default: data/devicehub.redb]
+  DEVICEHUB__STORAGE__POSTGRES_URL           postgres://user:pass@host/db: use PostgreSQL, shared by any number of instances [default: the redb file]
+  DEVICEHUB__STORAGE__POSTGRES_CA_FILE       PEM CA certificate(s) that PostgreSQL's TLS certificate is checked against, besides the public roots
   DEVICEHUB__AUTH__HS256_SECRET              HS256 token secret, at least 32 bytes [default: made on first start, kept in <storage dir>/jwt-secret]
   DEVICEHUB__AUTH__PUBLIC_KEY_FILE           PEM public key (RSA, EC P-256, Ed25519): verify RS256/ES256/EdDSA tokens instead
   DEVICEHUB__AUTH__ISSUER                    when set, tokens must carry this `iss`
@@ -58,6 +60,8 @@ Environment (over the config file, which is over the built-in defaults; --bind w
 pub struct Settings {
     pub bind: SocketAddr,
     pub storage_path: PathBuf,
+    /// `storage.postgres_url`: PostgreSQL instead of the redb file.
+    pub postgres: Option<PostgresSettings>,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     /// `server.tls_cert_file` and `server.tls_key_file`; unset: plain HTTP.
@@ -76,6 +80,22 @@ pub struct Settings {
 /// The documented default of `events.retention`: 90 days.
 pub const DEFAULT_EVENT_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(90 * 86_400);
+
+/// `storage.postgres_url` and `storage.postgres_ca_file`.
+#[derive(Clone)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The URL holds a password: never shown.
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The PEM files of an HTTPS listener (read and checked at start-up).
 #[derive(Debug, Clone)]
@@ -127,6 +147,7 @@ impl Default for Settings {
         Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             storage_path: PathBuf::from("data/devicehub.redb"),
+            postgres: None,
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             tls: None,
@@ -217,6 +238,10 @@ impl Settings {
         let storage_path = PathBuf::from(
             take("storage.path").unwrap_or_else(|| "data/devicehub.redb".to_string()),
         );
+        let postgres = postgres_settings(
+            take("storage.postgres_url"),
+            take("storage.postgres_ca_file"),
+        )?;
         let auth = AuthSettings {
             hs256_secret: take("auth.hs256_secret"),
             public_key_file: take("auth.public_key_file").map(PathBuf::from),
@@ -271,9 +296,22 @@ impl Settings {
             first_retry: duration(&mut take, "webhooks.first_retry")?
                 .unwrap_or(defaults.first_retry),
         };
+        if postgres.is_some() {
+            if auth.hs256_secret.is_none() && auth.public_key_file.is_none() {
+                return Err(StartupError::new(
+                    "storage.postgres_url: set auth.hs256_secret or auth.public_key_file too, so every instance verifies the same tokens",
+                ));
+            }
+            if backup.dir.is_some() {
+                return Err(StartupError::new(
+                    "backup.dir: scheduled snapshots are for the redb file; with storage.postgres_url use PostgreSQL's own backups (pg_dump, replicas)",
+                ));
+            }
+        }
         Ok(Settings {
             bind,
             storage_path,
+            postgres,
             auth,
             limits,
             tls,
@@ -292,6 +330,31 @@ impl Settings {
             _ => PathBuf::from("."),
         }
     }
+}
+
+/// `storage.postgres_url` (a `postgres://` or `postgresql://` URL) and its
+/// optional CA file; the CA file alone is a mistake.
+fn postgres_settings(
+    url: Option<String>,
+    ca_file: Option<String>,
+) -> Result<Option<PostgresSettings>, StartupError> {
+    let Some(url) = url else {
+        if ca_file.is_some() {
+            return Err(StartupError::new(
+                "storage.postgres_ca_file: set only with storage.postgres_url",
+            ));
+        }
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StartupError::new(
+            "storage.postgres_url: must start with postgres:// or postgresql://",
+        ));
+    }
+    Ok(Some(PostgresSettings {
+        url,
+        ca_file: ca_file.map(PathBuf::from),
+    }))
 }
 
 /// `backup.dir`, `backup.interval` (a duration like `--ttl`) and

@@ -11,6 +11,7 @@ use crate::auth::token::{mint_hs256, TokenRequest};
 use crate::config::Settings;
 use crate::devices::{Millis, NewDevice};
 use crate::error::StartupError;
+use crate::store::postgres::Postgres;
 use crate::store::Store;
 
 pub const TENANT: &str = "demo";
@@ -94,10 +95,24 @@ const FLEET: &[(&str, &str, &str, &[&str])] = &[
 /// The one device the demo shows as revoked.
 const REVOKED: &str = "Old Handheld (lost)";
 
-/// Seeds the demo fleet if no device exists yet; says whether it did.
+fn fail(e: crate::store::StoreError) -> StartupError {
+    StartupError::new(format!("demo: cannot seed: {e}"))
+}
+
+/// Seeds the demo fleet if no device exists yet; says whether it did. On
+/// PostgreSQL, under a lock: instances starting together seed it once.
 pub async fn seed(store: &Store) -> Result<bool, StartupError> {
-    let fail = |e: crate::store::StoreError| StartupError::new(format!("demo: cannot seed: {e}"));
-    if !store.is_empty().map_err(fail)? {
+    let Store::Postgres(shared) = store else {
+        return seed_if_empty(store).await;
+    };
+    let lock = shared.lock_demo().await.map_err(fail)?;
+    let seeded = seed_if_empty(store).await;
+    Postgres::unlock_demo(lock).await;
+    seeded
+}
+
+async fn seed_if_empty(store: &Store) -> Result<bool, StartupError> {
+    if !store.is_empty().await.map_err(fail)? {
         return Ok(false);
     }
     let now = Millis::now().0;

@@ -46,17 +46,31 @@ pub struct Running {
 ///
 /// Nothing is written before the storage path is known to name a file; the
 /// folder and the database file are made private before the store opens them.
-pub fn start(settings: &Settings) -> Result<Running, StartupError> {
+pub async fn start(settings: &Settings) -> Result<Running, StartupError> {
     let tls = settings
         .tls
         .as_ref()
         .map(crate::tls::server_config)
         .transpose()?;
-    files::check_storage_path(settings)?;
+    let store = match &settings.postgres {
+        None => {
+            files::check_storage_path(settings)?;
+            None
+        }
+        Some(postgres) => {
+            let ca_file = postgres.ca_file.as_deref();
+            Some(Store::open_postgres(&postgres.url, ca_file).await?)
+        }
+    };
     let made_secret = secret::will_be_made(settings);
     let tokens = TokenVerifier::from_settings(settings)?;
-    files::prepare_database_file(settings)?;
-    let store = Arc::new(Store::open(&settings.storage_path)?);
+    let store = Arc::new(match store {
+        Some(store) => store,
+        None => {
+            files::prepare_database_file(settings)?;
+            Store::open(&settings.storage_path)?
+        }
+    });
     store.set_event_retention(settings.event_retention);
     crate::webhooks::worker::start(&store, settings.webhooks.clone());
     start_backups(settings, &store)?;
@@ -319,6 +333,7 @@ async fn close(store: Arc<Store>) {
     if Arc::strong_count(&store) > 1 {
         log::warn!("the database is still in use at exit: the next start will check it");
     }
+    store.close().await;
     drop(store);
 }
 
@@ -326,7 +341,7 @@ async fn close(store: Arc<Store>) {
 /// `demo`, seeds the demo tenant into an empty database and prints its banner.
 pub fn serve(settings: &Settings, demo: bool) -> Result<(), StartupError> {
     actix_web::rt::System::new().block_on(async {
-        let running = start(settings)?;
+        let running = start(settings).await?;
         let banner = if demo {
             if crate::demo::seed(&running.store).await? {
                 log::info!("seeded the demo tenant {:?}", crate::demo::TENANT);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{settings_in, spawn_app, spawn_app_in, token_for, TestApp};
 use devicehub::store::backup::is_snapshot_name;
-use devicehub::store::Store;
+use devicehub::store::Embedded;
 use serde_json::json;
 use support::Server;
 
@@ -115,7 +115,7 @@ fn a_snapshot_under_concurrent_writes_holds_every_acknowledged_write_and_restore
     std::thread::sleep(Duration::from_millis(300));
     let backups = tempfile::tempdir().unwrap();
     let began = Instant::now();
-    let snapshot = app.store.snapshot(backups.path()).unwrap();
+    let snapshot = app.embedded().snapshot(backups.path()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -147,10 +147,10 @@ fn a_snapshot_under_concurrent_writes_holds_every_acknowledged_write_and_restore
     // Restore into a fresh deployment with the same token secret.
     let fresh = tempfile::tempdir().unwrap();
     let settings = settings_in(fresh.path());
-    let info = Store::restore(&snapshot, &settings.storage_path).unwrap();
+    let info = Embedded::restore(&snapshot, &settings.storage_path).unwrap();
     assert!(info.devices >= expected.len() as u64);
     let restored = spawn_app_in(fresh, settings).unwrap();
-    restored.store.verify_indexes().unwrap();
+    restored.embedded().verify_indexes().unwrap();
     for (id, key, n) in &expected {
         let me = restored.get("/api/device/me", key);
         assert_eq!(me.status, 200, "device {id}'s key works after restore");
@@ -169,7 +169,7 @@ fn backup_keeps_the_newest_n_snapshots() {
     let app = spawn_app();
     app.register(&admin(), json!({"name": "a"}));
     let dir = tempfile::tempdir().unwrap();
-    let first = app.store.snapshot(dir.path()).unwrap();
+    let first = app.embedded().snapshot(dir.path()).unwrap();
     // Older snapshots, as earlier runs would have left them.
     for stamp in ["20200101T000000Z", "20200102T000000Z", "20200103T000000Z"] {
         std::fs::copy(&first, dir.path().join(format!("devicehub-{stamp}.redb"))).unwrap();
@@ -327,7 +327,7 @@ fn measure_snapshot_and_restore() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir_in(".").unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("db/devicehub.redb")).unwrap());
+    let store = Arc::new(Embedded::open(&dir.path().join("db/devicehub.redb")).unwrap());
     let seeding = Instant::now();
     let ids: Vec<String> = actix_web::rt::System::new().block_on(async {
         let tasks: Vec<_> = (0..256)
@@ -415,7 +415,7 @@ fn measure_snapshot_and_restore() {
     drop(store);
     let target = dir.path().join("restored/devicehub.redb");
     let started = Instant::now();
-    let info = Store::restore(&snapshot, &target).unwrap();
+    let info = Embedded::restore(&snapshot, &target).unwrap();
     eprintln!(
         "restore: {:?} ({} devices checked and copied)",
         started.elapsed(),

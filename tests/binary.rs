@@ -571,7 +571,7 @@ fn every_acknowledged_write_survives_sigkill() {
 
     // The key, status and location indexes and the counts match the devices
     // exactly, after every crash.
-    let store = devicehub::store::Store::open(&dir.path().join("data/devicehub.redb")).unwrap();
+    let store = devicehub::store::Embedded::open(&dir.path().join("data/devicehub.redb")).unwrap();
     store.verify_indexes().unwrap();
 }
 

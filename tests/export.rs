@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::{token_for, Response};
-use devicehub::store::{EventQuery, ListQuery, Store};
+use devicehub::store::{Embedded, EventQuery, ListQuery};
 use serde_json::{json, Value};
 use support::Server;
 
@@ -214,7 +214,7 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
         "{said}"
     );
     {
-        let store = Store::open(&db_in(new.path())).unwrap();
+        let store = Embedded::open(&db_in(new.path())).unwrap();
         store.verify_indexes().unwrap();
         assert_eq!(store.stats("acme").unwrap().total(), 4);
     }
@@ -345,7 +345,7 @@ fn store_with_one_device(dir: &Path) -> String {
 
 /// (tenant, device id) of every device, and every tenant's event ids.
 fn contents(dir: &Path) -> (Vec<String>, Vec<String>) {
-    let store = Store::open(&db_in(dir)).unwrap();
+    let store = Embedded::open(&db_in(dir)).unwrap();
     let mut devices = Vec::new();
     let mut events = Vec::new();
     for tenant in ["acme", "other"] {

@@ -153,7 +153,7 @@ fn the_database_alone_reveals_no_device_key_and_answers_expire() {
     let body = json!({"name": "Scanner"});
     let first = register(&app, Some(KEY), &body);
     let api_key = first.json()["apiKey"].as_str().unwrap().to_string();
-    let file = std::fs::read(app.dir.path().join("devicehub.redb")).unwrap();
+    let file = app.database_bytes();
     let text = String::from_utf8_lossy(&file);
     assert!(!text.contains(&api_key), "the device key is sealed");
     assert!(!text.contains(KEY), "the Idempotency-Key is not stored");

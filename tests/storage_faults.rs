@@ -179,7 +179,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     drop(app);
 
     // And all of it is on disk.
-    let store = devicehub::store::Store::open(&disk.path().join("devicehub.redb")).unwrap();
+    let store = devicehub::store::Embedded::open(&disk.path().join("devicehub.redb")).unwrap();
     let page = store.list("acme", &Default::default()).unwrap();
     let stored: Vec<String> = page.devices.into_iter().map(|d| d.id).collect();
     assert_eq!(stored, acknowledged);

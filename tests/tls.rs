@@ -156,7 +156,7 @@ fn start_error(files: TlsFiles) -> String {
     settings.tls = Some(files);
     let db = settings.storage_path.clone();
     let error = actix_web::rt::System::new().block_on(async move {
-        match devicehub::startup::start(&settings) {
+        match devicehub::startup::start(&settings).await {
             Ok(_) => panic!("started with bad TLS files"),
             Err(e) => e.to_string(),
         }

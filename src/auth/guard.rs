@@ -2,9 +2,11 @@
 //! handler runs. A handler states the access it needs in its signature
 //! (`TenantAuth<Admin>`, `DeviceAuth`) and never reads `Authorization` itself.
 
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -15,6 +17,7 @@ use super::token::{Principal, Scopes};
 use crate::devices::{Device, DeviceStatus, Millis};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::KeyOwner;
 
 /// A scope a tenant endpoint requires.
 pub trait RequiredScope {
@@ -143,24 +146,55 @@ pub struct DeviceAuth {
     pub deprecated: bool,
 }
 
-impl FromRequest for DeviceAuth {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+/// The look-up of a device key: answered in place from the embedded store
+/// (a point read, like any other), or a query to PostgreSQL.
+pub enum DeviceAuthFuture {
+    Ready(Ready<Result<DeviceAuth, ApiError>>),
+    Query(Pin<Box<dyn Future<Output = Result<DeviceAuth, ApiError>>>>),
+}
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate_device(req))
+impl Future for DeviceAuthFuture {
+    type Output = Result<DeviceAuth, ApiError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            DeviceAuthFuture::Ready(ready) => Pin::new(ready).poll(cx),
+            DeviceAuthFuture::Query(query) => query.as_mut().poll(cx),
+        }
     }
 }
 
-/// One index look-up, done in place like any point read.
-fn authenticate_device(req: &HttpRequest) -> Result<DeviceAuth, ApiError> {
-    let key = bearer(req)?;
-    if !device_key::is_well_formed(key) {
-        return Err(ApiError::unauthorized("unknown device key"));
+impl FromRequest for DeviceAuth {
+    type Error = ApiError;
+    type Future = DeviceAuthFuture;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let found = bearer(req).and_then(|key| {
+            if !device_key::is_well_formed(key) {
+                return Err(ApiError::unauthorized("unknown device key"));
+            }
+            Ok((device_key::hash(key), state(req)?.store.clone()))
+        });
+        let (hash, store) = match found {
+            Ok(found) => found,
+            Err(e) => return DeviceAuthFuture::Ready(ready(Err(e))),
+        };
+        match store.embedded() {
+            Some(embedded) => DeviceAuthFuture::Ready(ready(
+                embedded
+                    .find_by_key(&hash, Millis::now())
+                    .map_err(ApiError::from)
+                    .and_then(authenticated),
+            )),
+            None => DeviceAuthFuture::Query(Box::pin(async move {
+                authenticated(store.find_by_key(&hash, Millis::now()).await?)
+            })),
+        }
     }
-    let owner = state(req)?
-        .store
-        .find_by_key(&device_key::hash(key), Millis::now())?;
+}
+
+/// The device a key names, if it may call the device API.
+fn authenticated(owner: Option<KeyOwner>) -> Result<DeviceAuth, ApiError> {
     match owner {
         None => Err(ApiError::unauthorized("unknown device key")),
         Some(owner) if owner.device.status == DeviceStatus::Revoked => {

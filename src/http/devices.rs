@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::idempotent::{self, Pending, Prepared};
 use super::list_gate::ListPass;
 use super::query;
-use super::{allowed_methods, blocking, body, json, resource, Data, JsonObject};
+use super::{allowed_methods, body, json, resource, Data, JsonObject};
 use crate::auth::device_key::NewDeviceKey;
 use crate::auth::guard::{Admin, DevicesRead, TenantAuth};
 use crate::devices::{
@@ -21,7 +21,7 @@ use crate::devices::{
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::Answer;
 use crate::state::AppState;
-use crate::store::{DeviceCursor, ListQuery, Order};
+use crate::store::{DeviceList, ListQuery, Order};
 
 pub const MAX_LIMIT: usize = 1000;
 /// The longest `q` a list accepts, in characters.
@@ -73,10 +73,11 @@ async fn by_id(
         (DEVICE_KEY, &Method::POST) => {
             let auth = TenantAuth::extract(&req).await?;
             let raw = body::read_limited(&req, payload).await?;
-            let pending = match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state)? {
-                Prepared::Replay(response) => return Ok(response),
-                Prepared::Run(pending) => pending,
-            };
+            let pending =
+                match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state).await? {
+                    Prepared::Replay(response) => return Ok(response),
+                    Prepared::Run(pending) => pending,
+                };
             let rotation = if has_body(&req) {
                 KeyRotation::parse(&body::json_object(&req, raw.as_ref())?.0)?
             } else {
@@ -169,8 +170,7 @@ async fn list(
     let query = parse_list_query(req.query_string())?;
     let tenant = auth.tenant().to_string();
     if query.limit.is_some() {
-        let store = state.store.clone();
-        let page = blocking(move || store.list(&tenant, &query)).await?;
+        let page = state.store.list(&tenant, &query).await?;
         return json(
             StatusCode::OK,
             &ListBody {
@@ -198,7 +198,7 @@ async fn list(
 /// the tenant. A storage error midway ends the response early, so the
 /// client sees a truncated body rather than a list that looks whole.
 struct StreamedList {
-    cursor: DeviceCursor,
+    cursor: DeviceList,
     batch: Vec<Device>,
     started: bool,
     first: bool,
@@ -223,10 +223,11 @@ impl MessageBody for StreamedList {
         }
         let more = match this
             .cursor
-            .next_batch(STREAM_BATCH, STREAM_VISITS, &mut this.batch)
+            .poll_batch(cx, STREAM_BATCH, STREAM_VISITS, &mut this.batch)
         {
-            Ok(more) => more,
-            Err(e) => {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(more)) => more,
+            Poll::Ready(Err(e)) => {
                 this.done = true;
                 log::error!("a streamed list stopped: {e}");
                 return Poll::Ready(Some(Err(std::io::Error::other("storage error"))));
@@ -264,7 +265,7 @@ async fn stats(
     auth: TenantAuth<DevicesRead>,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let counts = state.store.stats(auth.tenant())?;
+    let counts = state.store.stats(auth.tenant()).await?;
     json(
         StatusCode::OK,
         &serde_json::json!({ "data": {
@@ -283,7 +284,7 @@ async fn get(
 ) -> ApiResult<HttpResponse> {
     // A point read is a few microseconds over redb's cache: done here, it
     // saves the hop to the blocking pool, which halved throughput.
-    let device = state.store.get(auth.tenant(), id)?;
+    let device = state.store.get(auth.tenant(), id).await?;
     with_etag(StatusCode::OK, &device, &Data { data: &device })
 }
 
@@ -294,7 +295,7 @@ async fn register(
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let raw = body::read_limited(&req, payload).await?;
-    let pending = match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state)? {
+    let pending = match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state).await? {
         Prepared::Replay(response) => return Ok(response),
         Prepared::Run(pending) => pending,
     };

@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::rt::time::{timeout, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{blocking, devices::MAX_LIMIT, query, resource};
+use super::{devices::MAX_LIMIT, query, resource};
 use crate::auth::guard::{DevicesRead, TenantAuth};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
@@ -47,12 +47,7 @@ async fn feed(
         }
     };
     loop {
-        let (store, tenant, q) = (
-            state.store.clone(),
-            auth.tenant().to_string(),
-            query.clone(),
-        );
-        let page = blocking(move || store.events(&tenant, &q)).await?;
+        let page = state.store.events(auth.tenant(), &query).await?;
         let Some(waiter) = waiter.as_mut().filter(|_| page.events.is_empty()) else {
             return Ok(respond(&page));
         };

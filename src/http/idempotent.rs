@@ -40,7 +40,7 @@ pub enum Pending {
 /// same key came with the same method, path and body (`raw`; None when too
 /// large to have been kept), refuses another request under the same key
 /// (409), and otherwise claims the key for this request.
-pub fn prepare(
+pub async fn prepare(
     req: &HttpRequest,
     raw: Option<&Bytes>,
     tenant: &str,
@@ -64,7 +64,7 @@ pub fn prepare(
             "a request with this Idempotency-Key is still running",
         ));
     };
-    if let Some(kept) = state.store.remembered(tenant, &id, Millis::now())? {
+    if let Some(kept) = state.store.remembered(tenant, &id, Millis::now()).await? {
         if raw.is_none() || kept.fingerprint != fingerprint {
             return Err(ApiError::IdempotencyConflict(
                 "this Idempotency-Key was used with another request",

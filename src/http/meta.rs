@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{blocking, resource};
+use super::resource;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -18,18 +18,25 @@ pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
 /// Prometheus text; the device counts are the store's kept counts, read at
 /// each scrape.
 async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let store = state.store.clone();
-    let counts = blocking(move || store.all_stats()).await?;
+    let counts = state.store.all_stats().await?;
     let text = crate::metrics::render(&counts).map_err(ApiError::Internal)?;
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text))
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(r#"{"status":"ok"}"#)
+/// 200 while the store answers reads; 503 while it does not (PostgreSQL
+/// down), and 200 again once it does.
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if state.store.is_reachable().await {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"status":"ok"}"#)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("application/json")
+            .body(r#"{"status":"unavailable"}"#)
+    }
 }
 
 async fn openapi() -> HttpResponse {

@@ -93,7 +93,7 @@ async fn create(
 }
 
 async fn list(auth: TenantAuth<Admin>, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let data = state.store.webhooks(auth.tenant())?;
+    let data = state.store.webhooks(auth.tenant()).await?;
     json(StatusCode::OK, &Many { data })
 }
 
@@ -102,7 +102,10 @@ async fn read(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let hook = state.store.webhook(auth.tenant(), webhook_id(&path)?)?;
+    let hook = state
+        .store
+        .webhook(auth.tenant(), webhook_id(&path)?)
+        .await?;
     json(StatusCode::OK, &One { data: &hook })
 }
 
@@ -161,7 +164,8 @@ async fn deliveries(
 ) -> ApiResult<HttpResponse> {
     let data = state
         .store
-        .webhook_deliveries(auth.tenant(), webhook_id(&path)?)?;
+        .webhook_deliveries(auth.tenant(), webhook_id(&path)?)
+        .await?;
     json(StatusCode::OK, &Many { data })
 }
 
@@ -195,7 +199,7 @@ async fn test(
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let id = webhook_id(&path)?;
-    let (url, secret) = state.store.webhook_test_target(auth.tenant(), id)?;
+    let (url, secret) = state.store.webhook_test_target(auth.tenant(), id).await?;
     let now = Millis::now();
     let event_id = crate::events::id::format(ulid::Ulid::new());
     let body = serde_json::to_vec(&TestEvent {

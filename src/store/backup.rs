@@ -23,7 +23,7 @@ use super::tables::{
     DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
     SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
-use super::{indexes, Store, StoreError, StoreResult};
+use super::{indexes, Embedded, StoreError, StoreResult};
 
 /// Snapshot files are `PREFIX` + UTC time + `SUFFIX`.
 const PREFIX: &str = "devicehub-";
@@ -48,7 +48,7 @@ pub struct SnapshotInfo {
     pub devices: u64,
 }
 
-impl Store {
+impl Embedded {
     /// Writes a consistent snapshot of the whole store into `dest_dir`
     /// (created 0700 if missing) and returns its path.
     pub fn snapshot(&self, dest_dir: &Path) -> StoreResult<PathBuf> {
@@ -171,8 +171,8 @@ impl Store {
     /// 0600 and renamed over the target. Refuses while a process (a running
     /// server) holds the target database.
     pub fn restore(snapshot: &Path, target: &Path) -> Result<SnapshotInfo, String> {
-        let info =
-            Store::check_snapshot(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
+        let info = Embedded::check_snapshot(snapshot)
+            .map_err(|e| format!("{}: {e}", snapshot.display()))?;
         let dir = match target.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -462,7 +462,7 @@ mod tests {
     async fn a_snapshot_holds_every_table_row_for_row() {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("db/devicehub.redb");
-        let store = Store::open(&db_path).unwrap();
+        let store = Embedded::open(&db_path).unwrap();
         for i in 0..5 {
             let key = NewDeviceKey::generate().unwrap();
             let new = NewDevice::parse(
@@ -496,7 +496,7 @@ mod tests {
         assert!(source.len() >= 8, "{source:?}");
         assert!(source["idempotency"] == 5 && source["devices"] == 5);
         assert_eq!(source, copy);
-        let info = Store::check_snapshot(&snapshot.path).unwrap();
+        let info = Embedded::check_snapshot(&snapshot.path).unwrap();
         assert_eq!(info.devices, 5);
     }
 
@@ -540,7 +540,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.redb");
         fs::write(&junk, vec![7u8; 8192]).unwrap();
-        let err = Store::check_snapshot(&junk).unwrap_err();
+        let err = Embedded::check_snapshot(&junk).unwrap_err();
         assert!(err.contains("not a devicehub snapshot"), "{err}");
         // A redb file without devicehub's layout version.
         let other = dir.path().join("other.redb");
@@ -551,7 +551,7 @@ mod tests {
             txn.open_table(def).unwrap().insert("a", 1).unwrap();
             txn.commit().unwrap();
         }
-        let err = Store::check_snapshot(&other).unwrap_err();
+        let err = Embedded::check_snapshot(&other).unwrap_err();
         assert!(err.contains("no layout version"), "{err}");
     }
 }

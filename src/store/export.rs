@@ -25,7 +25,7 @@ use super::tables::{
     WEBHOOKS,
 };
 use super::webhooks::WebhookRecord;
-use super::{indexes, write_txn, DeviceRecord, Store, StoreError};
+use super::{indexes, write_txn, DeviceRecord, Embedded, StoreError};
 use crate::auth::device_key;
 use crate::auth::token::is_tenant_id;
 use crate::devices::{
@@ -46,7 +46,7 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// redb's page cache while `export_file` reads a file (its default is 1 GiB).
 const EXPORT_CACHE_BYTES: usize = 16 << 20;
 
-/// Which file `Store::export_file` reads.
+/// Which file `Embedded::export_file` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// The configured database (`storage.path`) of a stopped server.
@@ -104,7 +104,7 @@ pub enum ExportError {
     #[error("cannot write the export: {0}")]
     Write(#[from] io::Error),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Embedded(#[from] StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ pub enum ImportError {
     #[error("the store already holds {0}: import only into an empty store (nothing was written)")]
     NotEmpty(&'static str),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Embedded(#[from] StoreError),
 }
 
 /// redb's errors, through `StoreError` (which sorts I/O from the rest).
@@ -135,7 +135,7 @@ via_store!(Fault: redb::StorageError, redb::TableError);
 /// Why a line was not taken: the line is wrong, or the store failed.
 enum Fault {
     Bad(String),
-    Store(StoreError),
+    Embedded(StoreError),
 }
 
 impl From<String> for Fault {
@@ -152,7 +152,7 @@ impl From<&str> for Fault {
 
 impl From<StoreError> for Fault {
     fn from(e: StoreError) -> Self {
-        Fault::Store(e)
+        Fault::Embedded(e)
     }
 }
 
@@ -266,7 +266,7 @@ struct Probe<'a> {
     version: Option<serde_json::Value>,
 }
 
-impl Store {
+impl Embedded {
     /// Writes the store (or one tenant of it) to `out` in the export format,
     /// from one read transaction. A check-in this process holds in memory
     /// counts as written.
@@ -760,7 +760,7 @@ impl<'t> Importer<'t> {
             ended = match self.line_in(text) {
                 Ok(ended) => ended,
                 Err(Fault::Bad(reason)) => return Err(self.fail(reason)),
-                Err(Fault::Store(e)) => return Err(ImportError::Store(e)),
+                Err(Fault::Embedded(e)) => return Err(ImportError::Embedded(e)),
             };
         }
         if self.line == 0 {
@@ -775,7 +775,7 @@ impl<'t> Importer<'t> {
                 reason: "the input ends without the end line: the export is incomplete".into(),
             });
         }
-        self.link_devices().map_err(ImportError::Store)?;
+        self.link_devices().map_err(ImportError::Embedded)?;
         Ok(self.read)
     }
 

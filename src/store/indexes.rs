@@ -33,7 +33,7 @@ impl StatusCounts {
         self.active + self.inactive + self.revoked
     }
 
-    fn slot(&mut self, status: DeviceStatus) -> &mut u64 {
+    pub(crate) fn slot(&mut self, status: DeviceStatus) -> &mut u64 {
         match status {
             DeviceStatus::Active => &mut self.active,
             DeviceStatus::Inactive => &mut self.inactive,

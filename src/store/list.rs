@@ -60,7 +60,7 @@ impl ListQuery {
         true
     }
 
-    fn seen_matches(&self, last_seen: Option<Millis>) -> bool {
+    pub(crate) fn seen_matches(&self, last_seen: Option<Millis>) -> bool {
         if let Some(before) = self.last_seen_before {
             if last_seen.is_some_and(|seen| seen >= before) {
                 return false;

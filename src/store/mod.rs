@@ -5,6 +5,7 @@
 //! return once the commit holding them is on disk (`Durability::Immediate`),
 //! so a caller that answers 2xx afterwards has its change on disk.
 
+mod backend;
 pub mod backup;
 mod commit;
 mod events;
@@ -13,6 +14,7 @@ mod handle;
 mod indexes;
 mod last_seen;
 mod list;
+pub mod postgres;
 pub mod tables;
 mod webhooks;
 
@@ -25,6 +27,7 @@ use redb::{
     WriteTransaction,
 };
 
+pub use backend::{DeviceList, Store};
 pub use events::{EventPage, EventQuery, StoredEvent};
 pub use indexes::StatusCounts;
 pub use list::{DeviceCursor, ListQuery, Order, Page};
@@ -309,7 +312,7 @@ pub struct KeyOwner {
     pub deprecated: bool,
 }
 
-pub struct Store {
+pub struct Embedded {
     inner: Arc<Inner>,
     writer: Writer,
 }
@@ -324,10 +327,10 @@ struct Inner {
     event_retention_ms: AtomicU64,
 }
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the database file, refusing one of another layout
     /// version, a damaged one, or one another process holds.
-    pub fn open(path: &Path) -> Result<Store, StartupError> {
+    pub fn open(path: &Path) -> Result<Embedded, StartupError> {
         let shown = path.display();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -361,7 +364,7 @@ impl Store {
             .map_err(|e| StartupError::new(format!("storage.path: {shown}: {e}")))?;
         let writer = Writer::start(inner.clone())
             .map_err(|e| StartupError::new(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { inner, writer })
+        Ok(Embedded { inner, writer })
     }
 
     /// Whether no device of any tenant is stored.
@@ -601,7 +604,7 @@ impl Store {
         now: Millis,
         remember: Option<Remember>,
     ) -> StoreResult<(Device, Option<Millis>)> {
-        let grace_ms = grace_seconds.min(crate::devices::MAX_GRACE_PERIOD_SECONDS) * 1000;
+        let grace_ms = grace_ms(grace_seconds);
         let author = author.into();
         let (tenant, actor) = owned(author);
         let device_id = device_id.to_string();
@@ -1134,18 +1137,30 @@ fn next_ulid(
     now: Millis,
     prefix: &str,
 ) -> StoreResult<ulid::Ulid> {
-    let ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
     let last = table
         .range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))?
         .next_back()
         .transpose()?
         .and_then(|(key, _)| id::parse_prefixed(prefix, key.value().1));
+    next_ulid_after(last, now)
+}
+
+/// A new ULID at `now`, after `last` (the newest id of its kind in the
+/// tenant) even when the clock steps back.
+fn next_ulid_after(last: Option<ulid::Ulid>, now: Millis) -> StoreResult<ulid::Ulid> {
+    let ulid = ulid::Ulid::from_parts(now.0, random_u128()?);
     match last {
         Some(last) if ulid <= last => last
             .increment()
-            .ok_or_else(|| StoreError::Internal(format!("the {prefix} id space is exhausted"))),
+            .ok_or_else(|| StoreError::Internal("the id space is exhausted".into())),
         _ => Ok(ulid),
     }
+}
+
+/// A rotation's grace period in milliseconds, capped at the contract's
+/// maximum.
+fn grace_ms(grace_seconds: u64) -> u64 {
+    grace_seconds.min(crate::devices::MAX_GRACE_PERIOD_SECONDS) * 1000
 }
 
 fn random_u128() -> StoreResult<u128> {

@@ -2,9 +2,9 @@ use super::*;
 use crate::auth::device_key::{hash, NewDeviceKey};
 use serde_json::json;
 
-fn open() -> (tempfile::TempDir, Store) {
+fn open() -> (tempfile::TempDir, Embedded) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("sub/devicehub.redb")).unwrap();
+    let store = Embedded::open(&dir.path().join("sub/devicehub.redb")).unwrap();
     (dir, store)
 }
 
@@ -25,7 +25,7 @@ fn patch(body: serde_json::Value) -> DevicePatch {
     DevicePatch::parse(body.as_object().unwrap()).unwrap()
 }
 
-async fn add(store: &Store, tenant: &str, name: &str, now: u64) -> (Device, String) {
+async fn add(store: &Embedded, tenant: &str, name: &str, now: u64) -> (Device, String) {
     let key = NewDeviceKey::generate().unwrap();
     let device = store
         .create(
@@ -268,14 +268,14 @@ async fn data_survives_reopening_and_the_file_is_locked_while_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     let id = {
-        let store = Store::open(&path).unwrap();
+        let store = Embedded::open(&path).unwrap();
         let (d, _) = add(&store, "t", "kept", 1_000).await;
         store.touch("t", &d.id, Millis(7_000));
-        let err = Store::open(&path).err().expect("second open must fail");
+        let err = Embedded::open(&path).err().expect("second open must fail");
         assert!(err.to_string().contains("locked"), "{err}");
         d.id
     };
-    let store = Store::open(&path).unwrap();
+    let store = Embedded::open(&path).unwrap();
     let d = store.get("t", &id).unwrap();
     assert_eq!(d.name, "kept");
     assert_eq!(d.last_seen_at, Some(Millis(7_000)));
@@ -286,7 +286,7 @@ async fn a_file_that_is_not_a_database_is_refused_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-    let err = Store::open(&path).err().expect("garbage must not open");
+    let err = Embedded::open(&path).err().expect("garbage must not open");
     assert!(err.to_string().starts_with("storage.path:"), "{err}");
 }
 
@@ -295,7 +295,7 @@ async fn a_newer_layout_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     {
-        drop(Store::open(&path).unwrap());
+        drop(Embedded::open(&path).unwrap());
         let db = Database::create(&path).unwrap();
         let txn = write_txn(&db).unwrap();
         txn.open_table(META)
@@ -304,7 +304,7 @@ async fn a_newer_layout_version_is_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let err = Store::open(&path).err().expect("must refuse");
+    let err = Embedded::open(&path).err().expect("must refuse");
     let newer = format!("layout version {}", SCHEMA_VERSION + 1);
     assert!(err.to_string().contains(&newer), "{err}");
 }
@@ -312,7 +312,7 @@ async fn a_newer_layout_version_is_refused() {
 /// Holds the writer busy so that what is submitted meanwhile forms one batch.
 /// Returns once the writer is applying the holding job, so its batch is
 /// closed: whatever is submitted next forms the following batch.
-fn hold_writer(store: &Store, ms: u64) -> tokio::sync::oneshot::Receiver<StoreResult<()>> {
+fn hold_writer(store: &Embedded, ms: u64) -> tokio::sync::oneshot::Receiver<StoreResult<()>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (started_tx, started) = std::sync::mpsc::channel();
     store

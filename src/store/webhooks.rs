@@ -51,7 +51,31 @@ impl WebhookRecord {
         serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
-    fn public(&self, id: &str) -> Webhook {
+    /// A new webhook, to be given the events after `cursor` (the tenant's
+    /// last event id when it is made; empty before the first).
+    pub(super) fn new(
+        new: &WebhookPatch,
+        secret: String,
+        cursor: String,
+        now: Millis,
+    ) -> WebhookRecord {
+        WebhookRecord {
+            url: new.url.clone().unwrap_or_default(),
+            events: new.events.clone().unwrap_or_default(),
+            description: new.description.clone().unwrap_or_default(),
+            enabled: new.enabled.unwrap_or(true),
+            created_ms: now.0,
+            updated_ms: now.0,
+            secret,
+            cursor,
+            failures: 0,
+            failing_since_ms: None,
+            next_attempt_ms: 0,
+            next_log: 1,
+        }
+    }
+
+    pub(super) fn public(&self, id: &str) -> Webhook {
         Webhook {
             id: id.to_string(),
             url: self.url.clone(),
@@ -63,12 +87,98 @@ impl WebhookRecord {
         }
     }
 
-    fn set_public(&mut self, hook: &Webhook) {
+    /// Applies a PATCH: the webhook as it now is, and whether it changed.
+    /// Enabling a webhook again resumes at its first undelivered event, at
+    /// once.
+    pub(super) fn patch(&mut self, id: &str, patch: &WebhookPatch, now: Millis) -> (Webhook, bool) {
+        let mut hook = self.public(id);
+        let was_enabled = hook.enabled;
+        if !patch.apply(&mut hook) {
+            return (hook, false);
+        }
+        hook.updated_at = now.max(hook.updated_at);
         self.url.clone_from(&hook.url);
         self.events.clone_from(&hook.events);
         self.description.clone_from(&hook.description);
         self.enabled = hook.enabled;
         self.updated_ms = hook.updated_at.0;
+        if hook.enabled && !was_enabled {
+            self.failures = 0;
+            self.failing_since_ms = None;
+            self.next_attempt_ms = 0;
+        }
+        (hook, true)
+    }
+
+    pub(super) fn set_secret(&mut self, secret: String, now: Millis) {
+        self.secret = secret;
+        self.updated_ms = now.0.max(self.updated_ms);
+    }
+
+    /// What stops a delivery now, if anything: disabled (`Idle`), or a
+    /// retry not yet due (`Later`).
+    pub(super) fn waiting(&self, now: Millis) -> Option<Next> {
+        if !self.enabled {
+            Some(Next::Idle)
+        } else if self.next_attempt_ms > now.0 {
+            Some(Next::Later(self.next_attempt_ms))
+        } else {
+            None
+        }
+    }
+
+    /// Where the queue starts: the cursor, or the worker's `read_from` when
+    /// it has read further.
+    pub(super) fn read_from<'a>(&'a self, read_from: Option<&'a str>) -> &'a str {
+        match read_from {
+            Some(hint) if hint > self.cursor.as_str() => hint,
+            _ => self.cursor.as_str(),
+        }
+    }
+
+    pub(super) fn attempt(&self, event: StoredEvent) -> Attempt {
+        Attempt {
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+            event,
+            number: self.failures + 1,
+            cursor: self.cursor.clone(),
+        }
+    }
+
+    /// Takes in an attempt's outcome: when delivered, moves the cursor past
+    /// its event; when not, schedules the retry or, after three days of
+    /// failing, disables the webhook. `Stale` when the webhook moved on
+    /// meanwhile (nothing to record).
+    pub(super) fn outcome(
+        &mut self,
+        attempt: &Attempt,
+        delivered: bool,
+        first_retry: Duration,
+        now: Millis,
+    ) -> Recorded {
+        if self.cursor != attempt.cursor {
+            return Recorded::Stale;
+        }
+        if delivered {
+            self.cursor.clone_from(&attempt.event.id);
+            self.failures = 0;
+            self.failing_since_ms = None;
+            self.next_attempt_ms = 0;
+            return Recorded::Delivered;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let since = *self.failing_since_ms.get_or_insert(now.0);
+        let give_up = since.saturating_add(signature::GIVE_UP_AFTER.as_millis() as u64);
+        let delay = signature::retry_delay(first_retry, self.failures);
+        self.next_attempt_ms = now.0.saturating_add(delay.as_millis() as u64);
+        if now.0 >= give_up && self.enabled {
+            self.enabled = false;
+            self.updated_ms = now.0.max(self.updated_ms);
+            Recorded::Disabled
+        } else {
+            Recorded::RetryAt(self.next_attempt_ms)
+        }
     }
 }
 
@@ -138,23 +248,18 @@ pub(super) fn create(
         .transpose()?
         .map(|(key, _)| key.value().1.to_string())
         .unwrap_or_default();
-    let id = webhooks::id::format(ulid::Ulid::from_parts(now.0, random_u128()?));
-    let record = WebhookRecord {
-        url: new.url.clone().unwrap_or_default(),
-        events: new.events.clone().unwrap_or_default(),
-        description: new.description.clone().unwrap_or_default(),
-        enabled: new.enabled.unwrap_or(true),
-        created_ms: now.0,
-        updated_ms: now.0,
-        secret,
-        cursor,
-        failures: 0,
-        failing_since_ms: None,
-        next_attempt_ms: 0,
-        next_log: 1,
-    };
+    let id = new_id(now)?;
+    let record = WebhookRecord::new(new, secret, cursor, now);
     table.insert((tenant, id.as_str()), record.encode()?.as_slice())?;
     Ok(record.public(&id))
+}
+
+/// A new webhook id.
+pub(super) fn new_id(now: Millis) -> StoreResult<String> {
+    Ok(webhooks::id::format(ulid::Ulid::from_parts(
+        now.0,
+        random_u128()?,
+    )))
 }
 
 pub(super) fn list(txn: &ReadTransaction, tenant: &str) -> StoreResult<Vec<Webhook>> {
@@ -182,19 +287,10 @@ pub(super) fn update(
 ) -> StoreResult<Webhook> {
     let mut table = txn.open_table(WEBHOOKS)?;
     let mut record = get(&table, tenant, id)?;
-    let mut hook = record.public(id);
-    let was_enabled = hook.enabled;
-    if !patch.apply(&mut hook) {
-        return Ok(hook);
+    let (hook, changed) = record.patch(id, patch, now);
+    if changed {
+        table.insert((tenant, id), record.encode()?.as_slice())?;
     }
-    hook.updated_at = now.max(hook.updated_at);
-    record.set_public(&hook);
-    if hook.enabled && !was_enabled {
-        record.failures = 0;
-        record.failing_since_ms = None;
-        record.next_attempt_ms = 0;
-    }
-    table.insert((tenant, id), record.encode()?.as_slice())?;
     Ok(hook)
 }
 
@@ -207,8 +303,7 @@ pub(super) fn set_secret(
 ) -> StoreResult<Webhook> {
     let mut table = txn.open_table(WEBHOOKS)?;
     let mut record = get(&table, tenant, id)?;
-    record.secret = secret;
-    record.updated_ms = now.0.max(record.updated_ms);
+    record.set_secret(secret, now);
     table.insert((tenant, id), record.encode()?.as_slice())?;
     Ok(record.public(id))
 }
@@ -277,18 +372,15 @@ pub(super) fn next(
     now: Millis,
 ) -> StoreResult<Next> {
     let record = match get(&txn.open_table(WEBHOOKS)?, tenant, id) {
-        Ok(record) if record.enabled => record,
-        Ok(_) | Err(StoreError::NotFound) => return Ok(Next::Idle),
+        Ok(record) => record,
+        Err(StoreError::NotFound) => return Ok(Next::Idle),
         Err(e) => return Err(e),
     };
-    if record.next_attempt_ms > now.0 {
-        return Ok(Next::Later(record.next_attempt_ms));
+    if let Some(waiting) = record.waiting(now) {
+        return Ok(waiting);
     }
     let hook = record.public(id);
-    let from = match read_from {
-        Some(hint) if hint > record.cursor.as_str() => hint,
-        _ => record.cursor.as_str(),
-    };
+    let from = record.read_from(read_from);
     let table = txn.open_table(EVENTS)?;
     let mut read_to = None;
     for entry in table.range::<(&str, &str)>((tenant, from)..=(tenant, ID_MAX))? {
@@ -300,13 +392,7 @@ pub(super) fn next(
         read_to = Some(event_id.to_string());
         let event = super::events::decode_stored(event_id, value.value())?;
         if hook.wants(event.kind) {
-            return Ok(Next::Send(Attempt {
-                url: record.url.clone(),
-                secret: record.secret.clone(),
-                event,
-                number: record.failures + 1,
-                cursor: record.cursor.clone(),
-            }));
+            return Ok(Next::Send(record.attempt(event)));
         }
     }
     Ok(Next::UpToDate { read_to })
@@ -342,29 +428,10 @@ pub(super) fn record(
         Err(StoreError::NotFound) => return Ok(Recorded::Stale),
         Err(e) => return Err(e),
     };
-    if record.cursor != attempt.cursor {
-        return Ok(Recorded::Stale);
+    let outcome = record.outcome(attempt, delivery.delivered(), first_retry, now);
+    if outcome == Recorded::Stale {
+        return Ok(outcome);
     }
-    let outcome = if delivery.delivered() {
-        record.cursor.clone_from(&attempt.event.id);
-        record.failures = 0;
-        record.failing_since_ms = None;
-        record.next_attempt_ms = 0;
-        Recorded::Delivered
-    } else {
-        record.failures = record.failures.saturating_add(1);
-        let since = *record.failing_since_ms.get_or_insert(now.0);
-        let give_up = since.saturating_add(signature::GIVE_UP_AFTER.as_millis() as u64);
-        let delay = signature::retry_delay(first_retry, record.failures);
-        record.next_attempt_ms = now.0.saturating_add(delay.as_millis() as u64);
-        if now.0 >= give_up && record.enabled {
-            record.enabled = false;
-            record.updated_ms = now.0.max(record.updated_ms);
-            Recorded::Disabled
-        } else {
-            Recorded::RetryAt(record.next_attempt_ms)
-        }
-    };
     append_log(txn, &mut table, tenant, id, record, delivery)?;
     Ok(outcome)
 }

@@ -54,7 +54,7 @@ pub fn start(store: &Arc<Store>, settings: DeliverySettings) {
         let mut read_to: HashMap<Key, String> = HashMap::new();
         loop {
             let Some(live) = store.upgrade() else { return };
-            let wait = dispatch(&live, &store, &settings, &busy, &mut read_to);
+            let wait = dispatch(&live, &store, &settings, &busy, &mut read_to).await;
             drop(live);
             let _ = actix_web::rt::time::timeout(wait, wake.notified()).await;
         }
@@ -63,7 +63,7 @@ pub fn start(store: &Arc<Store>, settings: DeliverySettings) {
 
 /// Starts a sender for each enabled webhook that has something due and no
 /// sender yet; returns how long to sleep at most.
-fn dispatch(
+async fn dispatch(
     store: &Arc<Store>,
     weak: &Weak<Store>,
     settings: &DeliverySettings,
@@ -72,7 +72,7 @@ fn dispatch(
 ) -> Duration {
     let now = Millis::now();
     let mut wait = LOOK_AGAIN;
-    let scheduled = match store.webhook_schedule() {
+    let scheduled = match store.webhook_schedule().await {
         Ok(list) => list,
         Err(e) => {
             log::warn!("webhooks: cannot read the schedule: {e}");
@@ -93,7 +93,8 @@ fn dispatch(
             wait = wait.min(Duration::from_millis(hook.next_attempt_ms - now.0));
             continue;
         }
-        let next = store.next_delivery(&key.0, &key.1, read_to.get(&key).map(String::as_str), now);
+        let read_from = read_to.get(&key).map(String::as_str);
+        let next = store.next_delivery(&key.0, &key.1, read_from, now).await;
         match next {
             Ok(Next::Send(attempt)) => {
                 busy.borrow_mut().insert(key.clone());
@@ -173,7 +174,7 @@ async fn send_in_order(
                 return;
             }
         }
-        attempt = match live.next_delivery(tenant, id, None, Millis::now()) {
+        attempt = match live.next_delivery(tenant, id, None, Millis::now()).await {
             Ok(Next::Send(next)) => next,
             Ok(_) => return,
             Err(e) => {

@@ -20,14 +20,57 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Arc<Store>,
     pub dir: tempfile::TempDir,
+    /// The app's database when the tests run on PostgreSQL.
+    pub postgres_url: Option<String>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The PostgreSQL cluster the tests run on, when `DEVICEHUB_TEST_POSTGRES`
+/// names one (`scripts/test.sh` starts a throwaway cluster and sets it). Then
+/// every app gets a fresh database there, and the same tests run on
+/// PostgreSQL instead of the redb file.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("DEVICEHUB_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// A new, empty database in the cluster at `base`; its URL.
+pub fn fresh_database(base: &str) -> String {
+    let name = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
+    block_on(async {
+        let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("DEVICEHUB_TEST_POSTGRES: cannot connect: {e}"));
+        actix_web::rt::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    });
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database name");
+    format!("{server}/{name}")
+}
+
+/// True, saying so, when the tests run on PostgreSQL: for the tests of the
+/// redb file itself (its snapshots, faults and restarts), which then skip.
+pub fn redb_only(test: &str) -> bool {
+    let on_postgres = test_postgres().is_some();
+    if on_postgres {
+        eprintln!("{test}: a test of the redb file, skipped on PostgreSQL");
+    }
+    on_postgres
 }
 
 pub fn settings_in(dir: &std::path::Path) -> Settings {
     Settings {
         bind: "127.0.0.1:0".parse().unwrap(),
         storage_path: dir.join("devicehub.redb"),
+        postgres: test_postgres().map(|base| devicehub::config::PostgresSettings {
+            url: fresh_database(&base),
+            ca_file: None,
+        }),
         limits: Default::default(),
         auth: AuthSettings {
             hs256_secret: Some(SECRET.to_string()),
@@ -49,10 +92,11 @@ pub fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 pub fn spawn_app_in(dir: tempfile::TempDir, settings: Settings) -> Result<TestApp, String> {
+    let postgres_url = settings.postgres.as_ref().map(|p| p.url.clone());
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            match devicehub::startup::start(&settings) {
+            match devicehub::startup::start(&settings).await {
                 Ok(running) => {
                     let _ = tx.send(Ok((running.addr, running.server.handle(), running.store)));
                     let _ = running.server.await;
@@ -68,6 +112,7 @@ pub fn spawn_app_in(dir: tempfile::TempDir, settings: Settings) -> Result<TestAp
         addr,
         store,
         dir,
+        postgres_url,
         handle,
         thread: Some(thread),
     })
@@ -368,5 +413,53 @@ impl TestApp {
             json["data"].clone(),
             json["apiKey"].as_str().unwrap().to_string(),
         )
+    }
+}
+
+/// Runs a store call (async) from a plain test thread.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    actix_web::rt::System::new().block_on(future)
+}
+
+impl TestApp {
+    /// Everything the database holds, as bytes: the redb file, or every
+    /// devicehub table's rows as text.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        let Some(url) = self.postgres_url.clone() else {
+            return std::fs::read(self.dir.path().join("devicehub.redb")).unwrap();
+        };
+        block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            actix_web::rt::spawn(connection);
+            let tables = client
+                .query(
+                    "SELECT tablename FROM pg_tables WHERE tablename LIKE 'devicehub%'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for table in tables {
+                let name: String = table.get(0);
+                let rows = client
+                    .query(&format!("SELECT t::text FROM {name} t"), &[])
+                    .await
+                    .unwrap();
+                for row in rows {
+                    out.extend_from_slice(row.get::<_, String>(0).as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            out
+        })
+    }
+
+    /// The embedded store under this app (tests of the redb file itself).
+    pub fn embedded(&self) -> &devicehub::store::Embedded {
+        self.store
+            .embedded()
+            .expect("this test needs the embedded store")
     }
 }

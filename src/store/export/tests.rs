@@ -4,11 +4,11 @@ use crate::devices::{Device, DevicePatch, NewDevice};
 use crate::store::{EventQuery, ListQuery};
 use serde_json::{json, Value};
 
-fn open(dir: &tempfile::TempDir, name: &str) -> Store {
-    Store::open(&dir.path().join(name).join("devicehub.redb")).unwrap()
+fn open(dir: &tempfile::TempDir, name: &str) -> Embedded {
+    Embedded::open(&dir.path().join(name).join("devicehub.redb")).unwrap()
 }
 
-async fn add(store: &Store, tenant: &str, body: Value, now: Millis) -> (Device, String) {
+async fn add(store: &Embedded, tenant: &str, body: Value, now: Millis) -> (Device, String) {
     let key = NewDeviceKey::generate().unwrap();
     let new = NewDevice::parse(body.as_object().unwrap()).unwrap();
     let author = crate::store::Author {
@@ -22,7 +22,7 @@ async fn add(store: &Store, tenant: &str, body: Value, now: Millis) -> (Device, 
     (device, key.key)
 }
 
-async fn hook(store: &Store, tenant: &str, url: &str, events: Value) {
+async fn hook(store: &Embedded, tenant: &str, url: &str, events: Value) {
     let new = crate::webhooks::WebhookPatch::parse_new(
         json!({"url": url, "events": events, "description": "d"})
             .as_object()
@@ -40,7 +40,7 @@ async fn hook(store: &Store, tenant: &str, url: &str, events: Value) {
 /// working keys), a revoked one, a check-in, and a webhook each (one made
 /// before its tenant's first event). Returns every working key with its
 /// tenant and device id.
-async fn populate(store: &Store) -> Vec<(String, String, String)> {
+async fn populate(store: &Embedded) -> Vec<(String, String, String)> {
     let now = Millis::now();
     let mut keys = Vec::new();
     hook(store, "other", "https://hooks.example/other", json!(["*"])).await;
@@ -88,17 +88,17 @@ async fn populate(store: &Store) -> Vec<(String, String, String)> {
     keys
 }
 
-fn export(store: &Store, tenant: Option<&str>) -> (String, Transferred) {
+fn export(store: &Embedded, tenant: Option<&str>) -> (String, Transferred) {
     let mut out = Vec::new();
     let done = store.export_to(&mut out, tenant).unwrap();
     (String::from_utf8(out).unwrap(), done)
 }
 
-fn devices_of(store: &Store, tenant: &str) -> Vec<Device> {
+fn devices_of(store: &Embedded, tenant: &str) -> Vec<Device> {
     store.list(tenant, &ListQuery::default()).unwrap().devices
 }
 
-fn feed_of(store: &Store, tenant: &str) -> Vec<(String, Vec<u8>)> {
+fn feed_of(store: &Embedded, tenant: &str) -> Vec<(String, Vec<u8>)> {
     let query = EventQuery {
         limit: 1000,
         ..EventQuery::default()
@@ -108,7 +108,7 @@ fn feed_of(store: &Store, tenant: &str) -> Vec<(String, Vec<u8>)> {
     page.events.into_iter().map(|e| (e.id, e.json)).collect()
 }
 
-fn assert_untouched(store: &Store) {
+fn assert_untouched(store: &Embedded) {
     assert!(store.is_empty().unwrap());
     for tenant in ["acme", "other"] {
         assert!(feed_of(store, tenant).is_empty());
@@ -146,7 +146,7 @@ async fn a_round_trip_keeps_devices_keys_etags_check_ins_and_events() {
                 device_id: Some(device.id.clone()),
                 ..EventQuery::default()
             };
-            let ids = |store: &Store| -> Vec<String> {
+            let ids = |store: &Embedded| -> Vec<String> {
                 let page = store.events(tenant, &query).unwrap();
                 page.events.into_iter().map(|e| e.id).collect()
             };
@@ -438,13 +438,13 @@ fn times_must_be_exact_to_the_millisecond() {
 fn a_missing_or_locked_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
-    let err = Store::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
+    let err = Embedded::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
     assert!(
         err.to_string().starts_with("storage.path: cannot read"),
         "{err}"
     );
-    let held = Store::open(&path).unwrap();
-    let err = Store::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
+    let held = Embedded::open(&path).unwrap();
+    let err = Embedded::export_file(&path, Source::Live, &mut Vec::new(), None).unwrap_err();
     assert!(
         err.to_string()
             .contains("locked by a running devicehub server"),
@@ -453,7 +453,7 @@ fn a_missing_or_locked_file_is_named() {
     assert!(err.to_string().contains("--from"), "{err}");
     drop(held);
     let mut out = Vec::new();
-    let done = Store::export_file(&path, Source::Live, &mut out, None).unwrap();
+    let done = Embedded::export_file(&path, Source::Live, &mut out, None).unwrap();
     assert_eq!(done, Transferred::default());
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
 }
@@ -462,7 +462,7 @@ fn a_missing_or_locked_file_is_named() {
 async fn a_live_file_left_unclosed_is_repaired_but_a_snapshot_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/devicehub.redb");
-    let store = Store::open(&path).unwrap();
+    let store = Embedded::open(&path).unwrap();
     populate(&store).await;
     // A copy taken while the store is open: as a server that exits without
     // closing its database leaves the file.
@@ -471,11 +471,11 @@ async fn a_live_file_left_unclosed_is_repaired_but_a_snapshot_is_not() {
     let as_snapshot = dir.path().join("snapshot.redb");
     std::fs::copy(&path, &as_snapshot).unwrap();
     let mut out = Vec::new();
-    let err = Store::export_file(&as_snapshot, Source::Snapshot, &mut out, None).unwrap_err();
+    let err = Embedded::export_file(&as_snapshot, Source::Snapshot, &mut out, None).unwrap_err();
     assert!(err.to_string().contains("--from:"), "{err}");
     assert!(err.to_string().contains("not closed cleanly"), "{err}");
     assert!(out.is_empty());
-    let done = Store::export_file(&unclosed, Source::Live, &mut out, None).unwrap();
+    let done = Embedded::export_file(&unclosed, Source::Live, &mut out, None).unwrap();
     assert_eq!(done.devices, 4);
     drop(store);
 }

@@ -4,7 +4,7 @@
 use super::*;
 use serde_json::Value;
 
-fn feed(store: &Store, tenant: &str, query: EventQuery) -> Vec<Value> {
+fn feed(store: &Embedded, tenant: &str, query: EventQuery) -> Vec<Value> {
     let query = EventQuery {
         limit: query.limit.max(1000),
         ..query
@@ -16,7 +16,7 @@ fn feed(store: &Store, tenant: &str, query: EventQuery) -> Vec<Value> {
         .collect()
 }
 
-fn all(store: &Store, tenant: &str) -> Vec<Value> {
+fn all(store: &Embedded, tenant: &str) -> Vec<Value> {
     feed(store, tenant, EventQuery::default())
 }
 
@@ -245,7 +245,7 @@ async fn a_layout_2_file_gains_the_event_tables_and_keeps_its_devices() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
     let before = {
-        let store = Store::open(&path).unwrap();
+        let store = Embedded::open(&path).unwrap();
         let (device, _) = add(&store, "t", "from layout 2", 1_000).await;
         device
     };
@@ -263,7 +263,7 @@ async fn a_layout_2_file_gains_the_event_tables_and_keeps_its_devices() {
         }
         txn.commit().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = Embedded::open(&path).unwrap();
     assert_eq!(store.get("t", &before.id).unwrap(), before);
     assert!(
         all(&store, "t").is_empty(),

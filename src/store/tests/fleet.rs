@@ -3,12 +3,12 @@
 
 use super::*;
 
-fn stats_of(store: &Store, tenant: &str) -> (u64, u64, u64) {
+fn stats_of(store: &Embedded, tenant: &str) -> (u64, u64, u64) {
     let s = store.stats(tenant).unwrap();
     (s.active, s.inactive, s.revoked)
 }
 
-async fn create(store: &Store, tenant: &str, body: serde_json::Value, now: u64) -> Device {
+async fn create(store: &Embedded, tenant: &str, body: serde_json::Value, now: u64) -> Device {
     store
         .create(
             tenant,
@@ -385,7 +385,7 @@ async fn a_first_release_file_is_upgraded_in_place_once() {
     std::fs::copy(fixtures.join("devicehub.redb"), &path).unwrap();
 
     for round in 0..2 {
-        let store = Store::open(&path).unwrap();
+        let store = Embedded::open(&path).unwrap();
         store
             .verify_indexes()
             .unwrap_or_else(|e| panic!("round {round}: {e}"));

@@ -23,7 +23,7 @@ fn outcome(attempt: &Attempt, status: u16) -> Delivery {
     }
 }
 
-fn next(store: &Store, id: &str, now: u64) -> Next {
+fn next(store: &Embedded, id: &str, now: u64) -> Next {
     store.next_delivery("t", id, None, Millis(now)).unwrap()
 }
 
