@@ -1,0 +1,529 @@
+//! PostgreSQL as the store (API.md §9): several devicehub processes on one
+//! database, start-up checks, the schema's version, TLS to the database, and
+//! a database that stops and comes back.
+//!
+//! These need a cluster: `scripts/test.sh` starts a throwaway one and sets
+//! `DEVICEHUB_TEST_PG_CLUSTER` (or `DEVICEHUB_TEST_POSTGRES`). Without it they skip, except under `CI=true`,
+//! where they fail: CI cannot pass without running them. (The HTTP tests of
+//! the other files also run on PostgreSQL when it is set.)
+
+mod common;
+#[path = "support/binary.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{fresh_database, token_for};
+use serde_json::{json, Value};
+use support::{command, free_port, run, Server};
+
+/// The cluster's URL, or None (and the test skips) outside CI.
+fn cluster(test: &str) -> Option<String> {
+    let url = std::env::var("DEVICEHUB_TEST_PG_CLUSTER")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .or_else(common::test_postgres);
+    if url.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the PostgreSQL tests: run them with scripts/test.sh, which starts a cluster"
+        );
+        eprintln!("{test}: DEVICEHUB_TEST_POSTGRES is not set: skipped (scripts/test.sh sets it)");
+    }
+    url
+}
+
+/// A devicehub process on the database at `url`.
+fn instance(dir: &Path, url: &str) -> Command {
+    let mut cmd = command(dir, "127.0.0.1:0");
+    cmd.env("DEVICEHUB__STORAGE__POSTGRES_URL", url);
+    cmd
+}
+
+fn admin(tenant: &str) -> String {
+    token_for(tenant, "devices:read admin")
+}
+
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    extra: &str,
+    body: Option<Value>,
+) -> common::Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    common::raw(addr, request.as_bytes())
+}
+
+fn register(addr: SocketAddr, tenant: &str, name: &str) -> (String, String) {
+    let answer = call(
+        addr,
+        "POST",
+        "/api/tenant/devices",
+        &admin(tenant),
+        "",
+        Some(json!({"name": name})),
+    );
+    assert_eq!(
+        answer.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let body = answer.json();
+    (
+        body["data"]["id"].as_str().unwrap().to_string(),
+        body["apiKey"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Every device id of `tenant`, read through `addr` a page of `limit` at a
+/// time.
+fn page_through(
+    addr: SocketAddr,
+    tenant: &str,
+    limit: usize,
+    after: Option<String>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = after;
+    loop {
+        let path = match &cursor {
+            Some(id) => format!("/api/tenant/devices?limit={limit}&startingAfter={id}"),
+            None => format!("/api/tenant/devices?limit={limit}"),
+        };
+        let page = call(addr, "GET", &path, &admin(tenant), "", None);
+        assert_eq!(page.status, 200);
+        let got = page.data_ids();
+        if got.is_empty() {
+            return ids;
+        }
+        cursor = got.last().cloned();
+        ids.extend(got);
+    }
+}
+
+#[test]
+fn three_instances_share_one_registry() {
+    let Some(base) = cluster("three_instances_share_one_registry") else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start(instance(dir.path(), &url), "http"))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+
+    // Paging through B while A, B and C register: a page taken mid-way and
+    // the pages after it never skip nor repeat a device.
+    let writers: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(n, &addr)| {
+            std::thread::spawn(move || {
+                (0..60)
+                    .map(|i| register(addr, "acme", &format!("Scanner {n}-{i}")).0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    while writers.iter().any(|w| !w.is_finished()) {
+        let more = page_through(addrs[1], "acme", 7, seen.last().cloned());
+        seen.extend(more);
+    }
+    let mut registered: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    seen.extend(page_through(addrs[1], "acme", 7, seen.last().cloned()));
+    registered.sort();
+    assert_eq!(seen, registered, "paged in id order, each device once");
+    let whole = call(
+        addrs[2],
+        "GET",
+        "/api/tenant/devices",
+        &admin("acme"),
+        "",
+        None,
+    );
+    assert_eq!(whole.data_ids(), registered);
+    let stats = call(
+        addrs[0],
+        "GET",
+        "/api/tenant/stats",
+        &admin("acme"),
+        "",
+        None,
+    );
+    assert_eq!(stats.json()["data"]["total"], 180);
+
+    // An If-Match race across the instances has exactly one winner.
+    let (id, key) = register(addrs[0], "acme", "Contested");
+    let path = format!("/api/tenant/devices/{id}");
+    let etag = call(addrs[0], "GET", &path, &admin("acme"), "", None)
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let racers: Vec<_> = (0..9)
+        .map(|n| {
+            let (addr, path, etag) = (addrs[n % 3], path.clone(), etag.clone());
+            std::thread::spawn(move || {
+                call(
+                    addr,
+                    "PATCH",
+                    &path,
+                    &admin("acme"),
+                    &format!("If-Match: {etag}\r\n"),
+                    Some(json!({"name": format!("Winner {n}")})),
+                )
+                .status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 412, 412, 412, 412, 412, 412, 412, 412]);
+
+    // A long poll on C wakes for a change made through A.
+    // The newest event so far, read page by page.
+    let mut last_event = String::new();
+    loop {
+        let path = match last_event.as_str() {
+            "" => "/api/tenant/events?limit=100".to_string(),
+            after => format!("/api/tenant/events?limit=100&startingAfter={after}"),
+        };
+        let feed = call(addrs[2], "GET", &path, &admin("acme"), "", None).json();
+        match feed["data"].as_array().unwrap().last() {
+            Some(event) => last_event = event["id"].as_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    let waiter = {
+        let addr = addrs[2];
+        std::thread::spawn(move || {
+            let path = format!("/api/tenant/events?waitSeconds=25&startingAfter={last_event}");
+            let started = Instant::now();
+            let answer = call(addr, "GET", &path, &admin("acme"), "", None);
+            (answer.json(), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Revoking through A is refused through B at once.
+    assert_eq!(
+        call(addrs[1], "GET", "/api/device/me", &key, "", None).status,
+        200
+    );
+    let revoked = call(addrs[0], "DELETE", &path, &admin("acme"), "", None);
+    assert_eq!(revoked.status, 200);
+    let refused = call(addrs[1], "GET", "/api/device/me", &key, "", None);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.error_code(), "device_revoked");
+
+    let (woken, waited) = waiter.join().unwrap();
+    let events = woken["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{} events", events.len());
+    assert_eq!(events[0]["type"], "device.revoked");
+    assert!(waited < Duration::from_secs(25), "woken, not timed out");
+
+    // A rotation without grace through C ends the old key on A at once.
+    let (other, old_key) = register(addrs[2], "acme", "Rotated");
+    let rotated = call(
+        addrs[2],
+        "POST",
+        &format!("/api/tenant/devices/{other}/api-key"),
+        &admin("acme"),
+        "",
+        Some(json!({})),
+    );
+    assert_eq!(rotated.status, 200);
+    let new_key = rotated.json()["apiKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(addrs[0], "GET", "/api/device/me", &old_key, "", None).status,
+        401
+    );
+    assert_eq!(
+        call(addrs[0], "GET", "/api/device/me", &new_key, "", None).status,
+        200
+    );
+}
+
+#[test]
+fn demo_seeds_once_when_two_instances_start_together() {
+    let Some(base) = cluster("demo_seeds_once_when_two_instances_start_together") else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let starting: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = instance(dir.path(), &url);
+            cmd.arg("serve").arg("--demo");
+            std::thread::spawn(move || Server::start(cmd, "http"))
+        })
+        .collect();
+    let servers: Vec<Server> = starting.into_iter().map(|s| s.join().unwrap()).collect();
+    let stats = call(
+        servers[1].addr,
+        "GET",
+        "/api/tenant/stats",
+        &admin("demo"),
+        "",
+        None,
+    );
+    let seeded = stats.json()["data"]["total"].as_u64().unwrap();
+    assert!(seeded >= 10, "{}", stats.json());
+    let listed = call(
+        servers[0].addr,
+        "GET",
+        "/api/tenant/devices",
+        &admin("demo"),
+        "",
+        None,
+    );
+    assert_eq!(
+        listed.data_ids().len() as u64,
+        seeded,
+        "seeded once, not twice"
+    );
+}
+
+#[test]
+fn start_up_refuses_what_it_cannot_run_with() {
+    let Some(base) = cluster("start_up_refuses_what_it_cannot_run_with") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    // No secret or public key: instances could not verify the same tokens.
+    let url = fresh_database(&base);
+    let mut no_secret = instance(dir.path(), &url);
+    no_secret.env_remove("DEVICEHUB__AUTH__HS256_SECRET");
+    let out = run(&mut no_secret);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(
+        said.contains("storage.postgres_url") && said.contains("auth.hs256_secret"),
+        "{said}"
+    );
+
+    // Nothing listening: one line naming the key, and no password shown.
+    let unreachable = format!("postgres://devicehub:hunter2@127.0.0.1:{}/x", free_port());
+    let out = run(&mut instance(dir.path(), &unreachable));
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with("devicehub: storage.postgres_url:"),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2"), "{said}");
+
+    // A schema newer than this binary is refused, and left as it is.
+    let server = Server::start(instance(dir.path(), &url), "http");
+    drop(server);
+    sql(&url, "UPDATE devicehub_schema SET version = version + 1");
+    let out = run(&mut instance(dir.path(), &url));
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("newer than this build"), "{said}");
+    sql(&url, "UPDATE devicehub_schema SET version = version - 1");
+    drop(Server::start(instance(dir.path(), &url), "http"));
+}
+
+/// Runs one statement on the database at `url`.
+fn sql(url: &str, statement: &str) {
+    let (url, statement) = (url.to_string(), statement.to_string());
+    common::block_on(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        actix_web::rt::spawn(connection);
+        client.batch_execute(&statement).await.unwrap();
+    });
+}
+
+/// A cluster of this test's own (it is stopped and started), removed on drop.
+struct OwnCluster {
+    dir: PathBuf,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start(name: &str) -> OwnCluster {
+        let dir = std::env::temp_dir().join(format!("devicehub-{name}-{}", std::process::id()));
+        let _ = script(&["stop", dir.to_str().unwrap()]);
+        let out = script(&["start", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        OwnCluster { dir, url }
+    }
+
+    fn port(&self) -> u16 {
+        std::fs::read_to_string(self.dir.join("port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let mut all = vec![args[0], self.dir.to_str().unwrap()];
+        all.extend_from_slice(&args[1..]);
+        let out = script(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = script(&["stop", self.dir.to_str().unwrap()]);
+    }
+}
+
+fn script(args: &[&str]) -> std::process::Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh");
+    Command::new("bash").arg(path).args(args).output().unwrap()
+}
+
+#[test]
+fn a_stopped_database_answers_503_until_it_is_back() {
+    if cluster("a_stopped_database_answers_503_until_it_is_back").is_none() {
+        return;
+    }
+    let db = OwnCluster::start("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(instance(dir.path(), &db.url), "http");
+    let (id, key) = register(server.addr, "acme", "Scanner");
+    let path = format!("/api/tenant/devices/{id}");
+
+    db.run(&["pause"]);
+    let write = call(
+        server.addr,
+        "PATCH",
+        &path,
+        &admin("acme"),
+        "",
+        Some(json!({"name": "Down"})),
+    );
+    assert_eq!(
+        write.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&write.body)
+    );
+    assert_eq!(write.error_code(), "storage_unavailable");
+    let health = call(server.addr, "GET", "/healthz", "", "", None);
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json(), json!({"status": "unavailable"}));
+
+    // Back, with no restart of devicehub.
+    db.run(&["resume"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call(server.addr, "GET", "/healthz", "", "", None).status != 200 {
+        assert!(Instant::now() < deadline, "not back within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let write = call(
+        server.addr,
+        "PATCH",
+        &path,
+        &admin("acme"),
+        "",
+        Some(json!({"name": "Up"})),
+    );
+    assert_eq!(write.status, 200);
+    assert_eq!(write.json()["data"]["name"], "Up");
+    assert_eq!(
+        call(server.addr, "GET", "/api/device/me", &key, "", None).status,
+        200
+    );
+}
+
+#[test]
+fn the_database_connection_can_be_tls_checked_against_a_ca_file() {
+    if cluster("the_database_connection_can_be_tls_checked_against_a_ca_file").is_none() {
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let db = OwnCluster::start("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "devicehub test database CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", &ca.as_ref().pem());
+    let cert = write("server.crt", &leaf.pem());
+    let key = write("server.key", &leaf_key.serialize_pem());
+    db.run(&["tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=require",
+        db.port()
+    );
+    // The certificate's CA is not a public one: refused without the CA file.
+    let out = run(&mut instance(dir.path(), &url));
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("devicehub: storage.postgres_url:"),
+        "{said}"
+    );
+
+    let mut cmd = instance(dir.path(), &url);
+    cmd.env("DEVICEHUB__STORAGE__POSTGRES_CA_FILE", &ca_file);
+    let server = Server::start(cmd, "http");
+    let (_, key) = register(server.addr, "acme", "Over TLS");
+    assert_eq!(
+        call(server.addr, "GET", "/api/device/me", &key, "", None).status,
+        200
+    );
+    let tls_sessions = count(
+        &db.url,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+         WHERE s.ssl AND a.datname = 'postgres'",
+    );
+    assert!(tls_sessions >= 1, "devicehub's connections use TLS");
+}
+
+fn count(url: &str, query: &str) -> i64 {
+    let (url, query) = (url.to_string(), query.to_string());
+    common::block_on(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        actix_web::rt::spawn(connection);
+        client.query_one(&query, &[]).await.unwrap().get(0)
+    })
+}
