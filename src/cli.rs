@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use crate::auth::{secret, token};
-use crate::config::Settings;
+use crate::config::{PostgresSettings, Settings};
 use crate::error::StartupError;
 use crate::store::export::{Source, Transferred};
+use crate::store::postgres::Postgres;
 use crate::store::Embedded;
 
 /// `devicehub serve [--config FILE] [--bind HOST:PORT] [--demo]`.
@@ -95,11 +96,23 @@ pub fn export(
             )));
         }
     }
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let (path, source) = match from {
         Some(snapshot) => (snapshot.to_path_buf(), Source::Snapshot),
-        None => (Settings::load(config)?.storage_path, Source::Live),
+        None => {
+            let settings = Settings::load(config)?;
+            if let Some(postgres) = &settings.postgres {
+                let written = on_postgres(postgres, |store| async move {
+                    store
+                        .export_to(&mut out, tenant)
+                        .await
+                        .map_err(|e| e.to_string())
+                })?;
+                return Ok(format!("exported {} from PostgreSQL", tally(written)));
+            }
+            (settings.storage_path, Source::Live)
+        }
     };
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let written = Embedded::export_file(&path, source, &mut out, tenant)
         .map_err(|e| StartupError::new(e.to_string()))?;
     Ok(format!(
@@ -121,6 +134,28 @@ pub fn import(config: Option<&Path>) -> Result<String, StartupError> {
             "import reads an export from stdin: devicehub import < devicehub-export.ndjson",
         ));
     }
+    if let Some(postgres) = &settings.postgres {
+        // Checked by the embedded importer into a scratch file first (the
+        // same checks and messages), then copied in one transaction.
+        let scratch = std::env::temp_dir().join(format!("devicehub-import-{}", ulid::Ulid::new()));
+        let checked = Embedded::open(&scratch.join("scratch.redb")).and_then(|store| {
+            store
+                .import_from(stdin.lock())
+                .map_err(|e| StartupError::new(format!("import: {e}")))?;
+            store
+                .rows()
+                .map_err(|e| StartupError::new(format!("import: {e}")))
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        let rows = checked?;
+        let read = on_postgres(postgres, |store| async move {
+            store
+                .import_rows(rows)
+                .await
+                .map_err(|e| format!("import: {e}"))
+        })?;
+        return Ok(format!("imported {} into PostgreSQL", tally(read)));
+    }
     crate::files::prepare_database_file(&settings)?;
     let store = Embedded::open(&settings.storage_path)?;
     let read = store
@@ -131,6 +166,18 @@ pub fn import(config: Option<&Path>) -> Result<String, StartupError> {
         tally(read),
         settings.storage_path.display()
     ))
+}
+
+/// Runs `work` on the configured PostgreSQL store, in a runtime of its own.
+fn on_postgres<T, F, Fut>(settings: &PostgresSettings, work: F) -> Result<T, StartupError>
+where
+    F: FnOnce(Postgres) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    actix_web::rt::System::new().block_on(async {
+        let store = Postgres::open(&settings.url, settings.ca_file.as_deref()).await?;
+        work(store).await.map_err(StartupError::new)
+    })
 }
 
 /// `3 devices, 7 events and 1 webhook`.

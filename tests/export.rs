@@ -83,8 +83,8 @@ fn stderr_line(out: &Output) -> String {
 /// each tenant's event feed, byte for byte.
 #[derive(Debug, PartialEq)]
 struct Seen {
-    devices: Vec<(String, Vec<u8>, String)>,
-    feeds: Vec<Vec<u8>>,
+    devices: Vec<(String, String, String)>,
+    feeds: Vec<String>,
 }
 
 fn seen(addr: SocketAddr, devices: &[(String, String)], tenants: &[&str]) -> Seen {
@@ -100,7 +100,7 @@ fn seen(addr: SocketAddr, devices: &[(String, String)], tenants: &[&str]) -> See
             );
             assert_eq!(got.status, 200);
             let etag = got.header("etag").unwrap().to_string();
-            (id.clone(), got.body, etag)
+            (id.clone(), String::from_utf8_lossy(&got.body).into(), etag)
         })
         .collect();
     let feeds = tenants
@@ -115,7 +115,7 @@ fn seen(addr: SocketAddr, devices: &[(String, String)], tenants: &[&str]) -> See
             );
             assert_eq!(got.status, 200);
             assert_eq!(got.json()["hasMore"], false);
-            got.body
+            String::from_utf8_lossy(&got.body).into()
         })
         .collect();
     Seen { devices, feeds }
@@ -125,10 +125,22 @@ fn db_in(dir: &Path) -> std::path::PathBuf {
     dir.join("data/devicehub.redb")
 }
 
-#[test]
-fn a_deployment_moves_with_every_key_etag_and_event() {
-    let old = tempfile::tempdir().unwrap();
-    let mut server = Server::start(command(old.path()), "http");
+/// A deployment to move, and what its clients saw before it moved.
+struct Moving {
+    devices: Vec<(String, String)>,
+    /// (device id, key, what /api/device/me must answer afterwards)
+    keys: Vec<(String, String, u16)>,
+    before: Seen,
+    hooks_before: Vec<u8>,
+}
+
+const TENANTS: [&str; 2] = ["acme", "other"];
+
+/// Runs a server in `dir`, makes six devices in two tenants (renamed,
+/// rotated with a grace period, revoked, checked in) and a webhook, notes
+/// what clients see, and stops it.
+fn populate(dir: &Path) -> Moving {
+    let mut server = Server::start(command(dir), "http");
     let addr = server.addr;
     let mut devices = Vec::new();
     // (device id, key, what /api/device/me must answer afterwards)
@@ -183,11 +195,55 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
     );
     // A check-in on one device: its lastSeenAt moves with it.
     assert_eq!(me(addr, &keys[4].1).status, 200);
-    let tenants = ["acme", "other"];
-    let before = seen(addr, &devices, &tenants);
+    let before = seen(addr, &devices, &TENANTS);
     let hooks_before = call(addr, "GET", "/api/tenant/webhooks", &admin("acme"), None).body;
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(15));
+    Moving {
+        devices,
+        keys,
+        before,
+        hooks_before,
+    }
+}
+
+/// Checks that the server at `addr` shows what `moved` saw, and that every
+/// key answers as it did.
+fn check_moved(addr: SocketAddr, moved: &Moving) {
+    check_seen(addr, moved);
+    check_keys(addr, moved);
+}
+
+/// The devices (bodies and ETags), feeds and webhooks as they were.
+fn check_seen(addr: SocketAddr, moved: &Moving) {
+    assert_eq!(seen(addr, &moved.devices, &TENANTS), moved.before);
+    let hooks_after = call(addr, "GET", "/api/tenant/webhooks", &admin("acme"), None).body;
+    assert_eq!(
+        String::from_utf8_lossy(&hooks_after),
+        String::from_utf8_lossy(&moved.hooks_before)
+    );
+}
+
+/// Every key answers as it did (a check-in: this changes `lastSeenAt`).
+fn check_keys(addr: SocketAddr, moved: &Moving) {
+    for (id, key, status) in &moved.keys {
+        let answer = me(addr, key);
+        assert_eq!(answer.status, *status, "the key of {id}");
+        if *status == 200 {
+            assert_eq!(answer.json()["data"]["id"], id.as_str());
+        }
+    }
+    assert_eq!(
+        me(addr, &moved.keys[2].1).error_code(),
+        "device_revoked",
+        "a revoked key is still told so"
+    );
+}
+
+#[test]
+fn a_deployment_moves_with_every_key_etag_and_event() {
+    let old = tempfile::tempdir().unwrap();
+    let moved = populate(old.path());
 
     let exported = command(old.path()).arg("export").output().unwrap();
     assert!(exported.status.success(), "{exported:?}");
@@ -201,7 +257,7 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
         text.starts_with("{\"kind\":\"devicehub-export\",\"version\":1,"),
         "{text}"
     );
-    for (_, key, _) in &keys {
+    for (_, key, _) in &moved.keys {
         assert!(!text.contains(key.as_str()), "no key in the export");
     }
 
@@ -219,31 +275,97 @@ fn a_deployment_moves_with_every_key_etag_and_event() {
         assert_eq!(store.stats("acme").unwrap().total(), 4);
     }
     let server = Server::start(command(new.path()), "http");
-    assert_eq!(seen(server.addr, &devices, &tenants), before);
-    let hooks_after = call(
-        server.addr,
-        "GET",
-        "/api/tenant/webhooks",
-        &admin("acme"),
-        None,
-    )
-    .body;
+    check_moved(server.addr, &moved);
+}
+
+/// The export's lines after its header (which says when it was made).
+fn body_lines(export: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(export)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_deployment_moves_from_redb_to_postgresql_and_back() {
+    let Some(base) = common::pg_cluster("a_deployment_moves_from_redb_to_postgresql_and_back")
+    else {
+        return;
+    };
+    let old = tempfile::tempdir().unwrap();
+    let moved = populate(old.path());
+    let exported = command(old.path()).arg("export").output().unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+
+    // Into PostgreSQL: two instances, each showing the same deployment.
+    let url = common::fresh_database(&base);
+    let shared = tempfile::tempdir().unwrap();
+    let on_postgres = || {
+        let mut cmd = command(shared.path());
+        cmd.env("DEVICEHUB__STORAGE__POSTGRES_URL", &url);
+        cmd
+    };
+    let mut importing = on_postgres();
+    importing
+        .arg("import")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = importing.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&exported.stdout)
+        .unwrap();
+    let imported = child.wait_with_output().unwrap();
+    assert!(imported.status.success(), "{imported:?}");
     assert_eq!(
-        String::from_utf8_lossy(&hooks_after),
-        String::from_utf8_lossy(&hooks_before)
+        String::from_utf8_lossy(&imported.stdout).trim(),
+        "imported 6 devices, 9 events and 1 webhook into PostgreSQL"
     );
-    for (id, key, status) in &keys {
-        let answer = me(server.addr, key);
-        assert_eq!(answer.status, *status, "the key of {id}");
-        if *status == 200 {
-            assert_eq!(answer.json()["data"]["id"], id.as_str());
-        }
-    }
+    let (a, b) = (
+        Server::start(on_postgres(), "http"),
+        Server::start(on_postgres(), "http"),
+    );
+    check_seen(a.addr, &moved);
+    check_seen(b.addr, &moved);
+    // Out again, before any check-in: the same lines.
+    let from_postgres = on_postgres().arg("export").output().unwrap();
+    assert!(from_postgres.status.success(), "{from_postgres:?}");
     assert_eq!(
-        me(server.addr, &keys[2].1).error_code(),
-        "device_revoked",
-        "a revoked key is still told so"
+        body_lines(&from_postgres.stdout),
+        body_lines(&exported.stdout)
     );
+    check_keys(a.addr, &moved);
+    check_keys(b.addr, &moved);
+    drop((a, b));
+
+    // A second import into the same database is refused.
+    let mut again = on_postgres();
+    again
+        .arg("import")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = again.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&exported.stdout)
+        .unwrap();
+    let refused = child.wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    assert!(stderr_line(&refused).contains("import only into an empty store"));
+
+    // And back into a new redb file.
+    let back = tempfile::tempdir().unwrap();
+    let imported = import(back.path(), &from_postgres.stdout);
+    assert!(imported.status.success(), "{imported:?}");
+    let server = Server::start(command(back.path()), "http");
+    check_moved(server.addr, &moved);
 }
 
 #[test]

@@ -20,21 +20,7 @@ use common::{fresh_database, token_for};
 use serde_json::{json, Value};
 use support::{command, free_port, run, Server};
 
-/// The cluster's URL, or None (and the test skips) outside CI.
-fn cluster(test: &str) -> Option<String> {
-    let url = std::env::var("DEVICEHUB_TEST_PG_CLUSTER")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .or_else(common::test_postgres);
-    if url.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the PostgreSQL tests: run them with scripts/test.sh, which starts a cluster"
-        );
-        eprintln!("{test}: DEVICEHUB_TEST_POSTGRES is not set: skipped (scripts/test.sh sets it)");
-    }
-    url
-}
+use common::pg_cluster as cluster;
 
 /// A devicehub process on the database at `url`.
 fn instance(dir: &Path, url: &str) -> Command {

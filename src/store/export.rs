@@ -364,21 +364,162 @@ impl Embedded {
     }
 }
 
+/// Writes an export line by line, whichever store it reads: the header
+/// first, then devices, events and webhooks, then `end`.
+pub(super) struct ExportWriter<'w, W: Write> {
+    out: &'w mut W,
+    done: Transferred,
+}
+
+impl<'w, W: Write> ExportWriter<'w, W> {
+    pub(super) fn begin(out: &'w mut W, tenant: Option<&str>) -> io::Result<Self> {
+        let header = Header {
+            kind: FORMAT.into(),
+            version: VERSION,
+            exported_at: Millis::now().to_rfc3339(),
+            tenant: tenant.map(str::to_string),
+            generator: concat!("devicehub ", env!("CARGO_PKG_VERSION")).into(),
+        };
+        write_line(out, &header)?;
+        Ok(ExportWriter {
+            out,
+            done: Transferred::default(),
+        })
+    }
+
+    pub(super) fn device(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        record: DeviceRecord,
+        last_seen: Option<Millis>,
+    ) -> io::Result<()> {
+        write_line(
+            self.out,
+            &DeviceLine::from_record(tenant, id, record, last_seen),
+        )?;
+        self.done.devices += 1;
+        Ok(())
+    }
+
+    /// An event as stored: its JSON, byte for byte.
+    pub(super) fn event(&mut self, tenant: &str, id: &str, json: &[u8]) -> io::Result<()> {
+        let out = &mut *self.out;
+        out.write_all(br#"{"kind":"event","tenant":"#)?;
+        serde_json::to_writer(&mut *out, tenant).map_err(io::Error::from)?;
+        out.write_all(br#","id":"#)?;
+        serde_json::to_writer(&mut *out, id).map_err(io::Error::from)?;
+        out.write_all(br#","event":"#)?;
+        out.write_all(json)?;
+        out.write_all(b"}\n")?;
+        self.done.events += 1;
+        Ok(())
+    }
+
+    pub(super) fn webhook(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        record: WebhookRecord,
+    ) -> io::Result<()> {
+        write_line(self.out, &WebhookLine::from_record(tenant, id, record))?;
+        self.done.webhooks += 1;
+        Ok(())
+    }
+
+    pub(super) fn end(self) -> io::Result<Transferred> {
+        write_line(
+            self.out,
+            &EndLine {
+                kind: "end".into(),
+                records: self.done.records(),
+            },
+        )?;
+        self.out.flush()?;
+        Ok(self.done)
+    }
+}
+
+/// A device as an export holds it, for another store to load.
+pub struct DeviceRow {
+    pub(super) tenant: String,
+    pub(super) id: String,
+    pub(super) record: DeviceRecord,
+    pub(super) last_seen: Option<Millis>,
+}
+
+/// An event as an export holds it.
+pub struct EventRow {
+    pub(super) tenant: String,
+    pub(super) id: String,
+    pub(super) device_id: String,
+    pub(super) kind: EventType,
+    pub(super) created: Millis,
+    pub(super) json: Vec<u8>,
+}
+
+/// Everything an (imported, so checked) store holds, row by row.
+#[derive(Default)]
+pub struct Rows {
+    pub(super) devices: Vec<DeviceRow>,
+    pub(super) events: Vec<EventRow>,
+    pub(super) webhooks: Vec<(String, String, WebhookRecord)>,
+}
+
+impl Embedded {
+    /// Every row, in key order: what `import_into_postgres` copies after
+    /// this (scratch) store has checked an import.
+    pub fn rows(&self) -> Result<Rows, StoreError> {
+        let (_db, txn) = self.inner.db.begin_read(|_| Ok(()))?;
+        let mut rows = Rows::default();
+        let seen = txn.open_table(LAST_SEEN)?;
+        for row in txn.open_table(DEVICES)?.range::<(&str, &str)>(..)? {
+            let (key, value) = row?;
+            let (tenant, id) = key.value();
+            rows.devices.push(DeviceRow {
+                tenant: tenant.to_string(),
+                id: id.to_string(),
+                record: DeviceRecord::decode(value.value())?,
+                last_seen: seen.get((tenant, id))?.map(|v| Millis(v.value())),
+            });
+        }
+        for row in txn.open_table(EVENTS)?.range::<(&str, &str)>(..)? {
+            let (key, value) = row?;
+            let (tenant, id) = key.value();
+            let stored = super::events::decode_stored(id, value.value())?;
+            let head: EventHead = serde_json::from_slice(&stored.json)
+                .map_err(|e| StoreError::Internal(format!("event {id}: {e}")))?;
+            let created =
+                parse_time("createdAt", &head.created_at).map_err(StoreError::Internal)?;
+            rows.events.push(EventRow {
+                tenant: tenant.to_string(),
+                id: id.to_string(),
+                device_id: head.device_id,
+                kind: stored.kind,
+                created,
+                json: stored.json,
+            });
+        }
+        for row in txn.open_table(WEBHOOKS)?.range::<(&str, &str)>(..)? {
+            let (key, value) = row?;
+            let (tenant, id) = key.value();
+            rows.webhooks.push((
+                tenant.to_string(),
+                id.to_string(),
+                WebhookRecord::decode(value.value())?,
+            ));
+        }
+        Ok(rows)
+    }
+}
+
 fn write_export<W: Write>(
     txn: &ReadTransaction,
     out: &mut W,
     tenant: Option<&str>,
     memory: Option<&LastSeen>,
 ) -> Result<Transferred, ExportError> {
-    let header = Header {
-        kind: FORMAT.into(),
-        version: VERSION,
-        exported_at: Millis::now().to_rfc3339(),
-        tenant: tenant.map(str::to_string),
-        generator: concat!("devicehub ", env!("CARGO_PKG_VERSION")).into(),
-    };
-    write_line(out, &header)?;
-    let mut done = Transferred::default();
+    let mut writer = ExportWriter::begin(out, tenant)?;
     let devices = txn.open_table(DEVICES)?;
     let seen = open_optional(txn, LAST_SEEN)?;
     let rows = match tenant {
@@ -394,11 +535,7 @@ fn write_export<W: Write>(
             None => None,
         };
         let last_seen = memory.and_then(|m| m.get(tenant, device_id)).max(on_disk);
-        write_line(
-            out,
-            &DeviceLine::from_record(tenant, device_id, record, last_seen),
-        )?;
-        done.devices += 1;
+        writer.device(tenant, device_id, record, last_seen)?;
     }
     if let Some(events) = open_optional(txn, EVENTS)? {
         let rows = match tenant {
@@ -409,15 +546,7 @@ fn write_export<W: Write>(
             let (key, value) = row?;
             let (tenant, event_id) = key.value();
             let stored = super::events::decode_stored(event_id, value.value())?;
-            let json = stored.json.as_slice();
-            out.write_all(br#"{"kind":"event","tenant":"#)?;
-            serde_json::to_writer(&mut *out, tenant).map_err(io::Error::from)?;
-            out.write_all(br#","id":"#)?;
-            serde_json::to_writer(&mut *out, event_id).map_err(io::Error::from)?;
-            out.write_all(br#","event":"#)?;
-            out.write_all(json)?;
-            out.write_all(b"}\n")?;
-            done.events += 1;
+            writer.event(tenant, event_id, &stored.json)?;
         }
     }
     if let Some(hooks) = open_optional(txn, WEBHOOKS)? {
@@ -429,19 +558,10 @@ fn write_export<W: Write>(
             let (key, value) = row?;
             let (tenant, id) = key.value();
             let record = WebhookRecord::decode(value.value())?;
-            write_line(out, &WebhookLine::from_record(tenant, id, record))?;
-            done.webhooks += 1;
+            writer.webhook(tenant, id, record)?;
         }
     }
-    write_line(
-        out,
-        &EndLine {
-            kind: "end".into(),
-            records: done.records(),
-        },
-    )?;
-    out.flush()?;
-    Ok(done)
+    Ok(writer.end()?)
 }
 
 fn write_line<W: Write, T: Serialize>(out: &mut W, line: &T) -> io::Result<()> {

@@ -36,6 +36,27 @@ pub fn test_postgres() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
+/// The cluster for the tests that need PostgreSQL whatever store the others
+/// run on (`DEVICEHUB_TEST_PG_CLUSTER`, or `DEVICEHUB_TEST_POSTGRES`). None,
+/// and the test skips, when there is none, except under `CI=true`, where
+/// that fails: CI cannot pass without running them.
+pub fn pg_cluster(test: &str) -> Option<String> {
+    let url = std::env::var("DEVICEHUB_TEST_PG_CLUSTER")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .or_else(test_postgres);
+    if url.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the PostgreSQL tests: run them with scripts/test.sh, which starts a cluster"
+        );
+        eprintln!(
+            "{test}: DEVICEHUB_TEST_PG_CLUSTER is not set: skipped (scripts/test.sh sets it)"
+        );
+    }
+    url
+}
+
 /// A new, empty database in the cluster at `base`; its URL.
 pub fn fresh_database(base: &str) -> String {
     let name = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());

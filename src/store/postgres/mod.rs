@@ -15,6 +15,7 @@
 mod cursor;
 pub mod schema;
 mod tls;
+mod transfer;
 mod webhooks;
 
 use std::str::FromStr;

@@ -112,10 +112,18 @@ pub async fn migrate(client: &mut Client) -> StoreResult<()> {
 }
 
 async fn apply(client: &mut Client) -> StoreResult<()> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS devicehub_schema (version integer NOT NULL)")
+    // (Not CREATE TABLE IF NOT EXISTS: its notice would be logged.)
+    let missing: bool = client
+        .query_one("SELECT to_regclass('devicehub_schema') IS NULL", &[])
         .await
-        .map_err(pg_error)?;
+        .map_err(pg_error)?
+        .get(0);
+    if missing {
+        client
+            .batch_execute("CREATE TABLE devicehub_schema (version integer NOT NULL)")
+            .await
+            .map_err(pg_error)?;
+    }
     let found: i32 = client
         .query_opt("SELECT max(version) FROM devicehub_schema", &[])
         .await
