@@ -4,6 +4,8 @@
 #
 #   bench/run.sh            # 1,000 devices in one tenant (the main table)
 #   bench/run.sh big        # 1,000,000 devices over 1,000 tenants
+#   bench/run.sh pg         # as the first, on PostgreSQL (a throwaway cluster
+#                           # on this box, fsync on: scripts/pg-cluster.sh)
 #
 # It needs nothing outside this repository: the release binary (built here),
 # wrk (installed with apt-get when missing and run as root), python3, curl.
@@ -38,8 +40,8 @@ RAW_DIR=$PEERBENCH_DIR/wrk-raw
 mkdir -p "$RAW_DIR"
 
 case $MODE in
-    small | big) ;;
-    *) echo "usage: bench/run.sh [small|big]" >&2; exit 64 ;;
+    small | big | pg) ;;
+    *) echo "usage: bench/run.sh [small|big|pg]" >&2; exit 64 ;;
 esac
 
 if ! command -v wrk >/dev/null; then
@@ -58,11 +60,13 @@ BIN=$ROOT/target/release/devicehub
 WORK=$(mktemp -d /tmp/devicehub-bench.XXXXXX)
 SECRET=bench-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PID=
+STORE_ENV=(DEVICEHUB__STORAGE__PATH="$WORK/devicehub.redb")
 cleanup() {
     if [[ -n "$PID" ]]; then
         kill "$PID" 2>/dev/null || true
         wait "$PID" 2>/dev/null || true
     fi
+    [[ $MODE == pg ]] && "$ROOT/scripts/pg-cluster.sh" stop "$WORK/pg"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -73,7 +77,7 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 start_server() {
     local started
     started=$(now)
-    DEVICEHUB__SERVER__BIND=127.0.0.1:$PORT DEVICEHUB__STORAGE__PATH=$WORK/devicehub.redb \
+    env DEVICEHUB__SERVER__BIND=127.0.0.1:$PORT "${STORE_ENV[@]}" \
         DEVICEHUB__AUTH__HS256_SECRET=$SECRET RUST_LOG=warn "$BIN" serve >"$WORK/server.log" 2>&1 &
     PID=$!
     until curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
@@ -116,6 +120,10 @@ measure() {
 if [[ $MODE == big ]]; then
     TENANTS=1000 PER=1000
 else
+    if [[ $MODE == pg ]]; then
+        chmod 755 "$WORK"
+        STORE_ENV=(DEVICEHUB__STORAGE__POSTGRES_URL="$(PG_DURABLE=1 "$ROOT/scripts/pg-cluster.sh" start "$WORK/pg")")
+    fi
     TENANTS=1 PER=1000
     if [[ ${PEERS:-1} != 0 && -x "$SHARED/bench_all.sh" ]]; then
         TARGETS="pb-tenant ceiling" "$SHARED/bench_all.sh" || true
@@ -157,7 +165,9 @@ for kind in get me patch; do
     echo "mixed $kind: $(grep -o 'rps=[0-9.]*' "$WORK/mixed-$kind") $(grep -o 'non2xx=[0-9]*' "$WORK/mixed-$kind")" | tee -a "$WORK/facts"
 done
 echo "peak RSS under the mixed load: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$PID/status")" | tee -a "$WORK/facts"
-echo "database file: $(du -h "$WORK/devicehub.redb" | cut -f1)" | tee -a "$WORK/facts"
+if [[ $MODE != pg ]]; then
+    echo "database file: $(du -h "$WORK/devicehub.redb" | cut -f1)" | tee -a "$WORK/facts"
+fi
 
 echo
 echo "results: $RESULTS"

@@ -9,7 +9,8 @@
 #                                     serves TLS with that PEM chain and key
 # It listens on a unix socket in DIR and on 127.0.0.1 (a free port, for the
 # TLS test), trusts local connections (it holds nothing but test data) and
-# runs with fsync=off. initdb refuses to run as root, so as root the cluster
+# runs with fsync=off (PG_DURABLE=1: fsync on, as in production, for
+# benchmarks). initdb refuses to run as root, so as root the cluster
 # belongs to the `postgres` user. Installs PostgreSQL if it is missing.
 set -euo pipefail
 
@@ -37,10 +38,11 @@ as_owner() {
 }
 
 launch() {
-    local port
+    local port durability="-c fsync=off -c full_page_writes=off"
     port=$(cat "$dir/port")
+    [[ ${PG_DURABLE:-0} == 1 ]] && durability=""
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c max_connections=300" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability -c max_connections=300" \
         start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
 }
 
