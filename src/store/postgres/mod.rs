@@ -59,8 +59,9 @@ const CHECK_IN_BATCH: usize = 1_000;
 const DEVICE_COLUMNS: &str = "id, name, status, location_ids, pim_enabled, pim_segment_ids, \
      created_ms, updated_ms, version, last_seen_ms";
 
-/// Maps a database error: a lost or refused connection is 503, anything
-/// else an internal error.
+/// Maps a database error: a lost or refused connection, a database that is
+/// shutting down or read-only, and a transaction the database aborted so it
+/// can be retried are 503; anything else is an internal error.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let unavailable = e.is_closed()
         || match e.code() {
@@ -69,7 +70,11 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
                 let class = &code.code()[..2];
                 // 08: connection; 53: insufficient resources; 57: operator
                 // intervention (shutdown, crash recovery).
-                matches!(class, "08" | "53" | "57") || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                // A serialization failure or deadlock: the client may retry.
+                matches!(class, "08" | "53" | "57")
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
             }
         };
     if unavailable {
