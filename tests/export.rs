@@ -62,7 +62,12 @@ fn me(addr: SocketAddr, key: &str) -> Response {
 
 /// Runs `devicehub import` in `dir` with `input` on stdin.
 fn import(dir: &Path, input: &[u8]) -> Output {
-    let mut child = command(dir)
+    import_with(command(dir), input)
+}
+
+/// Runs `cmd import` with `input` on stdin.
+fn import_with(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
         .arg("import")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -306,20 +311,7 @@ fn a_deployment_moves_from_redb_to_postgresql_and_back() {
         cmd.env("DEVICEHUB__STORAGE__POSTGRES_URL", &url);
         cmd
     };
-    let mut importing = on_postgres();
-    importing
-        .arg("import")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = importing.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&exported.stdout)
-        .unwrap();
-    let imported = child.wait_with_output().unwrap();
+    let imported = import_with(on_postgres(), &exported.stdout);
     assert!(imported.status.success(), "{imported:?}");
     assert_eq!(
         String::from_utf8_lossy(&imported.stdout).trim(),
@@ -343,20 +335,7 @@ fn a_deployment_moves_from_redb_to_postgresql_and_back() {
     drop((a, b));
 
     // A second import into the same database is refused.
-    let mut again = on_postgres();
-    again
-        .arg("import")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = again.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&exported.stdout)
-        .unwrap();
-    let refused = child.wait_with_output().unwrap();
+    let refused = import_with(on_postgres(), &exported.stdout);
     assert!(!refused.status.success());
     assert!(stderr_line(&refused).contains("import only into an empty store"));
 

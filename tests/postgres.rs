@@ -97,13 +97,17 @@ fn page_through(
     }
 }
 
+/// A fresh database in the cluster, and a folder for the instances.
+fn fresh(test: &str) -> Option<(String, tempfile::TempDir)> {
+    let base = cluster(test)?;
+    Some((fresh_database(&base), tempfile::tempdir().unwrap()))
+}
+
 #[test]
 fn three_instances_share_one_registry() {
-    let Some(base) = cluster("three_instances_share_one_registry") else {
+    let Some((url, dir)) = fresh("three_instances_share_one_registry") else {
         return;
     };
-    let url = fresh_database(&base);
-    let dir = tempfile::tempdir().unwrap();
     let servers: Vec<Server> = (0..3)
         .map(|_| Server::start(instance(dir.path(), &url), "http"))
         .collect();
@@ -246,11 +250,9 @@ fn three_instances_share_one_registry() {
 
 #[test]
 fn demo_seeds_once_when_two_instances_start_together() {
-    let Some(base) = cluster("demo_seeds_once_when_two_instances_start_together") else {
+    let Some((url, dir)) = fresh("demo_seeds_once_when_two_instances_start_together") else {
         return;
     };
-    let url = fresh_database(&base);
-    let dir = tempfile::tempdir().unwrap();
     let starting: Vec<_> = (0..2)
         .map(|_| {
             let mut cmd = instance(dir.path(), &url);

@@ -995,18 +995,7 @@ impl Inner {
         }
         let mut devices = txn.open_table(DEVICES)?;
         let ulid = next_ulid(&devices, tenant, now, id::PREFIX)?;
-        let device = Device {
-            id: id::format(ulid),
-            name: new.name.as_str().to_string(),
-            status: new.status,
-            location_ids: new.location_ids.to_vec(),
-            pim_enabled: new.pim_enabled,
-            pim_segment_ids: new.pim_segment_ids.to_vec(),
-            created_at: now,
-            updated_at: now,
-            last_seen_at: None,
-            version: 1,
-        };
+        let device = registered(id::format(ulid), new, now);
         let keys = Keys {
             current: device_key::to_hex(&key_hash),
             previous: None,
@@ -1125,6 +1114,22 @@ impl Inner {
             grace_end,
             changed: true,
         })
+    }
+}
+
+/// The device a registration makes: version 1, never seen.
+fn registered(id: String, new: &NewDevice, now: Millis) -> Device {
+    Device {
+        id,
+        name: new.name.as_str().to_string(),
+        status: new.status,
+        location_ids: new.location_ids.to_vec(),
+        pim_enabled: new.pim_enabled,
+        pim_segment_ids: new.pim_segment_ids.to_vec(),
+        created_at: now,
+        updated_at: now,
+        last_seen_at: None,
+        version: 1,
     }
 }
 

@@ -33,8 +33,8 @@ pub use cursor::PgCursor;
 
 use super::last_seen::LastSeen;
 use super::{
-    next_ulid_after, Author, Change, KeyOwner, ListQuery, Modified, Page, Remember, Remembered,
-    StatusCounts, StoreError, StoreResult, DEFAULT_EVENT_RETENTION_MS, PRUNE_BATCH,
+    next_ulid_after, registered, Author, Change, KeyOwner, ListQuery, Modified, Page, Remember,
+    Remembered, StatusCounts, StoreError, StoreResult, DEFAULT_EVENT_RETENTION_MS, PRUNE_BATCH,
 };
 use crate::auth::device_key::KeyHash;
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
@@ -313,33 +313,14 @@ impl Postgres {
         let tenant = author.tenant;
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg_error)?;
-        txn.execute(
-            "INSERT INTO devicehub_tenants (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING",
-            &[&tenant],
-        )
-        .await
-        .map_err(pg_error)?;
-        let mut row = lock_tenant(&txn, tenant)
-            .await?
-            .ok_or_else(|| StoreError::Internal("the tenant row vanished".into()))?;
+        let mut row = lock_new_tenant(&txn, tenant).await?;
         if let Some(quota) = quota {
             if row.counts.total() >= quota {
                 return Err(StoreError::QuotaExceeded(quota));
             }
         }
         let ulid = next_ulid_after(id::parse_prefixed(id::PREFIX, &row.last_device), now)?;
-        let device = Device {
-            id: id::format(ulid),
-            name: new.name.as_str().to_string(),
-            status: new.status,
-            location_ids: new.location_ids.to_vec(),
-            pim_enabled: new.pim_enabled,
-            pim_segment_ids: new.pim_segment_ids.to_vec(),
-            created_at: now,
-            updated_at: now,
-            last_seen_at: None,
-            version: 1,
-        };
+        let device = registered(id::format(ulid), &new, now);
         txn.execute(
             "INSERT INTO devicehub_devices (tenant, id, name, status, location_ids, pim_enabled, \
              pim_segment_ids, created_ms, updated_ms, version, key_hash) \
@@ -843,6 +824,19 @@ async fn lock_tenant(txn: &Transaction<'_>, tenant: &str) -> StoreResult<Option<
         last_event: row.get(1),
         counts: counts_from_row(&row, 2),
     }))
+}
+
+/// `lock_tenant`, making the tenant's row first if it has none.
+async fn lock_new_tenant(txn: &Transaction<'_>, tenant: &str) -> StoreResult<TenantRow> {
+    txn.execute(
+        "INSERT INTO devicehub_tenants (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING",
+        &[&tenant],
+    )
+    .await
+    .map_err(pg_error)?;
+    lock_tenant(txn, tenant)
+        .await?
+        .ok_or_else(|| StoreError::Internal("the tenant row vanished".into()))
 }
 
 async fn save_tenant(txn: &Transaction<'_>, tenant: &str, row: &TenantRow) -> StoreResult<()> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{lock_tenant, pg_error, to_i64, to_u64, Postgres};
+use super::{lock_new_tenant, pg_error, to_i64, to_u64, Postgres};
 use crate::devices::Millis;
 use crate::store::webhooks::{new_id, WebhookRecord};
 use crate::store::{
@@ -41,15 +41,7 @@ impl Postgres {
         let txn = client.transaction().await.map_err(pg_error)?;
         // The tenant's lock orders this against events being recorded: the
         // webhook gets exactly the events committed after it.
-        txn.execute(
-            "INSERT INTO devicehub_tenants (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING",
-            &[&tenant],
-        )
-        .await
-        .map_err(pg_error)?;
-        let row = lock_tenant(&txn, tenant)
-            .await?
-            .ok_or_else(|| StoreError::Internal("the tenant row vanished".into()))?;
+        let row = lock_new_tenant(&txn, tenant).await?;
         let held: i64 = txn
             .query_one(
                 "SELECT count(*) FROM devicehub_webhooks WHERE tenant = $1",
