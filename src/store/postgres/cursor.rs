@@ -13,7 +13,7 @@ use crate::devices::Device;
 use crate::store::last_seen::LastSeen;
 use crate::store::{ListQuery, Order, Page, StoreResult};
 
-/// Rows read per round trip.
+/// Rows read per round trip at most.
 const FETCH: i64 = 500;
 
 pub struct PgCursor {
@@ -63,17 +63,28 @@ impl PgCursor {
         }
         let mut after = self.after.clone();
         let after_at = params.len() + 1;
+        // When every filter is in the query, the rows asked for are exactly
+        // the ones wanted (a page of 100 reads 101 rows, not 500).
+        let exact = self.query.name_contains.is_none()
+            && self.query.last_seen_before.is_none()
+            && self.query.last_seen_after.is_none();
+        let fetch = match exact {
+            true => FETCH.min(i64::try_from(max_found).unwrap_or(FETCH)),
+            false => FETCH,
+        };
         sql.push_str(&format!(
             " AND (${after_at}::text IS NULL OR id {compare} ${after_at}) \
-             ORDER BY id {direction} LIMIT {FETCH}"
+             ORDER BY id {direction} LIMIT ${}",
+            after_at + 1
         ));
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let mut found = 0;
         while !self.ended && found < max_found {
             let mut bound = params.clone();
             bound.push(&after);
+            bound.push(&fetch);
             let rows = client.query(&statement, &bound).await.map_err(pg_error)?;
-            self.ended = (rows.len() as i64) < FETCH;
+            self.ended = (rows.len() as i64) < fetch;
             let mut resumed = None;
             for (at, row) in rows.iter().enumerate() {
                 let device = device_at(row, 0, &self.seen, &self.tenant)?;
