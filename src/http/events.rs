@@ -52,7 +52,13 @@ async fn feed(
             auth.tenant().to_string(),
             query.clone(),
         );
-        let page = blocking(move || store.events(&tenant, &q)).await?;
+        // A caught-up poll (nothing after its cursor) is answered or parked
+        // without the blocking pool: 1,000 of them must not start its threads.
+        let after = query.starting_after.as_deref();
+        let page = match state.store.has_events_after(auth.tenant(), after)? {
+            true => blocking(move || store.events(&tenant, &q)).await?,
+            false => EventPage::default(),
+        };
         let Some(waiter) = waiter.as_mut().filter(|_| page.events.is_empty()) else {
             return Ok(respond(&page));
         };

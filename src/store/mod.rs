@@ -500,6 +500,20 @@ impl Store {
             .run(|db| events::page(&read_txn(db)?, tenant, query))
     }
 
+    /// Whether the tenant has any event after `starting_after` (after none:
+    /// any at all). A point read, cheap enough for an async worker: a long
+    /// poll that is caught up parks without a trip to the blocking pool.
+    pub fn has_events_after(
+        &self,
+        tenant: &str,
+        starting_after: Option<&str>,
+    ) -> StoreResult<bool> {
+        let after = starting_after.unwrap_or("");
+        self.inner
+            .db
+            .run(|db| events::any_after(&read_txn(db)?, tenant, after))
+    }
+
     /// What wakes long polls on the event feed.
     pub fn event_bus(&self) -> &EventBus {
         &self.inner.bus
@@ -1012,7 +1026,7 @@ impl Inner {
             kind: EventType::Created,
             actor,
             device: &device,
-            previous: serde_json::Map::new(),
+            before: None,
             device_previous: None,
         };
         let mut record = DeviceRecord::from_device(&device, keys);
@@ -1111,7 +1125,7 @@ impl Inner {
             kind,
             actor,
             device: &device,
-            previous: crate::events::previous_attributes(&before, &device),
+            before: Some(&before),
             device_previous: last_event.as_deref(),
         };
         let mut record = DeviceRecord::from_device(&device, keys);
