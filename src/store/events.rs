@@ -2,6 +2,9 @@
 //! the change's own write transaction, read a page at a time as a change
 //! feed, and deleted once older than `events.retention`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{EVENTS, ID_MAX};
@@ -55,20 +58,62 @@ pub struct Recorded<'a> {
 /// are a chain (each stored with the id of the device's event before it,
 /// the device record holding the last), so no second index is written, and
 /// expiry follows the ids (ULIDs, in time order) instead of a third table.
-/// The event is stored in its compact form (`compact`): the device's fields
+/// The id comes from `last_ids`, without a read of the table. The event is stored in its compact form (`compact`): the device's fields
 /// and the old values, in binary, rendered to JSON when read.
 pub(super) fn record(
     txn: &WriteTransaction,
     tenant: &str,
     what: Recorded<'_>,
     now: Millis,
+    last_ids: &LastIds,
 ) -> StoreResult<String> {
     let mut table = txn.open_table(EVENTS)?;
-    let ulid = super::next_ulid(&table, tenant, now, events::id::PREFIX)?;
+    let ulid = last_ids.next(&table, tenant, now)?;
     let id = events::id::format(ulid);
     let value = compact::encode(&what, now)?;
     table.insert((tenant, id.as_str()), value.as_slice())?;
     Ok(id)
+}
+
+/// The last event id given out in each tenant (by this process): the next
+/// one is after it, so recording an event reads no range of the table (only
+/// a tenant's first event since the store opened does). An id given out in
+/// a batch that was then not committed stays here: ids still only grow.
+/// Events are written only on the writer thread (and by `import`, into a
+/// store without events, which calls `forget`).
+#[derive(Default)]
+pub(super) struct LastIds(Mutex<HashMap<String, ulid::Ulid>>);
+
+impl LastIds {
+    fn next(
+        &self,
+        table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+        tenant: &str,
+        now: Millis,
+    ) -> StoreResult<ulid::Ulid> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ulid = match last.get_mut(tenant) {
+            Some(slot) => {
+                let fresh = ulid::Ulid::from_parts(now.0, super::random_u128()?);
+                if fresh <= *slot {
+                    *slot = slot.increment().ok_or_else(|| {
+                        StoreError::Internal("the event id space is exhausted".into())
+                    })?;
+                } else {
+                    *slot = fresh;
+                }
+                return Ok(*slot);
+            }
+            None => super::next_ulid(table, tenant, now, events::id::PREFIX)?,
+        };
+        last.insert(tenant.to_string(), ulid);
+        Ok(ulid)
+    }
+
+    /// Drops what is known: the next id of each tenant is read from the table.
+    pub(super) fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// The start of a stored event in the JSON form (what `import` writes): the

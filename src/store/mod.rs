@@ -320,6 +320,8 @@ struct Inner {
     seen: LastSeen,
     /// Wakes long polls after a commit that added events.
     bus: EventBus,
+    /// Each tenant's last event id, so that recording one reads no range.
+    event_ids: events::LastIds,
     /// `events.retention`, in milliseconds.
     event_retention_ms: AtomicU64,
 }
@@ -354,6 +356,7 @@ impl Store {
             db: DbHandle::new(path.to_path_buf(), db),
             seen: LastSeen::default(),
             bus: EventBus::default(),
+            event_ids: events::LastIds::default(),
             event_retention_ms: AtomicU64::new(DEFAULT_EVENT_RETENTION_MS),
         });
         inner
@@ -1030,7 +1033,7 @@ impl Inner {
             device_previous: None,
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now)?);
+        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
         devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
@@ -1129,7 +1132,7 @@ impl Inner {
             device_previous: last_event.as_deref(),
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now)?);
+        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
         devices.insert((tenant, device_id), record.encode()?.as_slice())?;
         Ok(Modified {
             device,

@@ -530,3 +530,26 @@ async fn whether_events_follow_a_cursor_is_one_look_up() {
         .unwrap();
     assert!(store.has_events_after("t", Some(&first)).unwrap());
 }
+
+#[actix_web::test]
+async fn event_ids_keep_growing_after_the_newest_was_pruned_and_the_clock_stepped_back() {
+    let (_dir, store) = open();
+    let (device, _) = add(&store, "t", "Till", 50_000).await;
+    let first = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+    store.set_event_retention(std::time::Duration::from_secs(1));
+    assert_eq!(store.prune(Millis(60_000)).await.unwrap(), 1);
+    assert!(all(&store, "t").is_empty());
+    // The clock is now behind the pruned event: the next id still follows it.
+    store
+        .update(
+            "t",
+            &device.id,
+            patch(json!({"name": "Till 2"})),
+            None,
+            Millis(1_000),
+        )
+        .await
+        .unwrap();
+    let next = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+    assert!(next > first, "{next} <= {first}");
+}
