@@ -58,8 +58,9 @@ pub struct Recorded<'a> {
 /// are a chain (each stored with the id of the device's event before it,
 /// the device record holding the last), so no second index is written, and
 /// expiry follows the ids (ULIDs, in time order) instead of a third table.
-/// The id comes from `last_ids`, without a read of the table. The event is stored in its compact form (`compact`): the device's fields
-/// and the old values, in binary, rendered to JSON when read.
+/// The id comes from `last_ids`, without a read of the table. The event is
+/// stored in its compact form (`compact`): the device's fields and the old
+/// values, in binary, rendered to JSON when read.
 pub(super) fn record(
     txn: &WriteTransaction,
     tenant: &str,
@@ -139,37 +140,55 @@ fn head_with(first: u8, previous: Option<&str>, rest_bytes: usize) -> StoreResul
     Ok(value)
 }
 
-/// A stored event, and the device's event before it ("" for none). Two
-/// forms are read: the JSON form (first byte the type code; the JSON as
-/// clients see it follows the head) and the compact form (first byte
-/// `compact::MARK` | the type code; rendered to that same JSON here).
-fn decode<'v>(id: &str, value: &'v [u8]) -> StoreResult<(StoredEvent, &'v str)> {
-    let bad = || StoreError::Internal(format!("undecodable event record {id}"));
-    let (&first, rest) = value.split_first().ok_or_else(bad)?;
-    let (&len, rest) = rest.split_first().ok_or_else(bad)?;
-    if rest.len() < usize::from(len) {
-        return Err(bad());
+/// A stored event's head, read without rendering the event. Two forms are
+/// read: the JSON form (first byte the type code; the JSON as clients see
+/// it follows the head) and the compact form (first byte `compact::MARK` |
+/// the type code; rendered to that same JSON by `event`).
+struct Head<'v> {
+    kind: EventType,
+    /// The device's event before this one ("" for none).
+    previous: &'v str,
+    body: &'v [u8],
+    compact: bool,
+}
+
+impl<'v> Head<'v> {
+    fn read(id: &str, value: &'v [u8]) -> StoreResult<Head<'v>> {
+        let (&first, rest) = value.split_first().ok_or_else(|| undecodable(id))?;
+        let (&len, rest) = rest.split_first().ok_or_else(|| undecodable(id))?;
+        if rest.len() < usize::from(len) {
+            return Err(undecodable(id));
+        }
+        let (previous, body) = rest.split_at(usize::from(len));
+        Ok(Head {
+            kind: EventType::from_code(first & !compact::MARK).ok_or_else(|| undecodable(id))?,
+            previous: std::str::from_utf8(previous).map_err(|_| undecodable(id))?,
+            body,
+            compact: first & compact::MARK != 0,
+        })
     }
-    let (previous, body) = rest.split_at(usize::from(len));
-    let kind = EventType::from_code(first & !compact::MARK).ok_or_else(bad)?;
-    let previous = std::str::from_utf8(previous).map_err(|_| bad())?;
-    let json = match first & compact::MARK {
-        0 => body.to_vec(),
-        _ => compact::render(id, kind, body).ok_or_else(bad)?,
-    };
-    Ok((
-        StoredEvent {
+
+    /// The event as clients see it.
+    fn event(&self, id: &str) -> StoreResult<StoredEvent> {
+        let json = match self.compact {
+            false => self.body.to_vec(),
+            true => compact::render(id, self.kind, self.body).ok_or_else(|| undecodable(id))?,
+        };
+        Ok(StoredEvent {
             id: id.to_string(),
-            kind,
+            kind: self.kind,
             json,
-        },
-        previous,
-    ))
+        })
+    }
+}
+
+fn undecodable(id: &str) -> StoreError {
+    StoreError::Internal(format!("undecodable event record {id}"))
 }
 
 /// A stored event as the webhooks see it (`webhooks::next`).
 pub(super) fn decode_stored(id: &str, value: &[u8]) -> StoreResult<StoredEvent> {
-    decode(id, value).map(|(event, _)| event)
+    Head::read(id, value)?.event(id)
 }
 
 /// Whether the tenant has any event after `after` (a point look-up at the
@@ -193,8 +212,9 @@ pub(super) fn page(
     let after = query.starting_after.as_deref().unwrap_or("");
     let limit = query.limit.max(1);
     let table = txn.open_table(EVENTS)?;
-    let wanted = |event: &StoredEvent| query.kind.is_none_or(|k| k == event.kind);
+    let wanted = |kind: EventType| query.kind.is_none_or(|k| k == kind);
     let mut out = EventPage::default();
+    // Only the events served are rendered; the others are skipped by their head.
     match &query.device_id {
         Some(device) => {
             // Walk the device's chain back from its last event to the
@@ -207,16 +227,17 @@ pub(super) fn page(
                 let Some(value) = table.get((tenant, id.as_str()))? else {
                     break;
                 };
-                let (event, previous) = decode(&id, value.value())?;
-                next = (!previous.is_empty()).then(|| previous.to_string());
-                if wanted(&event) {
-                    found.push(event);
+                let head = Head::read(&id, value.value())?;
+                next = (!head.previous.is_empty()).then(|| head.previous.to_string());
+                if wanted(head.kind) {
+                    found.push((id, value.value().to_vec()));
                 }
             }
             found.reverse();
             out.has_more = found.len() > limit;
-            found.truncate(limit);
-            out.events = found;
+            for (id, value) in found.iter().take(limit) {
+                out.events.push(decode_stored(id, value)?);
+            }
         }
         None => {
             for entry in table.range::<(&str, &str)>((tenant, after)..=(tenant, ID_MAX))? {
@@ -225,15 +246,15 @@ pub(super) fn page(
                 if id == after {
                     continue;
                 }
-                let (event, _) = decode(id, value.value())?;
-                if !wanted(&event) {
+                let head = Head::read(id, value.value())?;
+                if !wanted(head.kind) {
                     continue;
                 }
                 if out.events.len() == limit {
                     out.has_more = true;
                     break;
                 }
-                out.events.push(event);
+                out.events.push(head.event(id)?);
             }
         }
     }
@@ -278,10 +299,10 @@ pub(super) fn prune(txn: &WriteTransaction, cutoff: u64, max: usize) -> StoreRes
 /// createdAt (u64 ms) · actor (u8 0/1, then the string) · the device: id,
 /// name, status (u8, `indexes::status_code`), locationIds, pimEnabled (u8),
 /// pimSegmentIds, createdAt and updatedAt (u64 ms), lastSeenAt (u8 0/1, then
-/// u64 ms) · a mask of the fields in `previousAttributes` (`PREVIOUS`), then
-/// each of their old values in that order.
+/// u64 ms) · a mask of the fields in `previousAttributes` (bits `NAME` to
+/// `SEGMENTS`), then each of their old values in that order.
 ///
-/// About a fifth of the JSON's size, and no JSON or time formatting on the
+/// Well under half the JSON's size, and no JSON or time formatting on the
 /// writer thread; `render` makes the JSON clients see, through the same
 /// `Event` serializer the JSON form was written with.
 pub(super) mod compact {
