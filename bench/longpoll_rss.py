@@ -30,6 +30,12 @@ connections that each read the feed once without waitSeconds and stay open,
 idle, so the cost of an idle connection and of the parked request can be
 told apart.
 
+And (unless CONTROL=0), on a third fresh server, POLLS connections that
+send nothing at all: what actix-web holds per connection before any
+request (its read and write buffers and the connection's task). Measured
+1 s after the last one is accepted, within the 5 s actix-web gives a
+connection to send its first request.
+
 Env: POLLS=1000 ROUNDS=2 DEVICES=100 SETTLE=5 PORT=18130 CONTROL=1
 """
 import asyncio, http.client, json, os, resource, subprocess, sys, tempfile, time
@@ -229,6 +235,30 @@ async def control(pid, read_token, after):
           f"before {mib(before)}, idle {mib(idle)} (+{mib(idle - before)}); by kind: {grew(kinds_before, kinds_idle)}")
 
 
+async def bare(pid):
+    """POLLS connections that send nothing, idle."""
+    before = status_kib(pid, "VmRSS")
+    kinds_before = breakdown(pid)
+    sockets_before = sockets(pid)
+    conns = []
+    for start in range(0, POLLS, 100):
+        conns.extend(await asyncio.gather(*(asyncio.open_connection("127.0.0.1", PORT)
+                                            for _ in range(start, min(POLLS, start + 100)))))
+    waited = time.monotonic()
+    while sockets(pid) - sockets_before < POLLS:
+        if time.monotonic() - waited > 30:
+            raise SystemExit(f"only {sockets(pid) - sockets_before} connections accepted after 30 s")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    idle = status_kib(pid, "VmRSS")
+    kinds_idle = breakdown(pid)
+    for _, writer in conns:
+        writer.close()
+    await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+    print(f"bare: {POLLS} connections open, no request sent; VmRSS before {mib(before)}, "
+          f"idle {mib(idle)} (+{mib(idle - before)}); by kind: {grew(kinds_before, kinds_idle)}")
+
+
 def serve(binary):
     """A server on a fresh database with DEVICES devices: (process, work dir,
     admin token, read token, device ids, latest event id)."""
@@ -281,6 +311,11 @@ def main():
         server, work, admin, read, ids, after = serve(binary)
         try:
             asyncio.run(control(server.pid, read, after))
+        finally:
+            stop(server, work)
+        server, work, admin, read, ids, after = serve(binary)
+        try:
+            asyncio.run(bare(server.pid))
         finally:
             stop(server, work)
 

@@ -2,12 +2,15 @@
 //! the change's own write transaction, read a page at a time as a change
 //! feed, and deleted once older than `events.retention`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{EVENTS, ID_MAX};
 use super::{StoreError, StoreResult};
 use crate::devices::{Device, Millis};
-use crate::events::{self, Event, EventData, EventType};
+use crate::events::{self, EventType};
 
 /// Which events a page holds.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +43,9 @@ pub struct Recorded<'a> {
     pub kind: EventType,
     pub actor: Option<&'a str>,
     pub device: &'a Device,
-    pub previous: serde_json::Map<String, serde_json::Value>,
+    /// The device before the change (None for a new one): the old values of
+    /// the fields that differ are the event's `previousAttributes`.
+    pub before: Option<&'a Device>,
     /// The device's event before this one (`DeviceRecord::last_event`).
     pub device_previous: Option<&'a str>,
 }
@@ -53,76 +58,149 @@ pub struct Recorded<'a> {
 /// are a chain (each stored with the id of the device's event before it,
 /// the device record holding the last), so no second index is written, and
 /// expiry follows the ids (ULIDs, in time order) instead of a third table.
-/// A stored event is: the type code (1 byte), the length of the previous
-/// id (1 byte) and that id, then the event's JSON.
+/// The id comes from `last_ids`, without a read of the table. The event is
+/// stored in its compact form (`compact`): the device's fields and the old
+/// values, in binary, rendered to JSON when read.
 pub(super) fn record(
     txn: &WriteTransaction,
     tenant: &str,
     what: Recorded<'_>,
     now: Millis,
+    last_ids: &LastIds,
 ) -> StoreResult<String> {
     let mut table = txn.open_table(EVENTS)?;
-    let ulid = super::next_ulid(&table, tenant, now, events::id::PREFIX)?;
+    let ulid = last_ids.next(&table, tenant, now)?;
     let id = events::id::format(ulid);
-    let event = Event {
-        id: &id,
-        kind: what.kind.as_str(),
-        created_at: now,
-        actor: what.actor,
-        device_id: &what.device.id,
-        data: EventData {
-            object: what.device,
-            previous_attributes: what.previous,
-        },
-    };
-    let mut value = head(what.kind, what.device_previous, 640)?;
-    serde_json::to_writer(&mut value, &event).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let value = compact::encode(&what, now)?;
     table.insert((tenant, id.as_str()), value.as_slice())?;
     Ok(id)
 }
 
-/// The start of a stored event: the type code, the length of the device's
-/// previous event id and that id. The event's JSON (about `json_bytes`) is
-/// written after it.
+/// The last event id given out in each tenant (by this process): the next
+/// one is after it, so recording an event reads no range of the table (only
+/// a tenant's first event since the store opened does). An id given out in
+/// a batch that was then not committed stays here: ids still only grow.
+/// Events are written only on the writer thread (and by `import`, into a
+/// store without events, which calls `forget`).
+#[derive(Default)]
+pub(super) struct LastIds(Mutex<HashMap<String, ulid::Ulid>>);
+
+impl LastIds {
+    fn next(
+        &self,
+        table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+        tenant: &str,
+        now: Millis,
+    ) -> StoreResult<ulid::Ulid> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ulid = match last.get_mut(tenant) {
+            Some(slot) => {
+                let fresh = ulid::Ulid::from_parts(now.0, super::random_u128()?);
+                if fresh <= *slot {
+                    *slot = slot.increment().ok_or_else(|| {
+                        StoreError::Internal("the event id space is exhausted".into())
+                    })?;
+                } else {
+                    *slot = fresh;
+                }
+                return Ok(*slot);
+            }
+            None => super::next_ulid(table, tenant, now, events::id::PREFIX)?,
+        };
+        last.insert(tenant.to_string(), ulid);
+        Ok(ulid)
+    }
+
+    /// Drops what is known: the next id of each tenant is read from the table.
+    pub(super) fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The start of a stored event in the JSON form (what `import` writes): the
+/// type code, the length of the device's previous event id and that id. The
+/// event's JSON (about `json_bytes`) is written after it.
 pub(super) fn head(
     kind: EventType,
     previous: Option<&str>,
     json_bytes: usize,
 ) -> StoreResult<Vec<u8>> {
+    head_with(kind.code(), previous, json_bytes)
+}
+
+/// A stored event's first byte, the length of the previous id and that id.
+fn head_with(first: u8, previous: Option<&str>, rest_bytes: usize) -> StoreResult<Vec<u8>> {
     let previous = previous.unwrap_or("").as_bytes();
     let length =
         u8::try_from(previous.len()).map_err(|_| StoreError::Internal("a long event id".into()))?;
-    let mut value = Vec::with_capacity(2 + previous.len() + json_bytes);
-    value.push(kind.code());
+    let mut value = Vec::with_capacity(2 + previous.len() + rest_bytes);
+    value.push(first);
     value.push(length);
     value.extend_from_slice(previous);
     Ok(value)
 }
 
-/// A stored event, and the device's event before it ("" for none).
-fn decode<'v>(id: &str, value: &'v [u8]) -> StoreResult<(StoredEvent, &'v str)> {
-    let bad = || StoreError::Internal(format!("undecodable event record {id}"));
-    let (&code, rest) = value.split_first().ok_or_else(bad)?;
-    let (&len, rest) = rest.split_first().ok_or_else(bad)?;
-    if rest.len() < usize::from(len) {
-        return Err(bad());
+/// A stored event's head, read without rendering the event. Two forms are
+/// read: the JSON form (first byte the type code; the JSON as clients see
+/// it follows the head) and the compact form (first byte `compact::MARK` |
+/// the type code; rendered to that same JSON by `event`).
+struct Head<'v> {
+    kind: EventType,
+    /// The device's event before this one ("" for none).
+    previous: &'v str,
+    body: &'v [u8],
+    compact: bool,
+}
+
+impl<'v> Head<'v> {
+    fn read(id: &str, value: &'v [u8]) -> StoreResult<Head<'v>> {
+        let (&first, rest) = value.split_first().ok_or_else(|| undecodable(id))?;
+        let (&len, rest) = rest.split_first().ok_or_else(|| undecodable(id))?;
+        if rest.len() < usize::from(len) {
+            return Err(undecodable(id));
+        }
+        let (previous, body) = rest.split_at(usize::from(len));
+        Ok(Head {
+            kind: EventType::from_code(first & !compact::MARK).ok_or_else(|| undecodable(id))?,
+            previous: std::str::from_utf8(previous).map_err(|_| undecodable(id))?,
+            body,
+            compact: first & compact::MARK != 0,
+        })
     }
-    let (previous, json) = rest.split_at(usize::from(len));
-    let kind = EventType::from_code(code).ok_or_else(bad)?;
-    let previous = std::str::from_utf8(previous).map_err(|_| bad())?;
-    Ok((
-        StoredEvent {
+
+    /// The event as clients see it.
+    fn event(&self, id: &str) -> StoreResult<StoredEvent> {
+        let json = match self.compact {
+            false => self.body.to_vec(),
+            true => compact::render(id, self.kind, self.body).ok_or_else(|| undecodable(id))?,
+        };
+        Ok(StoredEvent {
             id: id.to_string(),
-            kind,
-            json: json.to_vec(),
-        },
-        previous,
-    ))
+            kind: self.kind,
+            json,
+        })
+    }
+}
+
+fn undecodable(id: &str) -> StoreError {
+    StoreError::Internal(format!("undecodable event record {id}"))
 }
 
 /// A stored event as the webhooks see it (`webhooks::next`).
 pub(super) fn decode_stored(id: &str, value: &[u8]) -> StoreResult<StoredEvent> {
-    decode(id, value).map(|(event, _)| event)
+    Head::read(id, value)?.event(id)
+}
+
+/// Whether the tenant has any event after `after` (a point look-up at the
+/// cursor): when not, every page after it is empty.
+pub(super) fn any_after(txn: &ReadTransaction, tenant: &str, after: &str) -> StoreResult<bool> {
+    let table = txn.open_table(EVENTS)?;
+    for entry in table.range::<(&str, &str)>((tenant, after)..=(tenant, ID_MAX))? {
+        if entry?.0.value().1 != after {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A page of the tenant's events after `query.starting_after`, in id order.
@@ -134,8 +212,9 @@ pub(super) fn page(
     let after = query.starting_after.as_deref().unwrap_or("");
     let limit = query.limit.max(1);
     let table = txn.open_table(EVENTS)?;
-    let wanted = |event: &StoredEvent| query.kind.is_none_or(|k| k == event.kind);
+    let wanted = |kind: EventType| query.kind.is_none_or(|k| k == kind);
     let mut out = EventPage::default();
+    // Only the events served are rendered; the others are skipped by their head.
     match &query.device_id {
         Some(device) => {
             // Walk the device's chain back from its last event to the
@@ -148,16 +227,17 @@ pub(super) fn page(
                 let Some(value) = table.get((tenant, id.as_str()))? else {
                     break;
                 };
-                let (event, previous) = decode(&id, value.value())?;
-                next = (!previous.is_empty()).then(|| previous.to_string());
-                if wanted(&event) {
-                    found.push(event);
+                let head = Head::read(&id, value.value())?;
+                next = (!head.previous.is_empty()).then(|| head.previous.to_string());
+                if wanted(head.kind) {
+                    found.push((id, value.value().to_vec()));
                 }
             }
             found.reverse();
             out.has_more = found.len() > limit;
-            found.truncate(limit);
-            out.events = found;
+            for (id, value) in found.iter().take(limit) {
+                out.events.push(decode_stored(id, value)?);
+            }
         }
         None => {
             for entry in table.range::<(&str, &str)>((tenant, after)..=(tenant, ID_MAX))? {
@@ -166,15 +246,15 @@ pub(super) fn page(
                 if id == after {
                     continue;
                 }
-                let (event, _) = decode(id, value.value())?;
-                if !wanted(&event) {
+                let head = Head::read(id, value.value())?;
+                if !wanted(head.kind) {
                     continue;
                 }
                 if out.events.len() == limit {
                     out.has_more = true;
                     break;
                 }
-                out.events.push(event);
+                out.events.push(head.event(id)?);
             }
         }
     }
@@ -210,4 +290,214 @@ pub(super) fn prune(txn: &WriteTransaction, cutoff: u64, max: usize) -> StoreRes
         pruned += due.len();
     }
     Ok(pruned)
+}
+
+/// The compact stored form of an event: after the head (`head_with`, first
+/// byte `MARK` | the type code), in this order, integers little-endian,
+/// strings and lists with a u16 length or count:
+///
+/// createdAt (u64 ms) · actor (u8 0/1, then the string) · the device: id,
+/// name, status (u8, `indexes::status_code`), locationIds, pimEnabled (u8),
+/// pimSegmentIds, createdAt and updatedAt (u64 ms), lastSeenAt (u8 0/1, then
+/// u64 ms) · a mask of the fields in `previousAttributes` (bits `NAME` to
+/// `SEGMENTS`), then each of their old values in that order.
+///
+/// Well under half the JSON's size, and no JSON or time formatting on the
+/// writer thread; `render` makes the JSON clients see, through the same
+/// `Event` serializer the JSON form was written with.
+pub(super) mod compact {
+    use serde_json::{Map, Value};
+
+    use super::super::indexes::status_code;
+    use super::{Recorded, StoreError, StoreResult};
+    use crate::devices::{Device, DeviceStatus, Millis};
+    use crate::events::{Event, EventData, EventType};
+
+    /// Set in the first byte of a compact event (type codes are below it).
+    pub const MARK: u8 = 0x80;
+
+    /// The fields `previousAttributes` may hold, by bit of the mask.
+    const NAME: u8 = 1;
+    const STATUS: u8 = 2;
+    const LOCATIONS: u8 = 4;
+    const PIM: u8 = 8;
+    const SEGMENTS: u8 = 16;
+
+    pub fn encode(what: &Recorded<'_>, now: Millis) -> StoreResult<Vec<u8>> {
+        let device = what.device;
+        let mut out = super::head_with(MARK | what.kind.code(), what.device_previous, 160)?;
+        out.extend_from_slice(&now.0.to_le_bytes());
+        match what.actor {
+            Some(actor) => {
+                out.push(1);
+                put_str(&mut out, actor)?;
+            }
+            None => out.push(0),
+        }
+        put_str(&mut out, &device.id)?;
+        put_str(&mut out, &device.name)?;
+        out.push(status_code(device.status));
+        put_list(&mut out, &device.location_ids)?;
+        out.push(u8::from(device.pim_enabled));
+        put_list(&mut out, &device.pim_segment_ids)?;
+        out.extend_from_slice(&device.created_at.0.to_le_bytes());
+        out.extend_from_slice(&device.updated_at.0.to_le_bytes());
+        match device.last_seen_at {
+            Some(at) => {
+                out.push(1);
+                out.extend_from_slice(&at.0.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        let Some(before) = what.before else {
+            out.push(0);
+            return Ok(out);
+        };
+        let mut mask = 0;
+        let at = out.len();
+        out.push(0);
+        if before.name != device.name {
+            mask |= NAME;
+            put_str(&mut out, &before.name)?;
+        }
+        if before.status != device.status {
+            mask |= STATUS;
+            out.push(status_code(before.status));
+        }
+        if before.location_ids != device.location_ids {
+            mask |= LOCATIONS;
+            put_list(&mut out, &before.location_ids)?;
+        }
+        if before.pim_enabled != device.pim_enabled {
+            mask |= PIM;
+            out.push(u8::from(before.pim_enabled));
+        }
+        if before.pim_segment_ids != device.pim_segment_ids {
+            mask |= SEGMENTS;
+            put_list(&mut out, &before.pim_segment_ids)?;
+        }
+        out[at] = mask;
+        Ok(out)
+    }
+
+    /// The event's JSON from its compact body (after the head); None if the
+    /// body is not one.
+    pub fn render(id: &str, kind: EventType, body: &[u8]) -> Option<Vec<u8>> {
+        let mut r = Reader(body);
+        let created_at = Millis(r.u64()?);
+        let actor = match r.u8()? {
+            0 => None,
+            _ => Some(r.str()?),
+        };
+        let device = Device {
+            id: r.str()?.to_string(),
+            name: r.str()?.to_string(),
+            status: r.status()?,
+            location_ids: r.list()?,
+            pim_enabled: r.u8()? != 0,
+            pim_segment_ids: r.list()?,
+            created_at: Millis(r.u64()?),
+            updated_at: Millis(r.u64()?),
+            last_seen_at: match r.u8()? {
+                0 => None,
+                _ => Some(Millis(r.u64()?)),
+            },
+            version: 0,
+        };
+        // Built as `events::previous_attributes` builds it.
+        let mask = r.u8()?;
+        let mut previous = Map::new();
+        if mask & NAME != 0 {
+            previous.insert("name".into(), Value::from(r.str()?));
+        }
+        if mask & STATUS != 0 {
+            previous.insert("status".into(), Value::from(r.status()?.as_str()));
+        }
+        if mask & LOCATIONS != 0 {
+            previous.insert("locationIds".into(), Value::from(r.list()?));
+        }
+        if mask & PIM != 0 {
+            previous.insert("pimEnabled".into(), Value::from(r.u8()? != 0));
+        }
+        if mask & SEGMENTS != 0 {
+            previous.insert("pimSegmentIds".into(), Value::from(r.list()?));
+        }
+        if !r.0.is_empty() || mask >= SEGMENTS << 1 {
+            return None;
+        }
+        let event = Event {
+            id,
+            kind: kind.as_str(),
+            created_at,
+            actor,
+            device_id: &device.id,
+            data: EventData {
+                object: &device,
+                previous_attributes: previous,
+            },
+        };
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, &event).ok()?;
+        Some(json)
+    }
+
+    fn put_str(out: &mut Vec<u8>, text: &str) -> StoreResult<()> {
+        let len = u16::try_from(text.len())
+            .map_err(|_| StoreError::Internal("a string too long for an event".into()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
+    fn put_list(out: &mut Vec<u8>, items: &[String]) -> StoreResult<()> {
+        let count = u16::try_from(items.len())
+            .map_err(|_| StoreError::Internal("a list too long for an event".into()))?;
+        out.extend_from_slice(&count.to_le_bytes());
+        for item in items {
+            put_str(out, item)?;
+        }
+        Ok(())
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Some(head)
+        }
+
+        fn u8(&mut self) -> Option<u8> {
+            self.take(1).map(|b| b[0])
+        }
+
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+        }
+
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+
+        fn str(&mut self) -> Option<&'a str> {
+            let len = usize::from(self.u16()?);
+            std::str::from_utf8(self.take(len)?).ok()
+        }
+
+        fn list(&mut self) -> Option<Vec<String>> {
+            let count = self.u16()?;
+            (0..count).map(|_| self.str().map(str::to_string)).collect()
+        }
+
+        fn status(&mut self) -> Option<DeviceStatus> {
+            let code = self.u8()?;
+            DeviceStatus::ALL
+                .into_iter()
+                .find(|s| status_code(*s) == code)
+        }
+    }
 }

@@ -360,6 +360,7 @@ impl Embedded {
         let read = Importer::new(&txn)?.run(input)?;
         indexes::rebuild(&txn)?;
         txn.commit()?;
+        self.inner.event_ids.forget();
         Ok(read)
     }
 }

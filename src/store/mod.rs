@@ -323,6 +323,8 @@ struct Inner {
     seen: LastSeen,
     /// Wakes long polls after a commit that added events.
     bus: EventBus,
+    /// Each tenant's last event id, so that recording one reads no range.
+    event_ids: events::LastIds,
     /// `events.retention`, in milliseconds.
     event_retention_ms: AtomicU64,
 }
@@ -357,6 +359,7 @@ impl Embedded {
             db: DbHandle::new(path.to_path_buf(), db),
             seen: LastSeen::default(),
             bus: EventBus::default(),
+            event_ids: events::LastIds::default(),
             event_retention_ms: AtomicU64::new(DEFAULT_EVENT_RETENTION_MS),
         });
         inner
@@ -501,6 +504,20 @@ impl Embedded {
         self.inner
             .db
             .run(|db| events::page(&read_txn(db)?, tenant, query))
+    }
+
+    /// Whether the tenant has any event after `starting_after` (after none:
+    /// any at all). A point read, cheap enough for an async worker: a long
+    /// poll that is caught up parks without a trip to the blocking pool.
+    pub fn has_events_after(
+        &self,
+        tenant: &str,
+        starting_after: Option<&str>,
+    ) -> StoreResult<bool> {
+        let after = starting_after.unwrap_or("");
+        self.inner
+            .db
+            .run(|db| events::any_after(&read_txn(db)?, tenant, after))
     }
 
     /// What wakes long polls on the event feed.
@@ -1004,11 +1021,11 @@ impl Inner {
             kind: EventType::Created,
             actor,
             device: &device,
-            previous: serde_json::Map::new(),
+            before: None,
             device_previous: None,
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now)?);
+        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
         devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
@@ -1103,11 +1120,11 @@ impl Inner {
             kind,
             actor,
             device: &device,
-            previous: crate::events::previous_attributes(&before, &device),
+            before: Some(&before),
             device_previous: last_event.as_deref(),
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now)?);
+        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
         devices.insert((tenant, device_id), record.encode()?.as_slice())?;
         Ok(Modified {
             device,

@@ -50,8 +50,11 @@ pub const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &[u8; 32]), ()> =
     TableDefinition::new("idempotency_expiry");
 
 /// key: (tenant_id, event_id) · value: the event's type code (one byte,
-/// `EventType::code`), the length of the id of the device's event before it
-/// (one byte) and that id, then the event as clients see it, JSON. Event
+/// `EventType::code`; with the high bit set in the compact form), the length
+/// of the id of the device's event before it (one byte) and that id, then
+/// the event: in the compact form (`events::compact`, what changes write)
+/// its fields in binary, rendered to JSON when read; in the JSON form (what
+/// `import` and the first event builds write) the event as clients see it. Event
 /// ids are `evt_` + ULID and increase in commit order within a tenant, so a
 /// tenant's range is its change feed, oldest first, and its oldest events
 /// are the first to expire. A device's events are a chain: the device

@@ -289,3 +289,267 @@ async fn a_layout_2_file_gains_the_event_tables_and_keeps_its_devices() {
     drop(store);
     assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
 }
+
+/// The JSON an event had in the JSON form: the `Event` serializer over the
+/// device after the change and the old values of what changed.
+fn json_form(
+    id: &str,
+    kind: EventType,
+    at: u64,
+    actor: Option<&str>,
+    before: Option<&Device>,
+    after: &Device,
+) -> Vec<u8> {
+    let event = crate::events::Event {
+        id,
+        kind: kind.as_str(),
+        created_at: Millis(at),
+        actor,
+        device_id: &after.id,
+        data: crate::events::EventData {
+            object: after,
+            previous_attributes: before
+                .map(|b| crate::events::previous_attributes(b, after))
+                .unwrap_or_default(),
+        },
+    };
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// Every event of the tenant as stored: (id, the stored bytes).
+fn stored(store: &Embedded, tenant: &str) -> Vec<(String, Vec<u8>)> {
+    store
+        .inner
+        .db
+        .run(|db| {
+            let txn = read_txn(db)?;
+            let table = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for entry in table.range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))? {
+                let (key, value) = entry?;
+                out.push((key.value().1.to_string(), value.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn events_are_stored_compact_and_read_as_the_json_they_had() {
+    let (_dir, store) = open();
+    let key = NewDeviceKey::generate().unwrap();
+    let body = json!({"name": "Till \"1\" ü", "locationIds": ["loc_a", "loc_b"],
+                      "pimEnabled": true, "pimSegmentIds": ["seg_1"]});
+    let created = store
+        .create(
+            alice("t"),
+            new_device(body),
+            key.hash,
+            Millis(1_000),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    store.touch("t", &id, Millis(1_500));
+    let every_field = json!({"name": "Till 2", "status": "inactive", "locationIds": [],
+                             "pimEnabled": false, "pimSegmentIds": ["seg_2", "seg_3"]});
+    let updated = store
+        .update(alice("t"), &id, patch(every_field), None, Millis(2_000))
+        .await
+        .unwrap();
+    let renamed = store
+        .update(
+            "t",
+            &id,
+            patch(json!({"name": "Till 3"})),
+            None,
+            Millis(3_000),
+        )
+        .await
+        .unwrap();
+    let new_key = NewDeviceKey::generate().unwrap();
+    let (rotated, _) = store
+        .rotate_key(alice("t"), &id, new_key.hash, 60, Millis(4_000), None)
+        .await
+        .unwrap();
+    let revoked = store.revoke("t", &id, Millis(5_000)).await.unwrap();
+    assert!(updated.last_seen_at.is_some());
+
+    let rows = stored(&store, "t");
+    let page = store
+        .events(
+            "t",
+            &EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            },
+        )
+        .unwrap();
+    let expected = [
+        (EventType::Created, 1_000, Some("alice"), None, &created),
+        (
+            EventType::Updated,
+            2_000,
+            Some("alice"),
+            Some(&created),
+            &updated,
+        ),
+        (EventType::Updated, 3_000, None, Some(&updated), &renamed),
+        (
+            EventType::KeyRotated,
+            4_000,
+            Some("alice"),
+            Some(&renamed),
+            &rotated,
+        ),
+        (EventType::Revoked, 5_000, None, Some(&rotated), &revoked),
+    ];
+    assert_eq!(rows.len(), expected.len());
+    assert_eq!(page.events.len(), expected.len());
+    for (((kind, at, actor, before, after), (id, value)), event) in
+        expected.into_iter().zip(&rows).zip(&page.events)
+    {
+        let json = json_form(id, kind, at, actor, before, after);
+        assert_eq!(
+            String::from_utf8_lossy(&event.json),
+            String::from_utf8_lossy(&json)
+        );
+        assert_eq!(
+            value[0],
+            crate::store::events::compact::MARK | kind.code(),
+            "{id}"
+        );
+        assert!(
+            value.len() * 2 < json.len(),
+            "{id}: {} bytes stored for {} bytes of JSON",
+            value.len(),
+            json.len()
+        );
+    }
+}
+
+#[actix_web::test]
+async fn events_stored_as_json_are_still_read_and_chained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let (device, first) = {
+        let store = Embedded::open(&path).unwrap();
+        let (device, _) = add(&store, "t", "Till", 1_000).await;
+        let first = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+        (device, first)
+    };
+    // What the JSON form's builds wrote: the head, then the event's JSON; the
+    // device record names it as its last event.
+    let old_id = events_id_at(2_000);
+    let old_json = format!(
+        r#"{{"id":"{old_id}","type":"device.updated","createdAt":"1970-01-01T00:00:02Z","actor":"bob","deviceId":"{d}","data":{{"object":{{"id":"{d}","name":"Till 2"}},"previousAttributes":{{"name":"Till"}}}}}}"#,
+        d = device.id
+    );
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = write_txn(&db).unwrap();
+        {
+            let mut value =
+                crate::store::events::head(EventType::Updated, Some(&first), old_json.len())
+                    .unwrap();
+            value.extend_from_slice(old_json.as_bytes());
+            txn.open_table(EVENTS)
+                .unwrap()
+                .insert(("t", old_id.as_str()), value.as_slice())
+                .unwrap();
+            let mut devices = txn.open_table(DEVICES).unwrap();
+            let mut record = DeviceRecord::decode(
+                devices
+                    .get(("t", device.id.as_str()))
+                    .unwrap()
+                    .unwrap()
+                    .value(),
+            )
+            .unwrap();
+            record.last_event = Some(old_id.clone());
+            devices
+                .insert(
+                    ("t", device.id.as_str()),
+                    record.encode().unwrap().as_slice(),
+                )
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Embedded::open(&path).unwrap();
+    store
+        .update(
+            "t",
+            &device.id,
+            patch(json!({"name": "Till 3"})),
+            None,
+            Millis(3_000),
+        )
+        .await
+        .unwrap();
+    let old: Value = serde_json::from_str(&old_json).unwrap();
+    let whole = all(&store, "t");
+    assert_eq!(whole.len(), 3);
+    assert_eq!(whole[1], old);
+    assert_eq!(
+        whole[2]["data"]["previousAttributes"],
+        json!({"name": "Till"})
+    );
+    let by_device = EventQuery {
+        device_id: Some(device.id.clone()),
+        ..EventQuery::default()
+    };
+    assert_eq!(whole, feed(&store, "t", by_device));
+}
+
+fn events_id_at(ms: u64) -> String {
+    crate::events::id::format(ulid::Ulid::from_parts(ms, 7))
+}
+
+#[actix_web::test]
+async fn whether_events_follow_a_cursor_is_one_look_up() {
+    let (_dir, store) = open();
+    assert!(!store.has_events_after("t", None).unwrap());
+    let (device, _) = add(&store, "t", "Till", 1_000).await;
+    assert!(store.has_events_after("t", None).unwrap());
+    assert!(!store.has_events_after("other", None).unwrap());
+    let first = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+    assert!(!store.has_events_after("t", Some(&first)).unwrap());
+    assert!(store.has_events_after("t", Some(&events_id_at(0))).unwrap());
+    store
+        .update(
+            "t",
+            &device.id,
+            patch(json!({"name": "Till 2"})),
+            None,
+            Millis(2_000),
+        )
+        .await
+        .unwrap();
+    assert!(store.has_events_after("t", Some(&first)).unwrap());
+}
+
+#[actix_web::test]
+async fn event_ids_keep_growing_after_the_newest_was_pruned_and_the_clock_stepped_back() {
+    let (_dir, store) = open();
+    let (device, _) = add(&store, "t", "Till", 50_000).await;
+    let first = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+    store.set_event_retention(std::time::Duration::from_secs(1));
+    assert_eq!(store.prune(Millis(60_000)).await.unwrap(), 1);
+    assert!(all(&store, "t").is_empty());
+    // The clock is now behind the pruned event: the next id still follows it.
+    store
+        .update(
+            "t",
+            &device.id,
+            patch(json!({"name": "Till 2"})),
+            None,
+            Millis(1_000),
+        )
+        .await
+        .unwrap();
+    let next = all(&store, "t")[0]["id"].as_str().unwrap().to_string();
+    assert!(next > first, "{next} <= {first}");
+}
