@@ -15,8 +15,8 @@ over 100 locations), then prints:
 - with chromedriver and chromium installed, the dashboard over that tenant in
   headless Chromium, read from the page's Performance API marks: its first
   usable paint (target: at most 500 ms) and how long after the last keystroke
-  search results show (target: at most 200 ms; the page waits 150 ms after a
-  keystroke before it asks, so that it does not query per letter).
+  search results show (target: at most 200 ms; the page waits 60 ms after a
+  keystroke before it asks, so that fast typing sends one request).
 
 Env: DEVICES=100000 PORT=18200 SEED_THREADS=16 LISTS=16 SAMPLES=300
 """
@@ -33,6 +33,9 @@ LISTS = int(os.environ.get("LISTS", "16"))
 SAMPLES = int(os.environ.get("SAMPLES", "300"))
 TENANT = "fleet"
 SECRET = "fleet-bench-secret-" + os.urandom(16).hex()
+# What the dashboard test types: three of them match too few devices to fill
+# a page, so the server reads the whole tenant's names to answer.
+SEARCHES = ["Scanner 04242", "Scanner 0999", "Fleet Scanner 07", "scanner 012345", "Scanner 1"]
 
 
 def rss_kib(pid):
@@ -143,7 +146,7 @@ def dashboard_timings(admin):
         search = wd.do("POST", "/element", {"using": "css selector", "value": "#search"})
         element = next(iter(search.values()))
         delays = []
-        for query in ["Scanner 04242", "Scanner 0999", "Fleet Scanner 07", "scanner 012345", "Scanner 1"]:
+        for query in SEARCHES:
             wd.do("POST", f"/element/{element}/clear", {})
             wd.script("performance.clearMarks();")
             wd.do("POST", f"/element/{element}/value", {"text": query})
@@ -152,6 +155,7 @@ def dashboard_timings(admin):
                 "const shown = performance.getEntriesByName('devicehub:list-shown')"
                 f".filter(m => m.detail && m.detail.q === {json.dumps(query)});"
                 "return typed.length && shown.length ? shown[0].startTime - typed[typed.length - 1].startTime : null;"))
+            print(f"  search {query!r}: results {delays[-1]:.0f} ms after the last keystroke")
         wd.call("DELETE", f"/session/{wd.session}")
         return paint, statistics.median(delays)
     finally:

@@ -89,30 +89,64 @@ impl Millis {
     }
 
     pub fn to_rfc3339(self) -> String {
-        let secs = (self.0 / 1000) as i64;
-        let ms = self.0 % 1000;
-        match time::OffsetDateTime::from_unix_timestamp(secs) {
-            Ok(t) => format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            ),
-            Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
-        }
+        let text = self.rfc3339();
+        // Only ASCII digits and separators are written.
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The RFC 3339 form (`YYYY-MM-DDTHH:MM:SS.mmmZ`) in a fixed buffer:
+    /// worked out with integer arithmetic (days to a civil date, H. Hinnant's
+    /// algorithm), no allocation and no formatting machinery, since every
+    /// device answer shows two or three of these. Past 9999-12-31 it is
+    /// that day's last millisecond.
+    pub fn rfc3339(self) -> [u8; 24] {
+        const LAST: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        let ms = self.0.min(LAST);
+        let secs = ms / 1000;
+        let (days, of_day) = (secs / 86_400, secs % 86_400);
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, of_day / 3_600);
+        put(14, 2, of_day / 60 % 60);
+        put(17, 2, of_day % 60);
+        put(20, 3, ms % 1000);
+        out
+    }
+}
+
+/// Serializes a `Millis` as RFC 3339 text (`Millis::rfc3339`).
+fn rfc3339_str<S: Serializer>(value: Millis, s: S) -> Result<S::Ok, S::Error> {
+    let text = value.rfc3339();
+    match std::str::from_utf8(&text) {
+        Ok(text) => s.serialize_str(text),
+        Err(_) => Err(serde::ser::Error::custom("a time that is not text")),
     }
 }
 
 pub fn as_rfc3339<S: Serializer>(value: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&value.to_rfc3339())
+    rfc3339_str(*value, s)
 }
 
 pub fn opt_as_rfc3339<S: Serializer>(value: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(m) => s.serialize_str(&m.to_rfc3339()),
+        Some(m) => rfc3339_str(*m, s),
         None => s.serialize_none(),
     }
 }
@@ -141,8 +175,30 @@ pub struct Device {
 
 impl Device {
     /// A strong entity tag: it changes exactly when the stored device does.
+    /// Built by hand into one allocation of the right size (it is made for
+    /// every answer that shows a device).
     pub fn etag(&self) -> String {
-        format!("\"{}-{}\"", &self.id[id::PREFIX.len()..], self.version)
+        let ulid = self.id.get(id::PREFIX.len()..).unwrap_or_default();
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut version = self.version;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (version % 10) as u8;
+            version /= 10;
+            if version == 0 {
+                break;
+            }
+        }
+        let mut tag = String::with_capacity(ulid.len() + digits.len() - at + 3);
+        tag.push('"');
+        tag.push_str(ulid);
+        tag.push('-');
+        for digit in &digits[at..] {
+            tag.push(char::from(*digit));
+        }
+        tag.push('"');
+        tag
     }
 }
 
@@ -373,6 +429,98 @@ mod tests {
             Millis(1_705_312_800_007).to_rfc3339(),
             "2024-01-15T10:00:00.007Z"
         );
+    }
+
+    /// What the `time` crate makes of `ms` (the formatting used before
+    /// `Millis::rfc3339`).
+    fn by_the_time_crate(ms: u64) -> String {
+        match time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64) {
+            Ok(t) => format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                ms % 1000
+            ),
+            Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
+        }
+    }
+
+    #[test]
+    fn an_etag_is_the_ulid_and_the_version_quoted() {
+        for version in [0, 1, 9, 10, 12_345, u64::MAX] {
+            let device = Device {
+                id: "dev_01HZX3A8ZQ3YJ4PQ8N6Y2M5V7T".into(),
+                name: "n".into(),
+                status: DeviceStatus::Active,
+                location_ids: vec![],
+                pim_enabled: false,
+                pim_segment_ids: vec![],
+                created_at: Millis(0),
+                updated_at: Millis(0),
+                last_seen_at: None,
+                version,
+            };
+            assert_eq!(
+                device.etag(),
+                format!("\"01HZX3A8ZQ3YJ4PQ8N6Y2M5V7T-{version}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_agree_with_the_calendar_everywhere() {
+        let day = 86_400_000u64;
+        // Around leap days, century rules (1900 is not a leap year, 2000 and
+        // 2400 are), year ends, and the last representable millisecond.
+        let mut cases = vec![
+            0,
+            1,
+            999,
+            day - 1,
+            951_782_400_000,     // 2000-02-29
+            4_107_542_400_000,   // 2100-03-01
+            13_574_563_200_000,  // 2400-02-29
+            253_402_300_799_999, // 9999-12-31T23:59:59.999Z
+            253_402_300_800_000,
+            u64::MAX,
+        ];
+        // Every day of 1970-2500 at a moving time of day, and a spread of
+        // larger values.
+        let mut ms = 0u64;
+        while ms < 16_725_225_600_000 {
+            cases.push(ms);
+            ms += day + 3_723_457;
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x % 260_000_000_000_000);
+        }
+        for ms in cases {
+            assert_eq!(Millis(ms).to_rfc3339(), by_the_time_crate(ms), "{ms}");
+        }
+        let shown = serde_json::to_value(Device {
+            id: "dev_01HZX3A8ZQ3YJ4PQ8N6Y2M5V7T".into(),
+            name: "n".into(),
+            status: DeviceStatus::Active,
+            location_ids: vec![],
+            pim_enabled: false,
+            pim_segment_ids: vec![],
+            created_at: Millis(1_705_312_800_007),
+            updated_at: Millis(951_782_400_000),
+            last_seen_at: Some(Millis(0)),
+            version: 1,
+        })
+        .unwrap();
+        assert_eq!(shown["createdAt"], "2024-01-15T10:00:00.007Z");
+        assert_eq!(shown["updatedAt"], "2000-02-29T00:00:00.000Z");
+        assert_eq!(shown["lastSeenAt"], "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

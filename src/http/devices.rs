@@ -152,7 +152,8 @@ fn with_etag(
     body: &impl Serialize,
 ) -> ApiResult<HttpResponse> {
     let mut response = json(status, body)?;
-    let etag = header::HeaderValue::from_str(&device.etag())
+    // From the String itself: no second copy of the tag.
+    let etag = header::HeaderValue::try_from(device.etag())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     response.headers_mut().insert(header::ETAG, etag);
     Ok(response)

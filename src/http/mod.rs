@@ -100,7 +100,10 @@ struct Data<'a> {
 
 /// A JSON response of `body`.
 fn json<T: Serialize>(status: actix_web::http::StatusCode, body: &T) -> ApiResult<HttpResponse> {
-    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Room for one device's answer from the start, so that a typical body
+    // is written without growing the buffer.
+    let mut bytes = Vec::with_capacity(512);
+    serde_json::to_writer(&mut bytes, body).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::build(status)
         .content_type("application/json")
         .body(bytes))

@@ -21,7 +21,8 @@ use redb::{
 
 use super::tables::{
     DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, KEY_INDEX, LAST_SEEN, LOCATION_INDEX, META,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
+    NAME_INDEX, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS,
+    WEBHOOK_DELIVERIES,
 };
 use super::{indexes, Embedded, StoreError, StoreResult};
 
@@ -241,6 +242,7 @@ fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
     batch.copy(source, LAST_SEEN)?;
     batch.copy(source, STATUS_INDEX)?;
     batch.copy(source, LOCATION_INDEX)?;
+    batch.copy(source, NAME_INDEX)?;
     batch.copy(source, TENANT_COUNTS)?;
     batch.copy(source, IDEMPOTENCY)?;
     batch.copy(source, IDEMPOTENCY_EXPIRY)?;
@@ -272,6 +274,7 @@ pub const TABLES: &[&str] = &[
     "last_seen",
     "status_index",
     "location_index",
+    "name_index",
     "tenant_counts",
     "idempotency",
     "idempotency_expiry",

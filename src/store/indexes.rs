@@ -1,5 +1,5 @@
-//! The secondary tables of `DEVICES`: the status and location indexes and the
-//! per-tenant status counts. Every write that adds or changes a device calls
+//! The secondary tables of `DEVICES`: the status, location and name indexes
+//! and the per-tenant status counts. Every write that adds or changes a device calls
 //! `insert` or `change` in its own transaction, so the indexes and counts are
 //! exactly as durable and as consistent as the device rows they describe.
 
@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, STATUS_INDEX, TENANT_COUNTS};
+use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, NAME_INDEX, STATUS_INDEX, TENANT_COUNTS};
 use super::{DeviceRecord, StoreError, StoreResult};
 use crate::devices::DeviceStatus;
 
@@ -45,6 +45,7 @@ impl StatusCounts {
 /// What the indexes know of one device.
 #[derive(Clone, Copy)]
 pub struct Indexed<'a> {
+    pub name: &'a str,
     pub status: DeviceStatus,
     pub location_ids: &'a [String],
 }
@@ -57,6 +58,8 @@ pub fn insert(txn: &WriteTransaction, tenant: &str, id: &str, new: Indexed) -> S
     for location in new.location_ids {
         locations.insert((tenant, location.as_str(), id), ())?;
     }
+    txn.open_table(NAME_INDEX)?
+        .insert((tenant, id), new.name.to_lowercase().as_bytes())?;
     adjust_count(txn, tenant, new.status, 1)
 }
 
@@ -68,6 +71,10 @@ pub fn change(
     old: Indexed,
     new: Indexed,
 ) -> StoreResult<()> {
+    if old.name != new.name {
+        txn.open_table(NAME_INDEX)?
+            .insert((tenant, id), new.name.to_lowercase().as_bytes())?;
+    }
     if old.status != new.status {
         let mut statuses = txn.open_table(STATUS_INDEX)?;
         statuses.remove((tenant, status_code(old.status), id))?;
@@ -172,6 +179,7 @@ pub fn rebuild(txn: &WriteTransaction) -> StoreResult<u64> {
             tenant,
             id,
             Indexed {
+                name: &record.name,
                 status: record.status,
                 location_ids: &record.location_ids,
             },
@@ -181,13 +189,31 @@ pub fn rebuild(txn: &WriteTransaction) -> StoreResult<u64> {
     Ok(indexed)
 }
 
-/// Compares the key, status and location indexes and the counts with what
+/// Builds the name index from `DEVICES` (the layout upgrade from versions 2
+/// and 3, which had the other indexes already). Returns how many names were
+/// written.
+pub fn rebuild_names(txn: &WriteTransaction) -> StoreResult<u64> {
+    let devices = txn.open_table(DEVICES)?;
+    let mut names = txn.open_table(NAME_INDEX)?;
+    let mut written = 0;
+    for entry in devices.iter()? {
+        let (key, value) = entry?;
+        let (tenant, id) = key.value();
+        let record = DeviceRecord::decode(value.value())?;
+        names.insert((tenant, id), record.name.to_lowercase().as_bytes())?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Compares the key, status, location and name indexes and the counts with what
 /// `DEVICES` says they must hold; an error names the first difference. For
 /// tests and consistency checks.
 pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
     let mut keys = BTreeSet::new();
     let mut statuses = BTreeSet::new();
     let mut locations = BTreeSet::new();
+    let mut names = BTreeSet::new();
     let mut counts = std::collections::BTreeMap::<(String, u8), u64>::new();
     for entry in txn.open_table(DEVICES)?.iter()? {
         let (key, value) = entry?;
@@ -202,6 +228,8 @@ pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
         for location in &record.location_ids {
             locations.insert((tenant.to_string(), location.clone(), id.to_string()));
         }
+        let name = record.name.to_lowercase().into_bytes();
+        names.insert((tenant.to_string(), id.to_string(), name));
         *counts.entry((tenant.to_string(), code)).or_default() += 1;
     }
     let mut found_keys = BTreeSet::new();
@@ -226,6 +254,12 @@ pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
         let (t, l, i) = key.value();
         found_locations.insert((t.to_string(), l.to_string(), i.to_string()));
     }
+    let mut found_names = BTreeSet::new();
+    for entry in txn.open_table(NAME_INDEX)?.iter()? {
+        let (key, name) = entry?;
+        let (t, i) = key.value();
+        found_names.insert((t.to_string(), i.to_string(), name.value().to_vec()));
+    }
     let counts_table = txn.open_table(TENANT_COUNTS)?;
     let mut found_counts = std::collections::BTreeMap::new();
     for entry in counts_table.iter()? {
@@ -246,6 +280,9 @@ pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
     }
     if locations != found_locations {
         return differ("the location index");
+    }
+    if names != found_names {
+        return differ("the name index");
     }
     if counts != found_counts || counts_table.len()? != counts.len() as u64 {
         return differ("the tenant counts");

@@ -1,5 +1,6 @@
 //! Listing a tenant's devices: one walk over the cheapest table for the
-//! query (the location index, the status index, or the devices themselves),
+//! query (the location index, the status index, the name index for a search
+//! by name alone, or the devices themselves),
 //! in either order, resumable after any device id.
 //!
 //! A `DeviceCursor` owns a read transaction, so a list is one consistent
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use redb::{Database, ReadOnlyTable, ReadTransaction};
 
 use super::indexes::status_code;
-use super::tables::{DEVICES, ID_MAX, LAST_SEEN, LOCATION_INDEX, STATUS_INDEX};
+use super::tables::{DEVICES, ID_MAX, LAST_SEEN, LOCATION_INDEX, NAME_INDEX, STATUS_INDEX};
 use super::{DeviceRecord, Inner, StoreResult};
 use crate::devices::{Device, DeviceStatus, Millis};
 
@@ -131,11 +132,17 @@ impl DeviceCursor {
         let tenant = self.tenant.as_str();
         let mut found = 0;
         let mut visited = 0;
-        let mut last_id: Option<String> = None;
-        // Looks at one device; false when the batch is full.
-        let mut visit = |id: &str, bytes: &[u8]| -> StoreResult<bool> {
+        // The last id visited, in one buffer reused for every device.
+        let mut last_id = String::new();
+        // Looks at one device (None: one the name index has ruled out);
+        // false when the batch is full.
+        let mut visit = |id: &str, bytes: Option<&[u8]>| -> StoreResult<bool> {
             visited += 1;
-            last_id = Some(id.to_string());
+            last_id.clear();
+            last_id.push_str(id);
+            let Some(bytes) = bytes else {
+                return Ok(visited < max_visited);
+            };
             if self
                 .query
                 .name_contains
@@ -177,16 +184,32 @@ impl DeviceCursor {
                 let id = entry.0.value().2;
                 by_id(&devices, tenant, id, &mut visit)
             })?
+        } else if let Some(needle) = &self.query.name_contains {
+            // A search by name alone reads the compact lower-case names and
+            // only the records of the devices whose names contain `needle`.
+            let names = self.txn.open_table(NAME_INDEX)?;
+            let finder = memchr::memmem::Finder::new(needle.as_bytes());
+            let range = names
+                .range::<(&str, &str)>((low.map(|id| (tenant, id)), high.map(|id| (tenant, id))))?;
+            walk(range, order, |entry| {
+                let (key, name) = entry;
+                let id = key.value().1;
+                if finder.find(name.value()).is_some() {
+                    by_id(&devices, tenant, id, &mut visit)
+                } else {
+                    visit(id, None)
+                }
+            })?
         } else {
             let range = devices
                 .range::<(&str, &str)>((low.map(|id| (tenant, id)), high.map(|id| (tenant, id))))?;
             walk(range, order, |entry| {
                 let (key, value) = entry;
-                visit(key.value().1, value.value())
+                visit(key.value().1, Some(value.value()))
             })?
         };
-        if let Some(id) = last_id {
-            self.after = Some(id);
+        if visited > 0 {
+            self.after = Some(last_id);
         }
         self.ended = !stopped;
         Ok(stopped)
@@ -274,10 +297,10 @@ fn by_id(
     devices: &ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     tenant: &str,
     id: &str,
-    visit: &mut impl FnMut(&str, &[u8]) -> StoreResult<bool>,
+    visit: &mut impl FnMut(&str, Option<&[u8]>) -> StoreResult<bool>,
 ) -> StoreResult<bool> {
     match devices.get((tenant, id))? {
-        Some(value) => visit(id, value.value()),
+        Some(value) => visit(id, Some(value.value())),
         None => Err(super::StoreError::Internal(format!(
             "an index names a missing device {id}"
         ))),

@@ -48,7 +48,7 @@ use indexes::Indexed;
 use last_seen::LastSeen;
 use tables::{
     DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX,
-    META, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS,
+    META, NAME_INDEX, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS,
     WEBHOOK_DELIVERIES,
 };
 
@@ -949,12 +949,15 @@ impl Inner {
                             "storage: upgraded the layout from version 1 to {SCHEMA_VERSION} ({indexed} devices indexed)"
                         );
                     }
-                    Some(2) => {
+                    Some(old @ (2 | 3)) => {
                         // Layout 2 had no events: the event tables start
                         // empty (opened below), so the feed starts here.
+                        // Neither 2 nor 3 had the name index: built once,
+                        // in this one transaction.
+                        let named = indexes::rebuild_names(&txn)?;
                         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                         log::info!(
-                            "storage: upgraded the layout from version 2 to {SCHEMA_VERSION} (event tables added)"
+                            "storage: upgraded the layout from version {old} to {SCHEMA_VERSION} ({named} device names indexed)"
                         );
                     }
                     Some(other) => {
@@ -971,6 +974,7 @@ impl Inner {
                 txn.open_table(LAST_SEEN)?;
                 txn.open_table(STATUS_INDEX)?;
                 txn.open_table(LOCATION_INDEX)?;
+                txn.open_table(NAME_INDEX)?;
                 txn.open_table(TENANT_COUNTS)?;
                 txn.open_table(IDEMPOTENCY)?;
                 txn.open_table(IDEMPOTENCY_EXPIRY)?;
@@ -1034,6 +1038,7 @@ impl Inner {
             tenant,
             &device.id,
             Indexed {
+                name: &device.name,
                 status: device.status,
                 location_ids: &device.location_ids,
             },
@@ -1078,10 +1083,12 @@ impl Inner {
             tenant,
             device_id,
             Indexed {
+                name: &before.name,
                 status: before.status,
                 location_ids: &before.location_ids,
             },
             Indexed {
+                name: &device.name,
                 status: device.status,
                 location_ids: &device.location_ids,
             },

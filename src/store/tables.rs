@@ -1,6 +1,6 @@
 //! Every redb table devicehub keeps. Keys put the tenant first, so that one
 //! tenant's rows are one contiguous range. The secondary tables
-//! (`KEY_INDEX`, `STATUS_INDEX`, `LOCATION_INDEX`, `TENANT_COUNTS`) are
+//! (`KEY_INDEX`, `STATUS_INDEX`, `LOCATION_INDEX`, `NAME_INDEX`, `TENANT_COUNTS`) are
 //! written in the same transaction as the device they describe.
 
 use redb::TableDefinition;
@@ -31,6 +31,12 @@ pub const STATUS_INDEX: TableDefinition<(&str, u8, &str), ()> =
 /// location a device is assigned to.
 pub const LOCATION_INDEX: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("location_index");
+
+/// key: (tenant_id, device_id) · value: the device's name in lower case
+/// (`str::to_lowercase`), UTF-8. A search by name (`q`) reads this compact table
+/// instead of decoding every device record, and only reads the records of
+/// the devices whose names match.
+pub const NAME_INDEX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("name_index");
 
 /// key: (tenant_id, status code) · value: how many of the tenant's devices
 /// have that status. Exact: kept in the write transaction.
@@ -73,8 +79,8 @@ pub const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str, u64), &[u8]> =
 
 /// The layout version this build reads and writes. Version 1 (the first
 /// release) had no status, location or count tables; version 2 had no event or
-/// webhook tables. Both are upgraded in place.
-pub const SCHEMA_VERSION: u64 = 3;
+/// webhook tables; version 3 had no name index. All are upgraded in place.
+pub const SCHEMA_VERSION: u64 = 4;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// Past every device id (ids are ASCII): the upper end of a tenant's range.

@@ -449,3 +449,223 @@ async fn a_first_release_file_is_upgraded_in_place_once() {
     }
     assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
 }
+
+/// The devices of `tenant` whose names contain `text` ignoring case, worked
+/// out from the whole list (the rule `q` must follow), oldest first.
+fn named_by_rule(store: &Embedded, tenant: &str, text: &str) -> Vec<String> {
+    let needle = text.to_lowercase();
+    store
+        .list(tenant, &ListQuery::default())
+        .unwrap()
+        .devices
+        .into_iter()
+        .filter(|d| d.name.to_lowercase().contains(&needle))
+        .map(|d| d.id)
+        .collect()
+}
+
+/// What `q` answers, one device a page, in both orders: every page boundary
+/// resumes a walk of the name index.
+fn named_by_q(store: &Embedded, tenant: &str, text: &str) -> Vec<String> {
+    let mut pages = Vec::new();
+    for order in [Order::Asc, Order::Desc] {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query = ListQuery {
+                name_contains: Some(text.to_lowercase()),
+                order,
+                limit: Some(1),
+                starting_after: after.clone(),
+                ..Default::default()
+            };
+            let page = store.list(tenant, &query).unwrap();
+            found.extend(ids(&page));
+            if !page.has_more {
+                break;
+            }
+            after = found.last().cloned();
+        }
+        if order == Order::Desc {
+            found.reverse();
+        }
+        pages.push(found);
+    }
+    assert_eq!(pages[0], pages[1], "{text:?}: both orders find the same");
+    pages.pop().unwrap()
+}
+
+const SEARCHES: [&str; 12] = [
+    "scanner",
+    "SCAN",
+    "ner 0",
+    "ölscan",
+    "ÖL",
+    "i̇stan",
+    "İSTAN",
+    "kiosk",
+    "\u{212a}iosk",
+    "gate",
+    "printer",
+    "e",
+];
+
+fn assert_q_follows_the_rule(store: &Embedded, label: &str) {
+    for text in SEARCHES {
+        for tenant in ["t", "other"] {
+            assert_eq!(
+                named_by_q(store, tenant, text),
+                named_by_rule(store, tenant, text),
+                "{label}: q={text:?} in {tenant}"
+            );
+        }
+    }
+    store
+        .verify_indexes()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+}
+
+#[actix_web::test]
+async fn a_search_finds_exactly_the_names_containing_it_across_every_kind_of_write() {
+    let (dir, store) = open();
+    let names = [
+        "Front Scanner 01",
+        "back SCANNER 02",
+        "Ölscanner",
+        "İstanbul gate",
+        "\u{212a}iosk",
+        "Kiosk 2",
+        "Gate",
+    ];
+    let mut devices = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        devices.push(create(&store, "t", json!({"name": name}), 1_000 + i as u64).await);
+    }
+    create(&store, "other", json!({"name": "Other scanner"}), 2_000).await;
+    assert_q_follows_the_rule(&store, "registrations");
+    assert_eq!(named_by_q(&store, "t", "scanner").len(), 3);
+    assert_eq!(named_by_q(&store, "other", "scanner").len(), 1);
+
+    // Renames, including a name that stops and one that starts matching.
+    for (device, name) in [(0, "Front printer"), (6, "Gate scanner 9"), (3, "ISTANBUL")] {
+        let renamed = patch(json!({"name": name}));
+        store
+            .update("t", &devices[device].id, renamed, None, Millis(3_000))
+            .await
+            .unwrap();
+    }
+    assert_q_follows_the_rule(&store, "renames");
+    assert_eq!(named_by_q(&store, "t", "printer"), [devices[0].id.clone()]);
+    assert!(!named_by_q(&store, "t", "scanner").contains(&devices[0].id));
+    // An update that leaves the name alone, a revocation and a rotation.
+    let other_fields = patch(json!({"status": "inactive", "locationIds": ["l1"]}));
+    store
+        .update("t", &devices[1].id, other_fields, None, Millis(4_000))
+        .await
+        .unwrap();
+    store
+        .revoke("t", &devices[2].id, Millis(5_000))
+        .await
+        .unwrap();
+    let new_key = NewDeviceKey::generate().unwrap().hash;
+    store
+        .rotate_key("t", &devices[4].id, new_key, 0, Millis(6_000), None)
+        .await
+        .unwrap();
+    assert_q_follows_the_rule(&store, "update, revoke, rotate");
+    // A refused write changes no name.
+    let refused = store
+        .update(
+            "t",
+            &devices[2].id,
+            patch(json!({"name": "revoked scanner"})),
+            None,
+            Millis(7_000),
+        )
+        .await;
+    assert!(refused.is_err());
+    assert_q_follows_the_rule(&store, "a refused rename");
+
+    let path = dir.path().join("sub/devicehub.redb");
+    drop(store);
+    let store = Embedded::open(&path).unwrap();
+    assert_q_follows_the_rule(&store, "reopened");
+}
+
+#[actix_web::test]
+async fn the_name_index_is_checked_against_the_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let device = {
+        let store = Embedded::open(&path).unwrap();
+        create(&store, "t", json!({"name": "Scanner"}), 1_000).await
+    };
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = write_txn(&db).unwrap();
+        txn.open_table(NAME_INDEX)
+            .unwrap()
+            .insert(("t", device.id.as_str()), "printer".as_bytes())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Embedded::open(&path).unwrap();
+    let err = store.verify_indexes().unwrap_err().to_string();
+    assert!(err.contains("the name index"), "{err}");
+}
+
+#[actix_web::test]
+async fn a_layout_3_file_gains_the_name_index_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let before = {
+        let store = Embedded::open(&path).unwrap();
+        let mut before = Vec::new();
+        for (i, name) in ["Front Scanner", "İstanbul", "Kiosk"].iter().enumerate() {
+            before.push(create(&store, "t", json!({"name": name}), 1_000 + i as u64).await);
+        }
+        before
+    };
+    {
+        // What a layout-3 build left: no name index.
+        let db = Database::create(&path).unwrap();
+        let txn = write_txn(&db).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, 3)
+            .unwrap();
+        txn.delete_table(NAME_INDEX).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Embedded::open(&path).unwrap();
+    store.verify_indexes().unwrap();
+    for device in &before {
+        assert_eq!(&store.get("t", &device.id).unwrap(), device);
+    }
+    let q = |text: &str| ListQuery {
+        name_contains: Some(text.to_lowercase()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.list("t", &q("SCAN")).unwrap()),
+        [before[0].id.clone()]
+    );
+    assert_eq!(
+        ids(&store.list("t", &q("i̇stan")).unwrap()),
+        [before[1].id.clone()]
+    );
+    store
+        .update(
+            "t",
+            &before[2].id,
+            patch(json!({"name": "Gate"})),
+            None,
+            Millis(5_000),
+        )
+        .await
+        .unwrap();
+    assert!(store.list("t", &q("kiosk")).unwrap().devices.is_empty());
+    store.verify_indexes().unwrap();
+    drop(store);
+    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
+}
