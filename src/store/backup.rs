@@ -47,6 +47,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct SnapshotInfo {
     pub devices: u64,
+    /// The snapshot's layout when older than this build's: `restore`
+    /// upgrades its copy before it replaces the database.
+    pub older_layout: Option<u64>,
 }
 
 impl Embedded {
@@ -128,7 +131,8 @@ impl Embedded {
 
     /// Opens `path` read-only and checks it is a devicehub snapshot this
     /// build can use: a redb file of this layout version whose indexes agree
-    /// with its devices.
+    /// with its devices, or of an older layout (taken before an upgrade),
+    /// whose indexes are checked once `restore` has upgraded its copy.
     pub fn check_snapshot(path: &Path) -> Result<SnapshotInfo, String> {
         let db = ReadOnlyDatabase::open(path).map_err(|e| match e {
             DatabaseError::Storage(redb::StorageError::Io(io))
@@ -149,22 +153,28 @@ impl Embedded {
             Err(TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(format!("not a devicehub snapshot ({e})")),
         };
-        match version {
+        let older_layout = match version {
             None => return Err("not a devicehub snapshot (no layout version)".into()),
-            Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_VERSION) => {
+                indexes::verify(&txn).map_err(|e| format!("damaged: {e}"))?;
+                None
+            }
+            Some(older) if (1..SCHEMA_VERSION).contains(&older) => Some(older),
             Some(other) => {
                 return Err(format!(
-                    "layout version {other}, this build reads version {SCHEMA_VERSION}"
+                    "layout version {other}, this build reads up to version {SCHEMA_VERSION}"
                 ))
             }
-        }
-        indexes::verify(&txn).map_err(|e| format!("damaged: {e}"))?;
+        };
         let devices = txn
             .open_table(DEVICES)
             .map_err(|e| format!("damaged: {e}"))?
             .len()
             .map_err(|e| format!("damaged: {e}"))?;
-        Ok(SnapshotInfo { devices })
+        Ok(SnapshotInfo {
+            devices,
+            older_layout,
+        })
     }
 
     /// Checks `snapshot`, then replaces the database at `target` with it:
@@ -217,6 +227,13 @@ impl Embedded {
             out.set_permissions(fs::Permissions::from_mode(0o600))?;
             out.sync_all()?;
             drop(out);
+            if info.older_layout.is_some() {
+                // Opening the copy upgrades it in place, as a server's start
+                // would; then it must pass the full check.
+                drop(Embedded::open(&temp).map_err(|e| io::Error::other(e.to_string()))?);
+                Embedded::check_snapshot(&temp)
+                    .map_err(|e| io::Error::other(format!("after the upgrade: {e}")))?;
+            }
             fs::rename(&temp, target)?;
             sync_dir(&dir)
         })();
@@ -536,6 +553,43 @@ mod tests {
                 "notes.txt"
             ]
         );
+    }
+
+    /// A snapshot taken before an upgrade (here the first release's layout,
+    /// `tests/fixtures/v1`) restores: its copy is upgraded, checked, and
+    /// then replaces the database, and the snapshot itself is untouched.
+    #[test]
+    fn a_snapshot_of_an_older_layout_is_upgraded_as_it_is_restored() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1/devicehub.redb");
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("old-snapshot.redb");
+        fs::copy(&fixture, &snapshot).unwrap();
+        let before = fs::read(&snapshot).unwrap();
+        let checked = Embedded::check_snapshot(&snapshot).unwrap();
+        assert_eq!(checked.older_layout, Some(1));
+
+        let target = dir.path().join("data/devicehub.redb");
+        let info = Embedded::restore(&snapshot, &target).unwrap();
+        assert_eq!(info.devices, checked.devices);
+        assert!(info.devices > 0);
+        assert_eq!(
+            fs::read(&snapshot).unwrap(),
+            before,
+            "the snapshot is left as it was"
+        );
+        let now_current = Embedded::check_snapshot(&target).unwrap();
+        assert_eq!(
+            now_current.older_layout, None,
+            "restored at this build's layout"
+        );
+        let store = Embedded::open(&target).unwrap();
+        store.verify_indexes().unwrap();
+        let owners = store.key_index_entries().unwrap();
+        assert!(!owners.is_empty());
+        for (tenant, id, _) in owners {
+            assert_eq!(store.get(&tenant, &id).unwrap().id, id);
+        }
     }
 
     #[test]
