@@ -573,17 +573,7 @@ impl Embedded {
     ) -> StoreResult<Device> {
         let event = (author.into(), EventType::Updated);
         self.modify(event, device_id, now, move |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Err(StoreError::Revoked);
-            }
-            if if_match.is_some_and(|m| !m.matches(&device.etag())) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            Ok(if patch.apply(device) {
-                Change::Fields
-            } else {
-                Change::None
-            })
+            patched(device, &patch, if_match)
         })
         .await
         .map(|(device, _)| device)
@@ -597,15 +587,9 @@ impl Embedded {
         now: Millis,
     ) -> StoreResult<Device> {
         let event = (author.into(), EventType::Revoked);
-        self.modify(event, device_id, now, |device| {
-            if device.status == DeviceStatus::Revoked {
-                return Ok(Change::None);
-            }
-            device.status = DeviceStatus::Revoked;
-            Ok(Change::Fields)
-        })
-        .await
-        .map(|(device, _)| device)
+        self.modify(event, device_id, now, revoked)
+            .await
+            .map(|(device, _)| device)
     }
 
     /// Replaces the device's key. The old one stops working in the same
@@ -1139,6 +1123,35 @@ impl Inner {
             changed: true,
         })
     }
+}
+
+/// A PATCH's change, in either store: refused for a revoked device (409) or
+/// a failed `If-Match` (412); nothing when it changes no field.
+fn patched(
+    device: &mut Device,
+    patch: &DevicePatch,
+    if_match: Option<IfMatch>,
+) -> StoreResult<Change> {
+    if device.status == DeviceStatus::Revoked {
+        return Err(StoreError::Revoked);
+    }
+    if if_match.is_some_and(|m| !m.matches(&device.etag())) {
+        return Err(StoreError::PreconditionFailed);
+    }
+    Ok(if patch.apply(device) {
+        Change::Fields
+    } else {
+        Change::None
+    })
+}
+
+/// A revocation's change, in either store: a second one changes nothing.
+fn revoked(device: &mut Device) -> StoreResult<Change> {
+    if device.status == DeviceStatus::Revoked {
+        return Ok(Change::None);
+    }
+    device.status = DeviceStatus::Revoked;
+    Ok(Change::Fields)
 }
 
 /// The device a registration makes: version 1, never seen.

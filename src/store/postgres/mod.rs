@@ -33,8 +33,9 @@ pub use cursor::PgCursor;
 
 use super::last_seen::LastSeen;
 use super::{
-    next_ulid_after, registered, Author, Change, KeyOwner, ListQuery, Modified, Page, Remember,
-    Remembered, StatusCounts, StoreError, StoreResult, DEFAULT_EVENT_RETENTION_MS, PRUNE_BATCH,
+    next_ulid_after, patched, registered, revoked, Author, Change, KeyOwner, ListQuery, Modified,
+    Page, Remember, Remembered, StatusCounts, StoreError, StoreResult, DEFAULT_EVENT_RETENTION_MS,
+    PRUNE_BATCH,
 };
 use crate::auth::device_key::KeyHash;
 use crate::devices::{id, Device, DevicePatch, DeviceStatus, IfMatch, Millis, NewDevice};
@@ -377,17 +378,7 @@ impl Postgres {
     ) -> StoreResult<Device> {
         let modified = self
             .modify(author, EventType::Updated, device_id, now, None, |device| {
-                if device.status == DeviceStatus::Revoked {
-                    return Err(StoreError::Revoked);
-                }
-                if if_match.is_some_and(|m| !m.matches(&device.etag())) {
-                    return Err(StoreError::PreconditionFailed);
-                }
-                Ok(if patch.apply(device) {
-                    Change::Fields
-                } else {
-                    Change::None
-                })
+                patched(device, &patch, if_match)
             })
             .await?;
         Ok(modified.device)
@@ -400,13 +391,7 @@ impl Postgres {
         now: Millis,
     ) -> StoreResult<Device> {
         let modified = self
-            .modify(author, EventType::Revoked, device_id, now, None, |device| {
-                if device.status == DeviceStatus::Revoked {
-                    return Ok(Change::None);
-                }
-                device.status = DeviceStatus::Revoked;
-                Ok(Change::Fields)
-            })
+            .modify(author, EventType::Revoked, device_id, now, None, revoked)
             .await?;
         Ok(modified.device)
     }
