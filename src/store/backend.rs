@@ -28,12 +28,6 @@ pub enum Store {
     Postgres(Postgres),
 }
 
-impl From<Embedded> for Store {
-    fn from(store: Embedded) -> Store {
-        Store::Embedded(store)
-    }
-}
-
 /// What the embedded store alone can do.
 fn embedded_only(what: &str) -> StoreError {
     StoreError::Internal(format!(
@@ -57,10 +51,6 @@ impl Store {
             Store::Embedded(store) => Some(store),
             Store::Postgres(_) => None,
         }
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Store::Postgres(_))
     }
 
     pub fn event_bus(&self) -> &EventBus {

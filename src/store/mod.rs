@@ -242,6 +242,14 @@ pub struct Remember {
     pub seal: Sealer,
 }
 
+impl Remember {
+    /// The sealed answer for the device a write made, in either store.
+    fn sealed(self, device: &Device, grace_end: Option<Millis>) -> StoreResult<Vec<u8>> {
+        (self.seal)(device, grace_end)
+            .map_err(|e| StoreError::Internal(format!("sealing an idempotent answer: {e}")))
+    }
+}
+
 /// An answer kept for an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remembered {
@@ -869,22 +877,22 @@ fn remember_in(
     grace_end: Option<Millis>,
     now: Millis,
 ) -> StoreResult<()> {
-    let sealed = (remember.seal)(device, grace_end)
-        .map_err(|e| StoreError::Internal(format!("sealing an idempotent answer: {e}")))?;
+    let (id, fingerprint) = (remember.id, remember.fingerprint);
+    let sealed = remember.sealed(device, grace_end)?;
     let mut table = txn.open_table(IDEMPOTENCY)?;
     let mut expiry = txn.open_table(IDEMPOTENCY_EXPIRY)?;
     // A record past its 24 h may still be here: this one replaces it.
-    if let Some(old) = table.get((tenant, &remember.id))? {
+    if let Some(old) = table.get((tenant, &id))? {
         let old = Remembered::decode(old.value())?;
-        expiry.remove((old.stored_at.0, tenant, &remember.id))?;
+        expiry.remove((old.stored_at.0, tenant, &id))?;
     }
     let record = Remembered {
         stored_at: now,
-        fingerprint: remember.fingerprint,
+        fingerprint,
         sealed,
     };
-    table.insert((tenant, &remember.id), record.encode().as_slice())?;
-    expiry.insert((now.0, tenant, &remember.id), ())?;
+    table.insert((tenant, &id), record.encode().as_slice())?;
+    expiry.insert((now.0, tenant, &id), ())?;
     Ok(())
 }
 

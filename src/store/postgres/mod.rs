@@ -56,7 +56,7 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Check-ins written in one statement at most.
 const CHECK_IN_BATCH: usize = 1_000;
 
-/// The columns a device is read from, in `device_from_row`'s order.
+/// The columns a device is read from, in `device_at`'s order.
 const DEVICE_COLUMNS: &str = "id, name, status, location_ids, pim_enabled, pim_segment_ids, \
      created_ms, updated_ms, version, last_seen_ms";
 
@@ -221,7 +221,7 @@ impl Postgres {
             .await
             .map_err(pg_error)?
             .ok_or(StoreError::NotFound)?;
-        self.device_from_row(tenant, &row)
+        device_at(&row, 0, &self.seen, tenant)
     }
 
     pub async fn stats(&self, tenant: &str) -> StoreResult<StatusCounts> {
@@ -296,10 +296,6 @@ impl Postgres {
             device,
             deprecated,
         }))
-    }
-
-    fn device_from_row(&self, tenant: &str, row: &Row) -> StoreResult<Device> {
-        device_at(row, 0, &self.seen, tenant)
     }
 
     pub async fn create(
@@ -909,8 +905,8 @@ async fn remember_in(
     grace_end: Option<Millis>,
     now: Millis,
 ) -> StoreResult<()> {
-    let sealed = (remember.seal)(device, grace_end)
-        .map_err(|e| StoreError::Internal(format!("sealing an idempotent answer: {e}")))?;
+    let (id, fingerprint) = (remember.id, remember.fingerprint);
+    let sealed = remember.sealed(device, grace_end)?;
     txn.execute(
         "INSERT INTO devicehub_idempotency (tenant, key_id, stored_ms, fingerprint, sealed) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, key_id) DO UPDATE \
@@ -918,9 +914,9 @@ async fn remember_in(
          sealed = excluded.sealed",
         &[
             &tenant,
-            &remember.id.as_slice(),
+            &id.as_slice(),
             &to_i64(now.0),
-            &remember.fingerprint.as_slice(),
+            &fingerprint.as_slice(),
             &sealed,
         ],
     )
