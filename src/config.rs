@@ -666,6 +666,40 @@ mod tests {
     }
 
     #[test]
+    fn postgres_keys_are_read_and_checked() {
+        let secret = "[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let url = "postgres://dh:pw@db.internal:5432/devicehub?sslmode=require";
+        let set = Settings::from_tree(tree(&format!(
+            "{secret}[storage]\npostgres_url = \"{url}\"\npostgres_ca_file = \"/etc/dh/ca.pem\""
+        )))
+        .unwrap();
+        let postgres = set.postgres.expect("postgres settings");
+        assert_eq!(postgres.url, url);
+        assert_eq!(postgres.ca_file, Some(PathBuf::from("/etc/dh/ca.pem")));
+        assert!(
+            !format!("{postgres:?}").contains("pw"),
+            "the URL is never shown"
+        );
+        assert!(Settings::from_tree(tree("")).unwrap().postgres.is_none());
+
+        let err = error_of(&format!("[storage]\npostgres_url = \"{url}\""));
+        assert!(
+            err.starts_with("storage.postgres_url:") && err.contains("auth.hs256_secret"),
+            "{err}"
+        );
+        let err = error_of(&format!(
+            "{secret}[storage]\npostgres_url = \"mysql://x/y\""
+        ));
+        assert!(err.starts_with("storage.postgres_url:"), "{err}");
+        let err = error_of("[storage]\npostgres_ca_file = \"/etc/dh/ca.pem\"");
+        assert!(err.starts_with("storage.postgres_ca_file:"), "{err}");
+        let err = error_of(&format!(
+            "{secret}[storage]\npostgres_url = \"{url}\"\n[backup]\ndir = \"/var/backups/dh\""
+        ));
+        assert!(err.starts_with("backup.dir:"), "{err}");
+    }
+
+    #[test]
     fn empty_values_count_as_unset() {
         let settings =
             Settings::from_tree(tree("[server]\nbind = \"\"\n[auth]\nissuer = \"\"")).unwrap();
