@@ -12,6 +12,7 @@
 //!   or rotation through one instance is seen by every other at once.
 //! - Events wake long polls on every instance through `NOTIFY`.
 
+mod batch;
 mod cursor;
 pub mod schema;
 mod tls;
@@ -105,6 +106,8 @@ pub struct Postgres {
     bus: Arc<EventBus>,
     retention_ms: Arc<AtomicU64>,
     check_ins: mpsc::UnboundedSender<CheckIn>,
+    /// Changes to devices, for the committer (`batch`).
+    changes: mpsc::UnboundedSender<batch::Job>,
     /// This process's name in webhook claims.
     instance: String,
 }
@@ -154,18 +157,26 @@ impl Postgres {
             .map_err(|e| key(shown(&e)))?;
         drop(client);
         let (check_ins, queue) = mpsc::unbounded_channel();
+        let (changes, jobs) = mpsc::unbounded_channel();
         let store = Postgres {
             pool,
             seen: Arc::new(LastSeen::default()),
             bus: Arc::new(EventBus::default()),
             retention_ms: Arc::new(AtomicU64::new(DEFAULT_EVENT_RETENTION_MS)),
             check_ins,
+            changes,
             instance: ulid::Ulid::new().to_string(),
         };
         tokio::spawn(write_check_ins(
             store.pool.clone(),
             store.seen.clone(),
             queue,
+        ));
+        tokio::spawn(batch::run(
+            store.pool.clone(),
+            store.seen.clone(),
+            store.bus.clone(),
+            jobs,
         ));
         tokio::spawn(housekeeping(store.pool.clone(), store.retention_ms.clone()));
         tokio::spawn(listen(config, tls, store.bus.clone()));
@@ -373,9 +384,14 @@ impl Postgres {
         now: Millis,
     ) -> StoreResult<Device> {
         let modified = self
-            .modify(author, EventType::Updated, device_id, now, None, |device| {
-                patched(device, &patch, if_match)
-            })
+            .modify(
+                author,
+                EventType::Updated,
+                device_id,
+                now,
+                None,
+                move |device| patched(device, &patch, if_match),
+            )
             .await?;
         Ok(modified.device)
     }
@@ -419,8 +435,9 @@ impl Postgres {
         Ok((modified.device, modified.grace_end))
     }
 
-    /// One read-modify-write of a device under its tenant's lock (see
-    /// `Inner::modify_in` for the embedded store's same steps).
+    /// One read-modify-write of a device, under its tenant's lock, in the
+    /// committer's next batch (see `batch`); answered once that batch is
+    /// committed.
     async fn modify(
         &self,
         author: Author<'_>,
@@ -428,128 +445,23 @@ impl Postgres {
         device_id: &str,
         now: Millis,
         remember: Option<Remember>,
-        change: impl FnOnce(&mut Device) -> StoreResult<Change>,
+        edit: impl FnOnce(&mut Device) -> StoreResult<Change> + Send + 'static,
     ) -> StoreResult<Modified> {
-        let tenant = author.tenant;
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        let mut row = lock_tenant(&txn, tenant)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let sql = format!(
-            "SELECT key_hash, prev_key_hash, prev_key_expires_ms, {DEVICE_COLUMNS} \
-             FROM devicehub_devices WHERE tenant = $1 AND id = $2"
-        );
-        let found = txn
-            .query_opt(&sql, &[&tenant, &device_id])
-            .await
-            .map_err(pg_error)?
-            .ok_or(StoreError::NotFound)?;
-        let current: Vec<u8> = found.get(0);
-        let mut previous: Option<(Vec<u8>, u64)> = found
-            .get::<_, Option<Vec<u8>>>(1)
-            .zip(found.get::<_, Option<i64>>(2).map(to_u64));
-        let mut device = device_at(&found, 3, &self.seen, tenant)?;
-        let before = device.clone();
-        let change = change(&mut device)?;
-        if let Change::None = change {
-            let grace_end = previous.map(|(_, end)| Millis(end));
-            return Ok(Modified {
-                device,
-                grace_end,
-                changed: false,
-            });
-        }
-        device.version += 1;
-        device.updated_at = now.max(device.updated_at);
-        let mut current_key = current.clone();
-        let mut forget: Vec<Vec<u8>> = Vec::new();
-        if let Change::Key(new_hash, grace_ms) = change {
-            if let Some((older, _)) = previous.take() {
-                forget.push(older);
-            }
-            if grace_ms > 0 {
-                previous = Some((current.clone(), now.0 + grace_ms));
-            } else {
-                forget.push(current.clone());
-            }
-            current_key = new_hash.to_vec();
-            txn.execute(
-                "INSERT INTO devicehub_keys (key_hash, tenant, device_id) VALUES ($1, $2, $3)",
-                &[&current_key, &tenant, &device_id],
-            )
-            .await
-            .map_err(pg_error)?;
-        } else if device.status == DeviceStatus::Revoked {
-            if let Some((older, _)) = previous.take() {
-                forget.push(older);
-            }
-        }
-        if !forget.is_empty() {
-            txn.execute(
-                "DELETE FROM devicehub_keys WHERE key_hash = ANY($1)",
-                &[&forget],
-            )
-            .await
-            .map_err(pg_error)?;
-        }
-        let (prev_hash, prev_end) = previous.clone().unzip();
-        let updated = txn
-            .execute(
-                "UPDATE devicehub_devices SET name = $3, status = $4, location_ids = $5, \
-                 pim_enabled = $6, pim_segment_ids = $7, updated_ms = $8, version = $9, \
-                 key_hash = $10, prev_key_hash = $11, prev_key_expires_ms = $12 \
-                 WHERE tenant = $1 AND id = $2 AND version = $13",
-                &[
-                    &tenant,
-                    &device_id,
-                    &device.name,
-                    &device.status.as_str(),
-                    &device.location_ids,
-                    &device.pim_enabled,
-                    &device.pim_segment_ids,
-                    &to_i64(device.updated_at.0),
-                    &to_i64(device.version),
-                    &current_key,
-                    &prev_hash,
-                    &prev_end.map(to_i64),
-                    &to_i64(before.version),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        if updated != 1 {
-            // Never taken while every writer holds the tenant's lock; a
-            // compare-and-set all the same.
-            return Err(StoreError::PreconditionFailed);
-        }
-        if before.status != device.status {
-            *row.counts.slot(before.status) -= 1;
-            *row.counts.slot(device.status) += 1;
-        }
-        let previous_attributes = events::previous_attributes(&before, &device);
-        record_event(
-            &txn,
-            tenant,
-            &mut row,
-            (kind, author.actor),
-            &device,
-            previous_attributes,
+        let stopped = || StoreError::Internal("the PostgreSQL committer stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = batch::Request {
+            tenant: author.tenant.to_string(),
+            actor: author.actor.map(str::to_string),
+            kind,
+            device_id: device_id.to_string(),
             now,
-        )
-        .await?;
-        save_tenant(&txn, tenant, &row).await?;
-        let grace_end = previous.map(|(_, end)| Millis(end));
-        if let Some(remember) = remember {
-            remember_in(&txn, tenant, remember, &device, grace_end, now).await?;
-        }
-        commit(txn).await?;
-        self.bus.notify(tenant, &[(kind, &device.id)]);
-        Ok(Modified {
-            device,
-            grace_end,
-            changed: true,
-        })
+            remember,
+            edit: Box::new(edit),
+        };
+        self.changes
+            .send(batch::Job { request, reply })
+            .map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Records a check-in: shown at once by this instance, written with
@@ -1000,6 +912,15 @@ async fn write_batch(pool: &Pool, batch: &[CheckIn]) -> StoreResult<()> {
     let tenants: Vec<&str> = batch.iter().map(|c| c.tenant.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|c| c.device_id.as_str()).collect();
     let at: Vec<i64> = batch.iter().map(|c| to_i64(c.at.0)).collect();
+    // Locked in sorted order first: the UPDATE's join may visit the rows in
+    // any order, and a batch of changes (`batch`) locks several devices too.
+    txn.execute(
+        "SELECT 1 FROM devicehub_devices WHERE (tenant, id) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY tenant, id FOR UPDATE",
+        &[&tenants, &ids],
+    )
+    .await
+    .map_err(pg_error)?;
     txn.execute(
         "UPDATE devicehub_devices d SET last_seen_ms = greatest(coalesce(d.last_seen_ms, 0), v.at) \
          FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(tenant, id, at) \
