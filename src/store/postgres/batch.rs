@@ -257,12 +257,18 @@ async fn read(
         .await
         .map_err(pg_error)?;
     // Sent together; PostgreSQL runs them in order, so the tenants are
-    // locked before the devices are read.
-    let (locked, found) = both(
-        txn.query(&lock, &[tenants]),
+    // locked before the devices are read. The batch's statements take arrays
+    // whose lengths vary: generic plans (index look-ups for each element)
+    // spare planning them again for every batch.
+    let ((planned, locked), found) = both(
+        both(
+            txn.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan"),
+            txn.query(&lock, &[tenants]),
+        ),
         txn.query(&select, &[pair_tenants, pair_ids]),
     )
     .await;
+    planned.map_err(pg_error)?;
     let locked = locked.map_err(pg_error)?;
     let found = found.map_err(pg_error)?;
     let tenants = locked

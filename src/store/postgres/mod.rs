@@ -6,8 +6,10 @@
 //!   commit order within a tenant across instances, and an `If-Match` race
 //!   has exactly one winner. The same row keeps the tenant's counts.
 //! - A change, its event and its idempotent answer are one transaction
-//!   (`synchronous_commit` on). Check-ins are kept in memory and written in
-//!   sorted batches with `synchronous_commit = off`.
+//!   (`synchronous_commit` on). PATCHes, revocations and rotations go through
+//!   a group commit (`batch`): what is queued shares one transaction, one
+//!   lock per tenant and one fsync. Check-ins are kept in memory and written
+//!   in sorted batches with `synchronous_commit = off`.
 //! - Key look-ups read the database every time (no cache), so a revocation
 //!   or rotation through one instance is seen by every other at once.
 //! - Events wake long polls on every instance through `NOTIFY`.
