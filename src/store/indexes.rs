@@ -3,12 +3,13 @@
 //! `insert` or `change` in its own transaction, so the indexes and counts are
 //! exactly as durable and as consistent as the device rows they describe.
 
-use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hash, RandomState};
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, NAME_INDEX, STATUS_INDEX, TENANT_COUNTS};
 use super::{DeviceRecord, StoreError, StoreResult};
+use crate::auth::device_key;
 use crate::devices::DeviceStatus;
 
 /// How a status is spelled in index and count keys.
@@ -210,82 +211,134 @@ pub fn rebuild_names(txn: &WriteTransaction) -> StoreResult<u64> {
 /// `DEVICES` says they must hold; an error names the first difference. For
 /// tests and consistency checks.
 pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
-    let mut keys = BTreeSet::new();
-    let mut statuses = BTreeSet::new();
-    let mut locations = BTreeSet::new();
-    let mut names = BTreeSet::new();
-    let mut counts = std::collections::BTreeMap::<(String, u8), u64>::new();
+    let keyed = Keyed::new();
+    let mut want = Digests::default();
+    let mut tenant_counts: Option<(String, [u64; 3])> = None;
     for entry in txn.open_table(DEVICES)?.iter()? {
         let (key, value) = entry?;
         let (tenant, id) = key.value();
         let record = DeviceRecord::decode(value.value())?;
         let held = record.keys();
         for hex in std::iter::once(held.current).chain(held.previous.map(|(hex, _)| hex)) {
-            keys.insert((hex, tenant.to_string(), id.to_string()));
+            let hash = device_key::from_hex(&hex).ok_or_else(|| {
+                StoreError::Internal(format!("device {tenant}/{id} has an unreadable key hash"))
+            })?;
+            want.keys.add(&keyed, (hash, tenant, id));
         }
         let code = status_code(record.status);
-        statuses.insert((tenant.to_string(), code, id.to_string()));
+        want.statuses.add(&keyed, (tenant, code, id));
         for location in &record.location_ids {
-            locations.insert((tenant.to_string(), location.clone(), id.to_string()));
+            want.locations.add(&keyed, (tenant, location.as_str(), id));
         }
-        let name = record.name.to_lowercase().into_bytes();
-        names.insert((tenant.to_string(), id.to_string(), name));
-        *counts.entry((tenant.to_string(), code)).or_default() += 1;
+        want.names
+            .add(&keyed, (tenant, id, record.name.to_lowercase().as_bytes()));
+        // Devices come in (tenant, id) order: a tenant's counts are whole
+        // once the next tenant starts.
+        match &mut tenant_counts {
+            Some((current, counts)) if current == tenant => counts[usize::from(code)] += 1,
+            _ => {
+                if let Some((done, counts)) = tenant_counts.take() {
+                    want.add_counts(&keyed, &done, counts);
+                }
+                let mut counts = [0; 3];
+                counts[usize::from(code)] = 1;
+                tenant_counts = Some((tenant.to_string(), counts));
+            }
+        }
     }
-    let mut found_keys = BTreeSet::new();
+    if let Some((done, counts)) = tenant_counts.take() {
+        want.add_counts(&keyed, &done, counts);
+    }
+    let mut found = Digests::default();
     for entry in txn.open_table(KEY_INDEX)?.iter()? {
         let (hash, owner) = entry?;
         let (t, i) = owner.value();
-        found_keys.insert((
-            crate::auth::device_key::to_hex(hash.value()),
-            t.to_string(),
-            i.to_string(),
-        ));
+        found.keys.add(&keyed, (*hash.value(), t, i));
     }
-    let mut found_statuses = BTreeSet::new();
     for entry in txn.open_table(STATUS_INDEX)?.iter()? {
-        let (key, _) = entry?;
-        let (t, c, i) = key.value();
-        found_statuses.insert((t.to_string(), c, i.to_string()));
+        found.statuses.add(&keyed, entry?.0.value());
     }
-    let mut found_locations = BTreeSet::new();
     for entry in txn.open_table(LOCATION_INDEX)?.iter()? {
-        let (key, _) = entry?;
-        let (t, l, i) = key.value();
-        found_locations.insert((t.to_string(), l.to_string(), i.to_string()));
+        found.locations.add(&keyed, entry?.0.value());
     }
-    let mut found_names = BTreeSet::new();
     for entry in txn.open_table(NAME_INDEX)?.iter()? {
         let (key, name) = entry?;
         let (t, i) = key.value();
-        found_names.insert((t.to_string(), i.to_string(), name.value().to_vec()));
+        found.names.add(&keyed, (t, i, name.value()));
     }
-    let counts_table = txn.open_table(TENANT_COUNTS)?;
-    let mut found_counts = std::collections::BTreeMap::new();
-    for entry in counts_table.iter()? {
+    for entry in txn.open_table(TENANT_COUNTS)?.iter()? {
         let (key, value) = entry?;
-        let (t, c) = key.value();
-        found_counts.insert((t.to_string(), c), value.value());
+        found.counts.add(&keyed, (key.value(), value.value()));
     }
     let differ = |what: &str| {
         Err(StoreError::Internal(format!(
             "{what} disagrees with devices"
         )))
     };
-    if keys != found_keys {
+    if want.keys != found.keys {
         return differ("the key index");
     }
-    if statuses != found_statuses {
+    if want.statuses != found.statuses {
         return differ("the status index");
     }
-    if locations != found_locations {
+    if want.locations != found.locations {
         return differ("the location index");
     }
-    if names != found_names {
+    if want.names != found.names {
         return differ("the name index");
     }
-    if counts != found_counts || counts_table.len()? != counts.len() as u64 {
+    if want.counts != found.counts {
         return differ("the tenant counts");
     }
     Ok(())
+}
+
+/// The two secret hash keys of one `verify`, so that no file can be made to
+/// pass it by design.
+struct Keyed(RandomState, RandomState);
+
+impl Keyed {
+    fn new() -> Keyed {
+        Keyed(RandomState::new(), RandomState::new())
+    }
+}
+
+/// An order-free digest of a multiset of rows: how many, and the sums of two
+/// keyed hashes of each. Two tables hold the same rows exactly when their
+/// digests (under the same keys) agree, up to a chance of 2^-128; a digest
+/// costs no memory however large the table, so `verify` checks a
+/// million-device file in one pass of each table.
+#[derive(Default, PartialEq, Eq)]
+struct Digest {
+    rows: u64,
+    sums: (u64, u64),
+}
+
+impl Digest {
+    fn add(&mut self, Keyed(a, b): &Keyed, row: impl Hash) {
+        self.rows += 1;
+        self.sums.0 = self.sums.0.wrapping_add(a.hash_one(&row));
+        self.sums.1 = self.sums.1.wrapping_add(b.hash_one(&row));
+    }
+}
+
+/// The digests of every table `verify` checks.
+#[derive(Default)]
+struct Digests {
+    keys: Digest,
+    statuses: Digest,
+    locations: Digest,
+    names: Digest,
+    counts: Digest,
+}
+
+impl Digests {
+    /// A tenant's count rows: one per status it has devices in.
+    fn add_counts(&mut self, keyed: &Keyed, tenant: &str, counts: [u64; 3]) {
+        for (code, count) in (0u8..).zip(counts) {
+            if count > 0 {
+                self.counts.add(keyed, ((tenant, code), count));
+            }
+        }
+    }
 }

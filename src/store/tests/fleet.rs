@@ -614,6 +614,112 @@ async fn the_name_index_is_checked_against_the_devices() {
     assert!(err.contains("the name index"), "{err}");
 }
 
+/// Every way an index or count can be wrong is found, including the ones
+/// that keep each table's row count: the check compares contents.
+#[actix_web::test]
+async fn each_index_and_the_counts_are_checked_against_the_devices() {
+    type Damage = fn(&WriteTransaction, &[Device]);
+    let damages: [(&str, &str, Damage); 8] = [
+        ("a missing key row", "the key index", |txn, _| {
+            let mut keys = txn.open_table(KEY_INDEX).unwrap();
+            let first = *keys.first().unwrap().unwrap().0.value();
+            keys.remove(&first).unwrap();
+        }),
+        (
+            "a key pointing at another device",
+            "the key index",
+            |txn, d| {
+                let mut keys = txn.open_table(KEY_INDEX).unwrap();
+                let (first, owner) = {
+                    let (hash, owner) = keys.first().unwrap().unwrap();
+                    (*hash.value(), owner.value().1.to_string())
+                };
+                let other = d.iter().find(|other| other.id != owner).unwrap();
+                keys.insert(&first, ("t", other.id.as_str())).unwrap();
+            },
+        ),
+        ("two statuses swapped", "the status index", |txn, d| {
+            let mut statuses = txn.open_table(STATUS_INDEX).unwrap();
+            statuses.remove(("t", 0, d[0].id.as_str())).unwrap();
+            statuses.remove(("t", 1, d[1].id.as_str())).unwrap();
+            statuses.insert(("t", 1, d[0].id.as_str()), ()).unwrap();
+            statuses.insert(("t", 0, d[1].id.as_str()), ()).unwrap();
+        }),
+        ("a location moved", "the location index", |txn, d| {
+            let mut locations = txn.open_table(LOCATION_INDEX).unwrap();
+            locations.remove(("t", "shop-1", d[0].id.as_str())).unwrap();
+            locations
+                .insert(("t", "shop-2", d[0].id.as_str()), ())
+                .unwrap();
+        }),
+        (
+            "a name of another tenant's device",
+            "the name index",
+            |txn, d| {
+                let mut names = txn.open_table(NAME_INDEX).unwrap();
+                names.remove(("u", d[2].id.as_str())).unwrap();
+                names
+                    .insert(("t", d[2].id.as_str()), "kiosk".as_bytes())
+                    .unwrap();
+            },
+        ),
+        ("a count one too high", "the tenant counts", |txn, _| {
+            txn.open_table(TENANT_COUNTS)
+                .unwrap()
+                .insert(("u", 0), 2)
+                .unwrap();
+        }),
+        ("a count row of zero", "the tenant counts", |txn, _| {
+            txn.open_table(TENANT_COUNTS)
+                .unwrap()
+                .insert(("u", 2), 0)
+                .unwrap();
+        }),
+        (
+            "counts swapped between tenants",
+            "the tenant counts",
+            |txn, _| {
+                let mut counts = txn.open_table(TENANT_COUNTS).unwrap();
+                counts.remove(("t", 1)).unwrap();
+                counts.insert(("u", 1), 1).unwrap();
+            },
+        ),
+    ];
+    for (damage, named, apply) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devicehub.redb");
+        let devices = {
+            let store = Embedded::open(&path).unwrap();
+            let a = create(
+                &store,
+                "t",
+                json!({"name": "A", "locationIds": ["shop-1"]}),
+                1_000,
+            )
+            .await;
+            let b = create(
+                &store,
+                "t",
+                json!({"name": "B", "status": "inactive"}),
+                1_001,
+            )
+            .await;
+            let c = create(&store, "u", json!({"name": "Kiosk"}), 1_002).await;
+            store.verify_indexes().unwrap();
+            vec![a, b, c]
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = write_txn(&db).unwrap();
+            apply(&txn, &devices);
+            txn.commit().unwrap();
+        }
+        let store = Embedded::open(&path).unwrap();
+        let err = store.verify_indexes().expect_err(damage).to_string();
+        assert!(err.contains(named), "{damage}: {err}");
+    }
+}
+
 #[actix_web::test]
 async fn a_layout_3_file_gains_the_name_index_in_place() {
     let dir = tempfile::tempdir().unwrap();
