@@ -317,6 +317,9 @@ fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
 /// PATCH (a store update, as the handler makes it) while the snapshot runs.
 /// `DEVICEHUB_BENCH_DEVICES` sets the size (default 1,000,000). Run with
 /// `cargo test --release --test backup -- --ignored --nocapture`.
+/// `DEVICEHUB_BENCH_SEEDED=DIR` keeps the seeded database in DIR and reuses
+/// it on the next run (seeding a million devices takes about two minutes);
+/// each run PATCHes it a little more.
 #[test]
 #[ignore]
 fn measure_snapshot_and_restore() {
@@ -327,9 +330,18 @@ fn measure_snapshot_and_restore() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir_in(".").unwrap();
-    let store = Arc::new(Embedded::open(&dir.path().join("db/devicehub.redb")).unwrap());
+    let seeded = std::env::var_os("DEVICEHUB_BENCH_SEEDED").map(std::path::PathBuf::from);
+    let db_path = match &seeded {
+        Some(kept) => kept.join("devicehub.redb"),
+        None => dir.path().join("db/devicehub.redb"),
+    };
+    let ids_path = db_path.with_extension("ids");
+    let reused = std::fs::read_to_string(&ids_path).ok();
+    let store = Arc::new(Embedded::open(&db_path).unwrap());
     let seeding = Instant::now();
-    let ids: Vec<String> = actix_web::rt::System::new().block_on(async {
+    let ids: Vec<String> = match reused {
+        Some(ids) => ids.lines().map(str::to_string).collect(),
+        None => actix_web::rt::System::new().block_on(async {
         let tasks: Vec<_> = (0..256)
             .map(|t| {
                 let store = store.clone();
@@ -360,12 +372,15 @@ fn measure_snapshot_and_restore() {
         for task in tasks {
             ids.extend(task.await.unwrap());
         }
+        if seeded.is_some() {
+            std::fs::write(&ids_path, ids.join("\n")).unwrap();
+        }
         ids
-    });
+    }),
+    };
     eprintln!("seeded {total} devices in {:?}", seeding.elapsed());
-    let db_size = std::fs::metadata(dir.path().join("db/devicehub.redb"))
-        .unwrap()
-        .len();
+    let total = usize::try_from(store.all_stats().unwrap().total()).unwrap();
+    let db_size = std::fs::metadata(&db_path).unwrap().len();
 
     // PATCHes, one after another, for a second before the snapshot (the
     // baseline) and while it runs.

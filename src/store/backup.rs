@@ -30,10 +30,21 @@ use super::{indexes, Embedded, StoreError, StoreResult};
 const PREFIX: &str = "devicehub-";
 const SUFFIX: &str = ".redb";
 
-/// Rows copied per destination commit: bounds the memory a snapshot of a
-/// large database needs. The snapshot file is only renamed into place after
-/// the last, durable commit, so the batches are never seen half-done.
+/// Rows copied per destination commit (some 30 MB of pages). The commits
+/// are not durable, but each is followed by a sync of the file, so the
+/// snapshot reaches the disk in steps of that size: left to one sync at the
+/// end, the whole file (1.1 GB at a million devices) was flushed at once and
+/// the live database's own commits, whose syncs wait for the same journal,
+/// stalled behind it. The file is only renamed into place after the last,
+/// durable commit, so the batches are never seen half-done.
 const ROWS_PER_COMMIT: u64 = 200_000;
+
+/// The snapshot database's page cache. redb keeps the pages of non-durable
+/// commits in memory up to half of it and then writes them to the file, so
+/// this bounds what a snapshot holds in memory however large the database
+/// (with redb's default of 1 GiB, a snapshot of a million devices could
+/// hold half a gigabyte of pages).
+const SNAPSHOT_CACHE_BYTES: usize = 128 << 20;
 
 /// What one snapshot wrote.
 #[derive(Debug, Clone)]
@@ -92,13 +103,18 @@ impl Embedded {
                 .open(&temp_path)
                 .map_err(|e| io(&format!("cannot create {}", temp_path.display()), e))?;
             let devices = {
-                let dest = Database::builder().create(&temp_path).map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "backup: cannot create {}: {e}",
-                        temp_path.display()
-                    ))
-                })?;
-                copy_all(&source, &dest)?
+                let dest = Database::builder()
+                    .set_cache_size(SNAPSHOT_CACHE_BYTES)
+                    .create(&temp_path)
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "backup: cannot create {}: {e}",
+                            temp_path.display()
+                        ))
+                    })?;
+                let file = File::open(&temp_path)
+                    .map_err(|e| io(&format!("cannot open {}", temp_path.display()), e))?;
+                copy_all(&source, &dest, &file)?
             };
             drop(source);
             sync_file(&temp_path).map_err(|e| io("cannot sync the snapshot", e))?;
@@ -251,8 +267,8 @@ impl Embedded {
 /// Copies every devicehub table; a table in the source that this list does
 /// not name stops the snapshot rather than being left out. Returns the
 /// number of devices.
-fn copy_all(source: &ReadTransaction, dest: &Database) -> StoreResult<u64> {
-    let mut batch = Batch::start(dest)?;
+fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResult<u64> {
+    let mut batch = Batch::start(dest, file)?;
     batch.copy(source, META)?;
     let devices = batch.copy(source, DEVICES)?;
     batch.copy(source, KEY_INDEX)?;
@@ -301,17 +317,20 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// The destination's write transaction, committed every `ROWS_PER_COMMIT`
-/// rows without a sync and once more, synced, at the end.
+/// rows without durability but followed by a sync of the file, and once
+/// more, durably, at the end.
 struct Batch<'a> {
     db: &'a Database,
+    file: &'a File,
     txn: Option<WriteTransaction>,
     rows: u64,
 }
 
 impl<'a> Batch<'a> {
-    fn start(db: &'a Database) -> StoreResult<Batch<'a>> {
+    fn start(db: &'a Database, file: &'a File) -> StoreResult<Batch<'a>> {
         Ok(Batch {
             db,
+            file,
             txn: Some(Batch::begin(db)?),
             rows: 0,
         })
@@ -356,6 +375,9 @@ impl<'a> Batch<'a> {
             }
             if full {
                 txn.commit()?;
+                self.file.sync_data().map_err(|e| {
+                    StoreError::Unavailable(format!("backup: cannot sync the snapshot: {e}"))
+                })?;
                 self.txn = Some(Batch::begin(self.db)?);
             } else {
                 self.txn = Some(txn);
