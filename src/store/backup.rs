@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -267,23 +268,17 @@ impl Embedded {
 /// Copies every devicehub table; a table in the source that this list does
 /// not name stops the snapshot rather than being left out. Returns the
 /// number of devices.
+///
+/// Two threads share the work: this one writes the snapshot while another
+/// reads the source and hands it rows in chunks (a bounded channel, so at
+/// most `CHUNKS_IN_FLIGHT` chunks are held). Reading a million-device store
+/// took a third of the time of copying it on one thread.
 fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResult<u64> {
-    let mut batch = Batch::start(dest, file)?;
-    batch.copy(source, META)?;
-    let devices = batch.copy(source, DEVICES)?;
-    batch.copy(source, KEY_INDEX)?;
-    batch.copy(source, LAST_SEEN)?;
-    batch.copy(source, STATUS_INDEX)?;
-    batch.copy(source, LOCATION_INDEX)?;
-    batch.copy(source, NAME_INDEX)?;
-    batch.copy(source, TENANT_COUNTS)?;
-    batch.copy(source, IDEMPOTENCY)?;
-    batch.copy(source, IDEMPOTENCY_EXPIRY)?;
-    batch.copy(source, EVENTS)?;
-    batch.copy(source, WEBHOOKS)?;
-    batch.copy(source, WEBHOOK_DELIVERIES)?;
     for table in source.list_tables()? {
-        if !TABLES.contains(&table.name()) {
+        if !COPIED
+            .iter()
+            .any(|copied| copied.table_name() == table.name())
+        {
             return Err(StoreError::Internal(format!(
                 "backup: the table {:?} is not copied by snapshots",
                 table.name()
@@ -295,26 +290,159 @@ fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResu
             "backup: the database has a multimap table snapshots do not copy".into(),
         ));
     }
-    batch.finish()?;
-    Ok(devices)
+    let (send, receive) = mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> StoreResult<()> {
+            for table in COPIED {
+                table.read(source, &send)?;
+            }
+            Ok(())
+        });
+        let written = (|| {
+            let mut batch = Batch::start(dest, file)?;
+            let mut devices = 0;
+            for table in COPIED {
+                let rows = table.write(&mut batch, &receive)?;
+                if table.table_name() == TableHandle::name(&DEVICES) {
+                    devices = rows;
+                }
+            }
+            batch.finish()?;
+            Ok(devices)
+        })();
+        // Either side's failure ends the other: a closed channel.
+        drop(receive);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Internal("backup: the reader panicked".into())));
+        // The reader's own error explains a writer that found the channel
+        // closed early.
+        read.and(written)
+    })
 }
 
-/// The names of the tables `copy_all` copies.
-pub const TABLES: &[&str] = &[
-    "meta",
-    "devices",
-    "key_index",
-    "last_seen",
-    "status_index",
-    "location_index",
-    "name_index",
-    "tenant_counts",
-    "idempotency",
-    "idempotency_expiry",
-    "events",
-    "webhooks",
-    "webhook_deliveries",
+/// Rows handed from the reading thread to the writing one in each chunk.
+const ROWS_PER_CHUNK: usize = 4_096;
+
+/// Chunks on their way at once.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Rows of one table as stored bytes: each row's key then its value, with
+/// their lengths. `last` ends the table, and says whether the source has
+/// it (an empty table is copied as an empty table, a missing one not at all).
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    lengths: Vec<(usize, usize)>,
+    last: Option<Exists>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Exists {
+    Yes,
+    No,
+}
+
+/// Every table a snapshot copies, in order.
+const COPIED: [&dyn Copied; 13] = [
+    &META,
+    &DEVICES,
+    &KEY_INDEX,
+    &LAST_SEEN,
+    &STATUS_INDEX,
+    &LOCATION_INDEX,
+    &NAME_INDEX,
+    &TENANT_COUNTS,
+    &IDEMPOTENCY,
+    &IDEMPOTENCY_EXPIRY,
+    &EVENTS,
+    &WEBHOOKS,
+    &WEBHOOK_DELIVERIES,
 ];
+
+/// One table's two halves of a copy, whatever its key and value types.
+trait Copied: Sync {
+    fn table_name(&self) -> &str;
+    /// Sends the table's rows, then a `last` chunk (also for no table).
+    fn read(&self, source: &ReadTransaction, to: &SyncSender<Chunk>) -> StoreResult<()>;
+    /// Inserts the rows `read` sends until its `last` chunk; how many.
+    fn write(&self, batch: &mut Batch, from: &Receiver<Chunk>) -> StoreResult<u64>;
+}
+
+impl<K: Key + Sync + 'static, V: Value + Sync + 'static> Copied for TableDefinition<'static, K, V> {
+    fn table_name(&self) -> &str {
+        TableHandle::name(self)
+    }
+
+    fn read(&self, source: &ReadTransaction, to: &SyncSender<Chunk>) -> StoreResult<()> {
+        let closed = || StoreError::Internal("backup: the snapshot writer stopped".into());
+        let from = match source.open_table(*self) {
+            Ok(table) => Some(table),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut chunk = Chunk::default();
+        let exists = if from.is_some() {
+            Exists::Yes
+        } else {
+            Exists::No
+        };
+        if let Some(from) = from {
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                let (k, v) = (k.value(), v.value());
+                let (k, v) = (K::as_bytes(&k), V::as_bytes(&v));
+                let (k, v) = (k.as_ref(), v.as_ref());
+                chunk.bytes.extend_from_slice(k);
+                chunk.bytes.extend_from_slice(v);
+                chunk.lengths.push((k.len(), v.len()));
+                if chunk.lengths.len() == ROWS_PER_CHUNK {
+                    to.send(std::mem::take(&mut chunk)).map_err(|_| closed())?;
+                }
+            }
+        }
+        chunk.last = Some(exists);
+        to.send(chunk).map_err(|_| closed())
+    }
+
+    fn write(&self, batch: &mut Batch, from: &Receiver<Chunk>) -> StoreResult<u64> {
+        let mut copied = 0;
+        loop {
+            let chunk = from
+                .recv()
+                .map_err(|_| StoreError::Internal("backup: the snapshot reader stopped".into()))?;
+            let mut at = 0;
+            let mut rows = chunk.lengths.iter().peekable();
+            while rows.peek().is_some() {
+                let mut written = batch.rows;
+                {
+                    let mut to = batch.txn()?.open_table(*self)?;
+                    for &(k_len, v_len) in rows.by_ref() {
+                        let key = &chunk.bytes[at..at + k_len];
+                        let value = &chunk.bytes[at + k_len..at + k_len + v_len];
+                        at += k_len + v_len;
+                        to.insert(K::from_bytes(key), V::from_bytes(value))?;
+                        written += 1;
+                        if written.is_multiple_of(ROWS_PER_COMMIT) {
+                            break;
+                        }
+                    }
+                }
+                copied += written - batch.rows;
+                batch.rows = written;
+                if written.is_multiple_of(ROWS_PER_COMMIT) {
+                    batch.commit_step()?;
+                }
+            }
+            if let Some(exists) = chunk.last {
+                if exists == Exists::Yes {
+                    batch.txn()?.open_table(*self)?;
+                }
+                return Ok(copied);
+            }
+        }
+    }
+}
 
 /// The destination's write transaction, committed every `ROWS_PER_COMMIT`
 /// rows without durability but followed by a sync of the file, and once
@@ -342,48 +470,23 @@ impl<'a> Batch<'a> {
         Ok(txn)
     }
 
-    fn copy<K: Key + 'static, V: Value + 'static>(
-        &mut self,
-        source: &ReadTransaction,
-        def: TableDefinition<K, V>,
-    ) -> StoreResult<u64> {
-        debug_assert!(TABLES.contains(&def.name()));
-        let from = match source.open_table(def) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        let mut copied = 0;
-        let mut range = from.iter()?;
-        loop {
-            let txn = self.txn.take().ok_or_else(|| {
-                StoreError::Internal("backup: no open destination transaction".into())
-            })?;
-            let mut full = false;
-            {
-                let mut to = txn.open_table(def)?;
-                for entry in range.by_ref() {
-                    let (k, v) = entry?;
-                    to.insert(k.value(), v.value())?;
-                    copied += 1;
-                    self.rows += 1;
-                    if self.rows.is_multiple_of(ROWS_PER_COMMIT) {
-                        full = true;
-                        break;
-                    }
-                }
-            }
-            if full {
-                txn.commit()?;
-                self.file.sync_data().map_err(|e| {
-                    StoreError::Unavailable(format!("backup: cannot sync the snapshot: {e}"))
-                })?;
-                self.txn = Some(Batch::begin(self.db)?);
-            } else {
-                self.txn = Some(txn);
-                return Ok(copied);
-            }
+    fn txn(&self) -> StoreResult<&WriteTransaction> {
+        self.txn
+            .as_ref()
+            .ok_or_else(|| StoreError::Internal("backup: no open destination transaction".into()))
+    }
+
+    /// Commits what is written so far (not durably), syncs the file, and
+    /// begins the next transaction.
+    fn commit_step(&mut self) -> StoreResult<()> {
+        if let Some(txn) = self.txn.take() {
+            txn.commit()?;
         }
+        self.file.sync_data().map_err(|e| {
+            StoreError::Unavailable(format!("backup: cannot sync the snapshot: {e}"))
+        })?;
+        self.txn = Some(Batch::begin(self.db)?);
+        Ok(())
     }
 
     fn finish(mut self) -> StoreResult<()> {
@@ -468,10 +571,11 @@ mod tests {
     fn every_table_in_tables_rs_is_copied() {
         let names = names_in_tables_rs();
         assert!(names.len() >= 9, "{names:?}");
+        let copied: Vec<&str> = COPIED.iter().map(|table| table.table_name()).collect();
         for name in &names {
-            assert!(TABLES.contains(&name.as_str()), "{name} is not copied");
+            assert!(copied.contains(&name.as_str()), "{name} is not copied");
         }
-        assert_eq!(names.len(), TABLES.len());
+        assert_eq!(names.len(), copied.len());
     }
 
     #[test]
