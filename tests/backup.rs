@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -313,8 +313,9 @@ fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
     }
 }
 
-/// Measures a snapshot and a restore of a large database, and the longest
-/// PATCH (a store update, as the handler makes it) while the snapshot runs.
+/// Measures a snapshot of a large database with no writes, then one while
+/// PATCHes (store updates, as the handler makes them) run one after another,
+/// with the longest PATCH, and a restore.
 /// `DEVICEHUB_BENCH_DEVICES` sets the size (default 1,000,000). Run with
 /// `cargo test --release --test backup -- --ignored --nocapture`.
 /// `DEVICEHUB_BENCH_SEEDED=DIR` keeps the seeded database in DIR and reuses
@@ -323,6 +324,10 @@ fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
 #[test]
 #[ignore]
 fn measure_snapshot_and_restore() {
+    const BEFORE: u8 = 0;
+    const DURING: u8 = 1;
+    const AFTER: u8 = 2;
+    const STOP: u8 = 3;
     use devicehub::auth::device_key::NewDeviceKey;
     use devicehub::devices::{DevicePatch, Millis, NewDevice};
     let total: usize = std::env::var("DEVICEHUB_BENCH_DEVICES")
@@ -384,15 +389,29 @@ fn measure_snapshot_and_restore() {
 
     // PATCHes, one after another, for a second before the snapshot (the
     // baseline) and while it runs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let snapshotting = Arc::new(AtomicBool::new(false));
+    // One snapshot with nothing else running, then one under writes.
+    let idle_dir = dir.path().join("idle");
+    let started = Instant::now();
+    let idle = store.snapshot(&idle_dir).unwrap();
+    eprintln!("snapshot with no writes: {:?}", started.elapsed());
+    std::fs::remove_dir_all(idle.parent().unwrap()).unwrap();
+
+    // PATCHes one after another: for a second before the snapshot, while it
+    // runs, and for a second after. Each one's time goes to the phase it
+    // started and ended in.
+    let phase = Arc::new(AtomicU8::new(BEFORE));
     let patcher = {
-        let (store, stop, during) = (store.clone(), stop.clone(), snapshotting.clone());
+        let (store, phase) = (store.clone(), phase.clone());
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let (mut longest, mut count, mut n) = (Duration::ZERO, 0u64, 0usize);
-                let mut baseline = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
+                let mut longest = [Duration::ZERO; 4];
+                let mut during = 0u64;
+                let mut n = 0usize;
+                loop {
+                    let started_in = phase.load(Ordering::Relaxed);
+                    if started_in == STOP {
+                        break;
+                    }
                     let (tenant, id) = ids[n % ids.len()].split_once('/').unwrap();
                     let patch = DevicePatch::parse(
                         json!({"name": format!("patched {n}")}).as_object().unwrap(),
@@ -403,29 +422,38 @@ fn measure_snapshot_and_restore() {
                         .update(tenant, id, patch, None, Millis::now())
                         .await
                         .unwrap();
-                    if during.load(Ordering::Relaxed) {
-                        longest = longest.max(at.elapsed());
-                        count += 1;
-                    } else {
-                        baseline = baseline.max(at.elapsed());
-                    }
+                    let took = at.elapsed();
+                    let ended_in = phase.load(Ordering::Relaxed);
+                    let slot = match (started_in, ended_in) {
+                        (DURING, DURING) => 1,
+                        (DURING, _) => 2,
+                        (AFTER, _) => 3,
+                        _ => 0,
+                    };
+                    longest[slot] = longest[slot].max(took);
+                    during += u64::from(started_in == DURING);
                     n += 1;
                 }
-                (longest, count, baseline)
+                (longest, during)
             })
         })
     };
     std::thread::sleep(Duration::from_secs(1));
     let backups = dir.path().join("backups");
-    snapshotting.store(true, Ordering::Relaxed);
+    phase.store(DURING, Ordering::Relaxed);
     let started = Instant::now();
     let snapshot = store.snapshot(&backups).unwrap();
     let snap_time = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (longest, patches, baseline) = patcher.join().unwrap();
+    phase.store(AFTER, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    phase.store(STOP, Ordering::Relaxed);
+    let (longest, patches) = patcher.join().unwrap();
     let snap_size = std::fs::metadata(&snapshot).unwrap().len();
     eprintln!(
-        "snapshot: {snap_time:?} ({db_size} byte database, {snap_size} byte snapshot); {patches} PATCHes meanwhile, longest {longest:?} (longest in the second before: {baseline:?})"
+        "snapshot: {snap_time:?} ({db_size} byte database, {snap_size} byte snapshot); \
+         {patches} PATCHes meanwhile; longest PATCH: {:?} in the second before, {:?} during, \
+         {:?} across its end, {:?} in the second after",
+        longest[0], longest[1], longest[2], longest[3]
     );
     drop(store);
     let target = dir.path().join("restored/devicehub.redb");
