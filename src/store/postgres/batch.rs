@@ -608,23 +608,41 @@ fn unzip3(rows: &[(Vec<u8>, String, String)]) -> (Vec<&[u8]>, Vec<&str>, Vec<&st
     out
 }
 
-/// The changed devices as one array per column, for `unnest`.
-struct DeviceColumns<'a> {
-    tenant: Vec<&'a str>,
-    id: Vec<&'a str>,
-    name: Vec<&'a str>,
-    status: Vec<&'static str>,
-    /// JSON arrays: text arrays of different lengths are no SQL array.
-    locations: Vec<String>,
-    pim: Vec<bool>,
-    segments: Vec<String>,
-    updated: Vec<i64>,
-    version: Vec<i64>,
-    key: Vec<&'a [u8]>,
-    prev_key: Vec<Option<&'a [u8]>>,
-    prev_end: Vec<Option<i64>>,
-    read_version: Vec<i64>,
+/// A statement's parameters as columns, one array per `unnest` argument:
+/// the struct, and `params` in field order.
+macro_rules! columns {
+    ($(#[$outer:meta])* $name:ident<$lt:lifetime> { $($(#[$doc:meta])* $field:ident: $ty:ty,)+ }) => {
+        $(#[$outer])*
+        struct $name<$lt> {
+            $($(#[$doc])* $field: Vec<$ty>,)+
+        }
+
+        impl $name<'_> {
+            fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$(&self.$field),+]
+            }
+        }
+    };
 }
+
+columns!(
+    /// The changed devices as one array per column, for `unnest`.
+    DeviceColumns<'a> {
+    tenant: &'a str,
+    id: &'a str,
+    name: &'a str,
+    status: &'static str,
+    /// JSON arrays: text arrays of different lengths are no SQL array.
+    locations: String,
+    pim: bool,
+    segments: String,
+    updated: i64,
+    version: i64,
+    key: &'a [u8],
+    prev_key: Option<&'a [u8]>,
+    prev_end: Option<i64>,
+    read_version: i64,
+});
 
 impl<'a> DeviceColumns<'a> {
     fn of(changed: &[(&'a (String, String), &'a Held)]) -> DeviceColumns<'a> {
@@ -663,34 +681,16 @@ impl<'a> DeviceColumns<'a> {
         }
         c
     }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
-        [
-            &self.tenant,
-            &self.id,
-            &self.name,
-            &self.status,
-            &self.locations,
-            &self.pim,
-            &self.segments,
-            &self.updated,
-            &self.version,
-            &self.key,
-            &self.prev_key,
-            &self.prev_end,
-            &self.read_version,
-        ]
-    }
 }
 
-struct EventColumns<'a> {
-    tenant: Vec<&'a str>,
-    id: Vec<&'a str>,
-    device_id: Vec<&'a str>,
-    code: Vec<i16>,
-    created_ms: Vec<i64>,
-    body: Vec<&'a str>,
-}
+columns!(EventColumns<'a> {
+    tenant: &'a str,
+    id: &'a str,
+    device_id: &'a str,
+    code: i16,
+    created_ms: i64,
+    body: &'a str,
+});
 
 impl<'a> EventColumns<'a> {
     fn of(events: &'a [NewEvent]) -> EventColumns<'a> {
@@ -703,27 +703,16 @@ impl<'a> EventColumns<'a> {
             body: events.iter().map(|e| e.body.as_str()).collect(),
         }
     }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
-        [
-            &self.tenant,
-            &self.id,
-            &self.device_id,
-            &self.code,
-            &self.created_ms,
-            &self.body,
-        ]
-    }
 }
 
-struct TenantColumns<'a> {
-    tenant: Vec<&'a str>,
-    last_device: Vec<&'a str>,
-    last_event: Vec<&'a str>,
-    active: Vec<i64>,
-    inactive: Vec<i64>,
-    revoked: Vec<i64>,
-}
+columns!(TenantColumns<'a> {
+    tenant: &'a str,
+    last_device: &'a str,
+    last_event: &'a str,
+    active: i64,
+    inactive: i64,
+    revoked: i64,
+});
 
 impl<'a> TenantColumns<'a> {
     fn of(tenants: &'a HashMap<String, Locked>) -> TenantColumns<'a> {
@@ -753,26 +742,15 @@ impl<'a> TenantColumns<'a> {
                 .collect(),
         }
     }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
-        [
-            &self.tenant,
-            &self.last_device,
-            &self.last_event,
-            &self.active,
-            &self.inactive,
-            &self.revoked,
-        ]
-    }
 }
 
-struct KeptColumns<'a> {
-    tenant: Vec<&'a str>,
-    key_id: Vec<&'a [u8]>,
-    stored_ms: Vec<i64>,
-    fingerprint: Vec<&'a [u8]>,
-    sealed: Vec<&'a [u8]>,
-}
+columns!(KeptColumns<'a> {
+    tenant: &'a str,
+    key_id: &'a [u8],
+    stored_ms: i64,
+    fingerprint: &'a [u8],
+    sealed: &'a [u8],
+});
 
 impl<'a> KeptColumns<'a> {
     /// One row per key: a later answer under the same key replaces an
@@ -791,16 +769,6 @@ impl<'a> KeptColumns<'a> {
             fingerprint: rows.iter().map(|k| k.fingerprint.as_slice()).collect(),
             sealed: rows.iter().map(|k| k.sealed.as_slice()).collect(),
         }
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
-        [
-            &self.tenant,
-            &self.key_id,
-            &self.stored_ms,
-            &self.fingerprint,
-            &self.sealed,
-        ]
     }
 }
 
