@@ -1189,6 +1189,43 @@ fn every_flow_works_from_the_keyboard() {
     browser.keys(ESCAPE);
     wait_focus(&browser, &in_row(&other, ".row-menu-button"));
 
+    // A list that arrives while a row's button has the focus (a filter from
+    // the browser's history, answered late) leaves the focus on that button.
+    let shown = "return performance.getEntriesByName('devicehub:list-shown').length";
+    let before = js(&browser, shown).as_u64().unwrap();
+    js(
+        &browser,
+        "window.realFetch = window.fetch; \
+         window.fetch = (u, o) => String(u).includes('/api/tenant/devices?') \
+           ? new Promise((r) => setTimeout(r, 600)).then(() => window.realFetch(u, o)) \
+           : window.realFetch(u, o); \
+         history.replaceState(history.state, '', '/?q=Device'); \
+         window.dispatchEvent(new PopStateEvent('popstate')); return true",
+    );
+    wait_js(
+        &browser,
+        "the late list",
+        &format!("{shown} > {before}"),
+        json!(true),
+    );
+    assert!(
+        focus_is(&browser, &in_row(&other, ".row-menu-button")),
+        "the focus moved to {}",
+        focused(&browser)
+    );
+    let before = js(&browser, shown).as_u64().unwrap();
+    js(
+        &browser,
+        "window.fetch = window.realFetch; history.replaceState(history.state, '', '/'); \
+         window.dispatchEvent(new PopStateEvent('popstate')); return true",
+    );
+    wait_js(
+        &browser,
+        "the unfiltered list",
+        &format!("{shown} > {before}"),
+        json!(true),
+    );
+
     // Paging: the focus stays on Next while there is a next page.
     tab_to(&browser, "#page-next", 120);
     browser.keys(ENTER);

@@ -723,7 +723,21 @@ async function load({ focus = null, withStats = true } = {}) {
   }
 }
 
+const FOCUSABLE = 'button, a[href], input, select, textarea';
+
+// Which device's row holds the focus, and which of its controls.
+function focusInRow() {
+  const active = document.activeElement;
+  const row = active && ui.tbody.contains(active) ? active.closest('tr') : null;
+  if (!row || !row.dataset.id) return null;
+  const at = [...row.querySelectorAll(FOCUSABLE)].indexOf(active);
+  return at < 0 ? null : { id: row.dataset.id, at };
+}
+
 function showPage(list) {
+  // Rows are drawn anew, so the keyboard focus on a row's control would
+  // fall to <body>: it goes to the same control of the same device.
+  const focused = focusInRow();
   const previous = S.rows;
   S.page = list;
   S.byId = new Map();
@@ -738,6 +752,11 @@ function showPage(list) {
     rememberLocations(d);
   }
   ui.tbody.replaceChildren(frag);
+  if (focused && !ui.tbody.contains(document.activeElement)) {
+    const row = S.rows.get(focused.id);
+    const again = row && row.querySelectorAll(FOCUSABLE)[focused.at];
+    if (again) again.focus({ preventScroll: true });
+  }
   renderPager();
   // For measurements (Performance API): when a list became visible, and for
   // which search. The first one is the dashboard's first usable paint.
