@@ -46,18 +46,8 @@ for tool in wrk python3 curl; do
     command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/devicehub-events.XXXXXX)
-SECRET=bench-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-declare -A PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/servers.sh
+source "$ROOT/bench/servers.sh" events
 
 # start LABEL BIN PORT: a server on a fresh database in $WORK/LABEL, seeded.
 start() {

@@ -26,18 +26,9 @@ for tool in wrk python3 curl bc; do
     command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/devicehub-metrics-ab.XXXXXX)
-SECRET=bench-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-declare -A PIDS=() PORTS=([on]=$PORT [off]=$((PORT + 1)))
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/servers.sh
+source "$ROOT/bench/servers.sh" metrics-ab
+declare -A PORTS=([on]=$PORT [off]=$((PORT + 1)))
 
 start() { # MODE DIR
     local mode=$1 dir=$2 port=${PORTS[$1]}

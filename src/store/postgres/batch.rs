@@ -781,7 +781,7 @@ mod tests {
     use super::*;
     use crate::devices::{DevicePatch, IfMatch, NewDevice};
     use crate::store::postgres::Postgres;
-    use crate::store::{patched, revoked, Author, EventQuery};
+    use crate::store::{patched, revoked, Author, EventPage, EventQuery};
     use serde_json::json;
 
     fn cluster(test: &str) -> Option<String> {
@@ -872,6 +872,20 @@ mod tests {
 
     use crate::auth::device_key::{KeyHash, NewDeviceKey};
 
+    /// The tenant's first 100 events, oldest first.
+    async fn first_events(store: &Postgres, tenant: &str) -> EventPage {
+        store
+            .events(
+                tenant,
+                &EventQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+    }
+
     #[actix_web::test]
     async fn one_batch_applies_its_changes_in_order_and_refusals_write_nothing() {
         let Some(base) = cluster("one_batch_applies_its_changes_in_order") else {
@@ -960,16 +974,7 @@ mod tests {
         assert_eq!(answer, &a_now, "the answer is the device as written");
 
         // The events: in order, one per change, each after the one before.
-        let page = store
-            .events(
-                "t",
-                &EventQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let page = first_events(&store, "t").await;
         let kinds: Vec<(&str, String)> = page
             .events
             .iter()
@@ -1054,16 +1059,7 @@ mod tests {
         assert!(matches!(error, StoreError::Internal(_)), "{error:?}");
         assert_eq!(store.get("t", &a.id).await.unwrap(), a);
         assert_eq!(store.get("t", &b.id).await.unwrap(), b);
-        let page = store
-            .events(
-                "t",
-                &EventQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let page = first_events(&store, "t").await;
         assert_eq!(page.events.len(), 2, "only the registrations");
 
         // Through the committer, each change of a failed batch gets the
