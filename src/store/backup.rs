@@ -97,7 +97,8 @@ impl Embedded {
         let final_path = dest_dir.join(&name);
         let temp_path = dest_dir.join(format!(".{name}.{}.tmp", random_suffix()));
         let written = (|| {
-            OpenOptions::new()
+            // Kept open: the copy syncs the file through it.
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
@@ -113,12 +114,11 @@ impl Embedded {
                             temp_path.display()
                         ))
                     })?;
-                let file = File::open(&temp_path)
-                    .map_err(|e| io(&format!("cannot open {}", temp_path.display()), e))?;
                 copy_all(&source, &dest, &file)?
             };
             drop(source);
-            sync_file(&temp_path).map_err(|e| io("cannot sync the snapshot", e))?;
+            file.sync_all()
+                .map_err(|e| io("cannot sync the snapshot", e))?;
             fs::rename(&temp_path, &final_path)
                 .map_err(|e| io(&format!("cannot rename to {}", final_path.display()), e))?;
             sync_dir(dest_dir).map_err(|e| io("cannot sync the backup folder", e))?;
@@ -567,10 +567,6 @@ fn random_suffix() -> String {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sync_file(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
