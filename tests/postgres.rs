@@ -403,8 +403,23 @@ fn a_stopped_database_answers_503_until_it_is_back() {
     let server = Server::start(instance(dir.path(), &db.url), "http");
     let (id, key) = register(server.addr, "acme", "Scanner");
     let path = format!("/api/tenant/devices/{id}");
+    // Reads first, so that the connections they use exist when the
+    // database goes away and have to be replaced when it is back.
+    let read = admin("acme");
+    for _ in 0..4 {
+        assert_eq!(call(server.addr, "GET", &path, &read, "", None).status, 200);
+        assert_eq!(
+            call(server.addr, "GET", "/api/device/me", &key, "", None).status,
+            200
+        );
+    }
 
     db.run(&["pause"]);
+    for (path, token) in [(path.as_str(), read.as_str()), ("/api/device/me", &key)] {
+        let answer = call(server.addr, "GET", path, token, "", None);
+        assert_eq!(answer.status, 503, "{path} while the database is down");
+        assert_eq!(answer.error_code(), "storage_unavailable");
+    }
     let write = call(
         server.addr,
         "PATCH",
@@ -441,10 +456,15 @@ fn a_stopped_database_answers_503_until_it_is_back() {
     );
     assert_eq!(write.status, 200);
     assert_eq!(write.json()["data"]["name"], "Up");
-    assert_eq!(
-        call(server.addr, "GET", "/api/device/me", &key, "", None).status,
-        200
-    );
+    for _ in 0..4 {
+        let device = call(server.addr, "GET", &path, &read, "", None);
+        assert_eq!(device.status, 200);
+        assert_eq!(device.json()["data"]["name"], "Up");
+        assert_eq!(
+            call(server.addr, "GET", "/api/device/me", &key, "", None).status,
+            200
+        );
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 mod batch;
 mod cursor;
+mod reader;
 pub mod schema;
 mod tls;
 mod transfer;
@@ -104,6 +105,8 @@ struct CheckIn {
 
 pub struct Postgres {
     pool: Pool,
+    /// Point reads, on one connection per thread (`reader`).
+    readers: reader::Readers,
     seen: Arc<LastSeen>,
     bus: Arc<EventBus>,
     retention_ms: Arc<AtomicU64>,
@@ -162,6 +165,7 @@ impl Postgres {
         let (changes, jobs) = mpsc::unbounded_channel();
         let store = Postgres {
             pool,
+            readers: reader::Readers::new(config.clone(), tls.clone()),
             seen: Arc::new(LastSeen::default()),
             bus: Arc::new(EventBus::default()),
             retention_ms: Arc::new(AtomicU64::new(DEFAULT_EVENT_RETENTION_MS)),
@@ -225,12 +229,10 @@ impl Postgres {
     }
 
     pub async fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
-        let client = self.client().await?;
-        let sql =
-            format!("SELECT {DEVICE_COLUMNS} FROM devicehub_devices WHERE tenant = $1 AND id = $2");
-        let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
-        let row = client
-            .query_opt(&statement, &[&tenant, &device_id])
+        let reader = self.readers.get().await?;
+        let row = reader
+            .client
+            .query_opt(&reader.device, &[&tenant, &device_id])
             .await
             .map_err(pg_error)?
             .ok_or(StoreError::NotFound)?;
@@ -238,15 +240,10 @@ impl Postgres {
     }
 
     pub async fn stats(&self, tenant: &str) -> StoreResult<StatusCounts> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT active, inactive, revoked FROM devicehub_tenants WHERE tenant = $1",
-            )
-            .await
-            .map_err(pg_error)?;
-        let row = client
-            .query_opt(&statement, &[&tenant])
+        let reader = self.readers.get().await?;
+        let row = reader
+            .client
+            .query_opt(&reader.counts, &[&tenant])
             .await
             .map_err(pg_error)?;
         Ok(row.map(|r| counts_from_row(&r, 0)).unwrap_or_default())
@@ -275,16 +272,10 @@ impl Postgres {
     }
 
     pub async fn find_by_key(&self, hash: &KeyHash, now: Millis) -> StoreResult<Option<KeyOwner>> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT k.tenant, d.key_hash, d.prev_key_hash, d.prev_key_expires_ms, {} \
-             FROM devicehub_keys k JOIN devicehub_devices d \
-             ON d.tenant = k.tenant AND d.id = k.device_id WHERE k.key_hash = $1",
-            prefixed_columns("d.")
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
-        let Some(row) = client
-            .query_opt(&statement, &[&hash.as_slice()])
+        let reader = self.readers.get().await?;
+        let Some(row) = reader
+            .client
+            .query_opt(&reader.key_owner, &[&hash.as_slice()])
             .await
             .map_err(pg_error)?
         else {

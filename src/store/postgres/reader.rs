@@ -1,0 +1,126 @@
+//! Point reads (a device, a key's owner, a tenant's counts) on one
+//! connection per thread, shared by every request that thread serves.
+//!
+//! A request that borrows a pooled connection for one short read costs two
+//! thread wake-ups per query on each side: the server's worker wakes the
+//! database backend, which wakes the worker again (and, when the connection's
+//! task runs on another thread, that thread too). Under load that switching
+//! was most of the server's CPU for a GET. Here each worker thread keeps its
+//! own connection, whose task runs on that same thread, and the reads of all
+//! its requests are pipelined on it: what is queued goes out in one write
+//! and the answers come back in one read.
+//!
+//! The reads are single statements outside any transaction, so they see
+//! exactly what a pooled connection would: every commit made before they
+//! start, on any instance. A closed connection (the database restarted) is
+//! replaced at the next read; until one can be made, reads answer 503 like
+//! the pool does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::{Client, Statement};
+
+use super::{pg_error, prefixed_columns, tls, DEVICE_COLUMNS, WAIT};
+use crate::store::{StoreError, StoreResult};
+
+/// The statements a reader prepares once per connection.
+pub(super) struct Reader {
+    pub client: Client,
+    pub device: Statement,
+    pub key_owner: Statement,
+    pub counts: Statement,
+}
+
+/// This store's readers, one per thread that reads.
+pub(super) struct Readers {
+    /// Which store a thread's slot belongs to (tests open many).
+    id: u64,
+    /// Boxed: the config is large, and the store enum holds this inline.
+    config: Box<tokio_postgres::Config>,
+    tls: tls::Connector,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Reader>>>,
+    /// Held while connecting, so that the requests waiting for a new
+    /// connection share one attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn open(&self) -> Option<Arc<Reader>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().filter(|r| !r.client.is_closed()).cloned()
+    }
+}
+
+thread_local! {
+    static SLOTS: std::cell::RefCell<HashMap<u64, Arc<Slot>>> = Default::default();
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl Readers {
+    pub fn new(config: tokio_postgres::Config, tls: tls::Connector) -> Readers {
+        Readers {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            config: Box::new(config),
+            tls,
+        }
+    }
+
+    /// This thread's reader, connected first when it has none open.
+    pub async fn get(&self) -> StoreResult<Arc<Reader>> {
+        let slot = SLOTS.with(|slots| slots.borrow_mut().entry(self.id).or_default().clone());
+        if let Some(reader) = slot.open() {
+            return Ok(reader);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(reader) = slot.open() {
+            return Ok(reader);
+        }
+        let reader = Arc::new(self.connect().await?);
+        *slot.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
+        Ok(reader)
+    }
+
+    async fn connect(&self) -> StoreResult<Reader> {
+        let connecting = async {
+            let (client, connection) = self
+                .config
+                .connect(self.tls.clone())
+                .await
+                .map_err(pg_error)?;
+            // On this thread's runtime: the answers wake the thread that
+            // waits for them, and nothing else.
+            tokio::spawn(connection);
+            let device = format!(
+                "SELECT {DEVICE_COLUMNS} FROM devicehub_devices WHERE tenant = $1 AND id = $2"
+            );
+            let key_owner = format!(
+                "SELECT k.tenant, d.key_hash, d.prev_key_hash, d.prev_key_expires_ms, {} \
+                 FROM devicehub_keys k JOIN devicehub_devices d \
+                 ON d.tenant = k.tenant AND d.id = k.device_id WHERE k.key_hash = $1",
+                prefixed_columns("d.")
+            );
+            let counts =
+                "SELECT active, inactive, revoked FROM devicehub_tenants WHERE tenant = $1";
+            Ok(Reader {
+                device: client.prepare(&device).await.map_err(pg_error)?,
+                key_owner: client.prepare(&key_owner).await.map_err(pg_error)?,
+                counts: client.prepare(counts).await.map_err(pg_error)?,
+                client,
+            })
+        };
+        tokio::time::timeout(WAIT, connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "PostgreSQL: no connection within the wait".into(),
+                ))
+            })
+    }
+}
