@@ -7,7 +7,10 @@
 #   1. every test, on the embedded redb store, and tests/postgres.rs (several
 #      instances on one database, faults, TLS) on the cluster;
 #   2. the HTTP integration tests again, each app on a fresh PostgreSQL
-#      database (DEVICEHUB_TEST_POSTGRES): the same tests on both stores.
+#      database (DEVICEHUB_TEST_POSTGRES), and the store's own unit tests
+#      (store::tests, each on a fresh database; the tests of the redb file
+#      skip) with the PostgreSQL committer's (store::postgres): the same
+#      tests on both stores.
 # Arguments go to the first cargo test; with arguments, step 2 is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +42,6 @@ if (( $# == 0 )); then
         --test api --test events --test fleet --test hardening --test idempotency \
         --test key_rotation --test limits --test ops --test properties --test tokens \
         --test webhooks
+    echo "== the store's unit tests again, on PostgreSQL"
+    DEVICEHUB_TEST_POSTGRES=$url cargo test --lib -- store::tests:: store::postgres::
 fi

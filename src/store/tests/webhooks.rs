@@ -23,24 +23,27 @@ fn outcome(attempt: &Attempt, status: u16) -> Delivery {
     }
 }
 
-fn next(store: &Embedded, id: &str, now: u64) -> Next {
-    store.next_delivery("t", id, None, Millis(now)).unwrap()
+async fn next(store: &Store, id: &str, now: u64) -> Next {
+    store
+        .next_delivery("t", id, None, Millis(now))
+        .await
+        .unwrap()
 }
 
 #[actix_web::test]
 async fn a_webhook_starts_after_the_events_before_it_and_moves_on_only_when_delivered() {
-    let (_dir, store) = open();
+    let store = open().await;
     add(&store, "t", "before", 1_000).await;
     let hook = store
         .create_webhook("t", new_hook(&["*"]), "whsec_a".into(), Millis(2_000))
         .await
         .unwrap();
     assert!(matches!(
-        next(&store, &hook.id, 3_000),
+        next(&store, &hook.id, 3_000).await,
         Next::UpToDate { .. }
     ));
     add(&store, "t", "after", 4_000).await;
-    let Next::Send(attempt) = next(&store, &hook.id, 5_000) else {
+    let Next::Send(attempt) = next(&store, &hook.id, 5_000).await else {
         panic!("the event after it is due")
     };
     assert_eq!(attempt.number, 1);
@@ -53,10 +56,10 @@ async fn a_webhook_starts_after_the_events_before_it_and_moves_on_only_when_deli
         .unwrap();
     assert_eq!(recorded, DeliveryRecorded::RetryAt(15_000));
     assert!(matches!(
-        next(&store, &hook.id, 14_999),
+        next(&store, &hook.id, 14_999).await,
         Next::Later(15_000)
     ));
-    let Next::Send(again) = next(&store, &hook.id, 15_000) else {
+    let Next::Send(again) = next(&store, &hook.id, 15_000).await else {
         panic!("retry due")
     };
     assert_eq!(again.number, 2);
@@ -73,7 +76,7 @@ async fn a_webhook_starts_after_the_events_before_it_and_moves_on_only_when_deli
         DeliveryRecorded::Stale,
         "an attempt from an old cursor changes nothing"
     );
-    let Next::Send(again) = next(&store, &hook.id, 15_000) else {
+    let Next::Send(again) = next(&store, &hook.id, 15_000).await else {
         panic!("still due")
     };
     let ok = outcome(&again, 204);
@@ -82,17 +85,17 @@ async fn a_webhook_starts_after_the_events_before_it_and_moves_on_only_when_deli
         .await
         .unwrap();
     assert!(matches!(
-        next(&store, &hook.id, 16_000),
+        next(&store, &hook.id, 16_000).await,
         Next::UpToDate { .. }
     ));
-    let log = store.webhook_deliveries("t", &hook.id).unwrap();
+    let log = store.webhook_deliveries("t", &hook.id).await.unwrap();
     let attempts: Vec<_> = log.iter().map(|d| (d.attempt, d.status)).collect();
     assert_eq!(attempts, [(2, Some(204)), (1, Some(500))], "newest first");
 }
 
 #[actix_web::test]
 async fn failing_for_three_days_disables_the_webhook_and_enabling_resumes_it() {
-    let (_dir, store) = open();
+    let store = open().await;
     let hook = store
         .create_webhook(
             "t",
@@ -107,7 +110,7 @@ async fn failing_for_three_days_disables_the_webhook_and_enabling_resumes_it() {
     let day = 86_400_000;
     let mut now = 1_000;
     let mut outcomes = Vec::new();
-    while let Next::Send(attempt) = next(&store, &hook.id, now) {
+    while let Next::Send(attempt) = next(&store, &hook.id, now).await {
         let failed = outcome(&attempt, 500);
         let recorded = store
             .record_delivery("t", &hook.id, attempt, failed, first_retry, Millis(now))
@@ -126,8 +129,11 @@ async fn failing_for_three_days_disables_the_webhook_and_enabling_resumes_it() {
     );
     // 10 s doubling to an hour: 9 growing delays, then hourly for 3 days.
     assert!((80..=90).contains(&outcomes.len()), "{}", outcomes.len());
-    assert!(!store.webhook("t", &hook.id).unwrap().enabled);
-    assert!(matches!(next(&store, &hook.id, now + day), Next::Idle));
+    assert!(!store.webhook("t", &hook.id).await.unwrap().enabled);
+    assert!(matches!(
+        next(&store, &hook.id, now + day).await,
+        Next::Idle
+    ));
     let enable = WebhookPatch {
         enabled: Some(true),
         ..WebhookPatch::default()
@@ -136,7 +142,7 @@ async fn failing_for_three_days_disables_the_webhook_and_enabling_resumes_it() {
         .update_webhook("t", &hook.id, enable, Millis(now + day))
         .await
         .unwrap();
-    let Next::Send(resumed) = next(&store, &hook.id, now + day) else {
+    let Next::Send(resumed) = next(&store, &hook.id, now + day).await else {
         panic!("enabled again: the same event is due at once")
     };
     assert_eq!(resumed.number, 1);
@@ -150,20 +156,20 @@ async fn failing_for_three_days_disables_the_webhook_and_enabling_resumes_it() {
             .record_delivery("t", &hook.id, attempt, failed, first_retry, Millis(now))
             .await
             .unwrap();
-        let Next::Send(again) = next(&store, &hook.id, now + 3_600_000) else {
+        let Next::Send(again) = next(&store, &hook.id, now + 3_600_000).await else {
             panic!("a retry is due")
         };
         attempt = again;
     }
     assert!(total > 100);
-    let log = store.webhook_deliveries("t", &hook.id).unwrap();
+    let log = store.webhook_deliveries("t", &hook.id).await.unwrap();
     assert_eq!(log.len(), 100, "the newest 100 are kept");
     assert_eq!(log[0].attempt, 30);
 }
 
 #[actix_web::test]
 async fn a_tenant_has_at_most_twenty_webhooks() {
-    let (_dir, store) = open();
+    let store = open().await;
     for _ in 0..20 {
         store
             .create_webhook("t", new_hook(&["*"]), "whsec_a".into(), Millis(1))
@@ -174,7 +180,7 @@ async fn a_tenant_has_at_most_twenty_webhooks() {
         .create_webhook("t", new_hook(&["*"]), "whsec_a".into(), Millis(1))
         .await;
     assert!(matches!(over, Err(StoreError::WebhookQuotaExceeded(20))));
-    assert_eq!(store.webhooks("t").unwrap().len(), 20);
+    assert_eq!(store.webhooks("t").await.unwrap().len(), 20);
     assert!(store
         .create_webhook("u", new_hook(&["*"]), "whsec_a".into(), Millis(1))
         .await
