@@ -181,7 +181,7 @@ async fn list(
         );
     }
     let pass = state.lists.enter(&tenant).await;
-    let cursor = state.store.cursor(&tenant, query)?;
+    let cursor = state.store.cursor(&tenant, query).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(StreamedList {

@@ -121,11 +121,11 @@ impl Store {
     }
 
     /// A list read a batch at a time (an unlimited list is streamed).
-    pub fn cursor(&self, tenant: &str, query: ListQuery) -> StoreResult<DeviceList> {
+    pub async fn cursor(&self, tenant: &str, query: ListQuery) -> StoreResult<DeviceList> {
         Ok(match self {
             Store::Embedded(s) => DeviceList::Embedded(s.cursor(tenant, query)?),
             Store::Postgres(s) => DeviceList::Postgres {
-                cursor: Some(s.cursor(tenant, query)),
+                cursor: Some(s.snapshot(tenant, query).await?),
                 pending: None,
             },
         })

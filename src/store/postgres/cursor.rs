@@ -1,12 +1,15 @@
 //! Listing a tenant's devices from PostgreSQL a batch at a time, in id
 //! order after a cursor (keyset paging): memory does not grow with the
 //! tenant, and devices registered meanwhile are never skipped or repeated,
-//! because ids follow commit order.
+//! because ids follow commit order. A streamed list reads every batch in
+//! one `REPEATABLE READ` transaction (`Postgres::snapshot`), so it is one
+//! consistent snapshot, as on the embedded store.
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::{device_at, pg_error, pool_error, DEVICE_COLUMNS};
 use crate::devices::Device;
@@ -24,6 +27,9 @@ pub struct PgCursor {
     /// The last device id read: the next batch starts after it.
     after: Option<String>,
     ended: bool,
+    /// The snapshot's connection, in its transaction, with the batch
+    /// statement once prepared; none for a single page (pooled).
+    held: Option<(Client, Option<Statement>)>,
 }
 
 impl PgCursor {
@@ -35,7 +41,13 @@ impl PgCursor {
             after: query.starting_after.clone(),
             query,
             ended: false,
+            held: None,
         }
+    }
+
+    pub(super) fn holding(mut self, client: Client) -> PgCursor {
+        self.held = Some((client, None));
+        self
     }
 
     /// Appends up to `max_found` matching devices to `out`; false once the
@@ -45,7 +57,6 @@ impl PgCursor {
         max_found: usize,
         out: &mut Vec<Device>,
     ) -> StoreResult<bool> {
-        let client = self.pool.get().await.map_err(pool_error)?;
         let (compare, direction) = match self.query.order {
             Order::Asc => (">", "ASC"),
             Order::Desc => ("<", "DESC"),
@@ -77,7 +88,19 @@ impl PgCursor {
              ORDER BY id {direction} LIMIT ${}",
             after_at + 1
         ));
-        let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
+        if let Some((client, prepared @ None)) = &mut self.held {
+            *prepared = Some(client.prepare(&sql).await.map_err(pg_error)?);
+        }
+        let pooled;
+        let (client, statement): (&Client, Statement) = match &self.held {
+            Some((client, Some(statement))) => (client, statement.clone()),
+            _ => {
+                pooled = self.pool.get().await.map_err(pool_error)?;
+                let statement = pooled.prepare_cached(&sql).await.map_err(pg_error)?;
+                let client: &Client = &pooled;
+                (client, statement)
+            }
+        };
         let mut found = 0;
         while !self.ended && found < max_found {
             let mut bound = params.clone();

@@ -107,6 +107,8 @@ pub struct Postgres {
     pool: Pool,
     /// Point reads, on one connection per thread (`reader`).
     readers: reader::Readers,
+    /// Connections of their own, for the snapshots of streamed lists.
+    dialer: Arc<reader::Dialer>,
     seen: Arc<LastSeen>,
     bus: Arc<EventBus>,
     retention_ms: Arc<AtomicU64>,
@@ -163,9 +165,11 @@ impl Postgres {
         drop(client);
         let (check_ins, queue) = mpsc::unbounded_channel();
         let (changes, jobs) = mpsc::unbounded_channel();
+        let dialer = Arc::new(reader::Dialer::new(config.clone(), tls.clone()));
         let store = Postgres {
             pool,
-            readers: reader::Readers::new(config.clone(), tls.clone()),
+            readers: reader::Readers::new(dialer.clone()),
+            dialer,
             seen: Arc::new(LastSeen::default()),
             bus: Arc::new(EventBus::default()),
             retention_ms: Arc::new(AtomicU64::new(DEFAULT_EVENT_RETENTION_MS)),
@@ -262,8 +266,23 @@ impl Postgres {
         Ok(counts_from_row(&row, 0))
     }
 
+    /// A cursor for one page: each batch is one query on a pooled connection.
     pub fn cursor(&self, tenant: &str, query: ListQuery) -> PgCursor {
         PgCursor::new(self.pool.clone(), self.seen.clone(), tenant, query)
+    }
+
+    /// A cursor over one consistent snapshot, taken now, for a streamed
+    /// list: its batches read a `REPEATABLE READ` transaction on a
+    /// connection of its own (outside the pool, so that streams never starve
+    /// the writes), closed with the cursor.
+    pub async fn snapshot(&self, tenant: &str, query: ListQuery) -> StoreResult<PgCursor> {
+        let client = self.dialer.connect().await?;
+        // The snapshot is taken at the transaction's first statement.
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT 1")
+            .await
+            .map_err(pg_error)?;
+        Ok(self.cursor(tenant, query).holding(client))
     }
 
     pub async fn list(&self, tenant: &str, query: &ListQuery) -> StoreResult<Page> {

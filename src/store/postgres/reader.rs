@@ -33,13 +33,44 @@ pub(super) struct Reader {
     pub counts: Statement,
 }
 
+/// Opens connections of their own (outside the pool), each with its task
+/// on the runtime of the thread that opened it.
+pub(super) struct Dialer {
+    config: tokio_postgres::Config,
+    tls: tls::Connector,
+}
+
+impl Dialer {
+    pub fn new(config: tokio_postgres::Config, tls: tls::Connector) -> Dialer {
+        Dialer { config, tls }
+    }
+
+    /// A new connection, or 503 when none is made within the pool's wait.
+    pub async fn connect(&self) -> StoreResult<Client> {
+        let connecting = async {
+            let (client, connection) = self
+                .config
+                .connect(self.tls.clone())
+                .await
+                .map_err(pg_error)?;
+            tokio::spawn(connection);
+            Ok(client)
+        };
+        tokio::time::timeout(WAIT, connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "PostgreSQL: no connection within the wait".into(),
+                ))
+            })
+    }
+}
+
 /// This store's readers, one per thread that reads.
 pub(super) struct Readers {
     /// Which store a thread's slot belongs to (tests open many).
     id: u64,
-    /// Boxed: the config is large, and the store enum holds this inline.
-    config: Box<tokio_postgres::Config>,
-    tls: tls::Connector,
+    dialer: Arc<Dialer>,
 }
 
 #[derive(Default)]
@@ -64,11 +95,10 @@ thread_local! {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Readers {
-    pub fn new(config: tokio_postgres::Config, tls: tls::Connector) -> Readers {
+    pub fn new(dialer: Arc<Dialer>) -> Readers {
         Readers {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            config: Box::new(config),
-            tls,
+            dialer,
         }
     }
 
@@ -88,39 +118,31 @@ impl Readers {
     }
 
     async fn connect(&self) -> StoreResult<Reader> {
-        let connecting = async {
-            let (client, connection) = self
-                .config
-                .connect(self.tls.clone())
-                .await
-                .map_err(pg_error)?;
-            // On this thread's runtime: the answers wake the thread that
-            // waits for them, and nothing else.
-            tokio::spawn(connection);
-            let device = format!(
-                "SELECT {DEVICE_COLUMNS} FROM devicehub_devices WHERE tenant = $1 AND id = $2"
-            );
-            let key_owner = format!(
-                "SELECT k.tenant, d.key_hash, d.prev_key_hash, d.prev_key_expires_ms, {} \
-                 FROM devicehub_keys k JOIN devicehub_devices d \
-                 ON d.tenant = k.tenant AND d.id = k.device_id WHERE k.key_hash = $1",
-                prefixed_columns("d.")
-            );
-            let counts =
-                "SELECT active, inactive, revoked FROM devicehub_tenants WHERE tenant = $1";
-            Ok(Reader {
-                device: client.prepare(&device).await.map_err(pg_error)?,
-                key_owner: client.prepare(&key_owner).await.map_err(pg_error)?,
-                counts: client.prepare(counts).await.map_err(pg_error)?,
+        // The connection's task runs on this thread: the answers wake the
+        // thread that waits for them, and nothing else.
+        let client = self.dialer.connect().await?;
+        let device =
+            format!("SELECT {DEVICE_COLUMNS} FROM devicehub_devices WHERE tenant = $1 AND id = $2");
+        let key_owner = format!(
+            "SELECT k.tenant, d.key_hash, d.prev_key_hash, d.prev_key_expires_ms, {} \
+             FROM devicehub_keys k JOIN devicehub_devices d \
+             ON d.tenant = k.tenant AND d.id = k.device_id WHERE k.key_hash = $1",
+            prefixed_columns("d.")
+        );
+        let counts = "SELECT active, inactive, revoked FROM devicehub_tenants WHERE tenant = $1";
+        let prepared = async {
+            Ok::<_, tokio_postgres::Error>(Reader {
+                device: client.prepare(&device).await?,
+                key_owner: client.prepare(&key_owner).await?,
+                counts: client.prepare(counts).await?,
                 client,
             })
         };
-        tokio::time::timeout(WAIT, connecting)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "PostgreSQL: no connection within the wait".into(),
-                ))
-            })
+        match tokio::time::timeout(WAIT, prepared).await {
+            Ok(reader) => reader.map_err(pg_error),
+            Err(_) => Err(StoreError::Unavailable(
+                "PostgreSQL: no answer within the wait".into(),
+            )),
+        }
     }
 }

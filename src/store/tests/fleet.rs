@@ -257,7 +257,7 @@ async fn a_cursor_streams_a_snapshot_in_batches() {
     for i in 0..25u64 {
         create(&store, "t", json!({"name": format!("d{i}")}), 1_000 + i).await;
     }
-    let mut cursor = store.cursor("t", ListQuery::default()).unwrap();
+    let mut cursor = store.cursor("t", ListQuery::default()).await.unwrap();
     // A write after the cursor opened is not part of its snapshot.
     create(&store, "t", json!({"name": "late"}), 5_000).await;
     let mut all = Vec::new();
@@ -275,13 +275,8 @@ async fn a_cursor_streams_a_snapshot_in_batches() {
         names[..25],
         (0..25).map(|i| format!("d{i}")).collect::<Vec<_>>()
     );
-    // KNOWN GAP of PostgreSQL: its cursor pages by key, one query per batch,
-    // not over one snapshot, so a device registered meanwhile is listed too
-    // (docs/API.md promises one consistent snapshot). This pins today's
-    // behaviour, so that a fix shows here; then "late" is left out on both.
-    let late_listed = store.embedded().is_none();
-    assert_eq!(all.len(), 25 + usize::from(late_listed));
-    assert_eq!(names.iter().any(|n| n == "late"), late_listed);
+    assert_eq!(all.len(), 25, "only what the snapshot held");
+    assert!(!names.iter().any(|n| n == "late"));
 }
 
 #[actix_web::test]
