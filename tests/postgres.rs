@@ -1,6 +1,7 @@
 //! PostgreSQL as the store (API.md §9): several devicehub processes on one
 //! database, start-up checks, the schema's version, TLS to the database, and
-//! a database that stops and comes back.
+//! a database that stops and comes back, and webhook deliveries sent by one
+//! instance at a time.
 //!
 //! These need a cluster: `scripts/test.sh` starts a throwaway one and sets
 //! `DEVICEHUB_TEST_PG_CLUSTER` (or `DEVICEHUB_TEST_POSTGRES`). Without it they skip, except under `CI=true`,
@@ -8,6 +9,8 @@
 //! the other files also run on PostgreSQL when it is set.)
 
 mod common;
+#[path = "support/receiver.rs"]
+mod receiver;
 #[path = "support/binary.rs"]
 mod support;
 
@@ -534,4 +537,85 @@ fn count(url: &str, query: &str) -> i64 {
         actix_web::rt::spawn(connection);
         client.query_one(&query, &[]).await.unwrap().get(0)
     })
+}
+
+/// Every event id of `tenant`'s feed, oldest first, read through `addr`.
+fn feed(addr: SocketAddr, tenant: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let path = match ids.last() {
+            Some(last) => format!("/api/tenant/events?limit=100&startingAfter={last}"),
+            None => "/api/tenant/events?limit=100".to_string(),
+        };
+        let page = call(addr, "GET", &path, &admin(tenant), "", None);
+        assert_eq!(page.status, 200);
+        let got = page.data_ids();
+        if got.is_empty() {
+            return ids;
+        }
+        ids.extend(got);
+    }
+}
+
+#[test]
+fn each_webhook_delivery_is_sent_by_one_instance_in_order() {
+    let Some((url, dir)) = fresh("each_webhook_delivery_is_sent_by_one_instance_in_order") else {
+        return;
+    };
+    let receiver = receiver::Receiver::start();
+    let instances: Vec<Server> = (0..2)
+        .map(|_| {
+            let mut cmd = instance(dir.path(), &url);
+            cmd.env("DEVICEHUB__WEBHOOKS__ALLOW_LOOPBACK", "true");
+            Server::start(cmd, "http")
+        })
+        .collect();
+    let (a, b) = (instances[0].addr, instances[1].addr);
+    let hook = call(
+        a,
+        "POST",
+        "/api/tenant/webhooks",
+        &admin("acme"),
+        "",
+        Some(json!({"url": receiver.url("/in"), "events": ["*"]})),
+    );
+    assert_eq!(hook.status, 201, "{}", String::from_utf8_lossy(&hook.body));
+
+    // One delivery in flight (the receiver holds it) while more changes are
+    // committed through the other instance: both instances are woken and
+    // look for work, but only the one holding the claim sends, so nothing
+    // else arrives until the held one is answered.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    receiver.plan(receiver::Reply::Hold(held));
+    register(a, "acme", "first");
+    receiver.wait_for(1, Duration::from_secs(30));
+    for i in 0..3 {
+        register(b, "acme", &format!("while held {i}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(receiver.received().len(), 1, "sent twice while in flight");
+    drop(release);
+
+    // Changes committed through both instances, two at a time: both are
+    // woken for each event, and both look for work.
+    std::thread::scope(|scope| {
+        for (n, addr) in [a, b].into_iter().enumerate() {
+            scope.spawn(move || {
+                for i in 0..15 {
+                    register(addr, "acme", &format!("from {n}, {i}"));
+                }
+            });
+        }
+    });
+    let events = feed(a, "acme");
+    assert_eq!(events.len(), 34);
+    receiver.wait_for(34, Duration::from_secs(30));
+    // Settle: a second sender would still be sending now.
+    std::thread::sleep(Duration::from_millis(500));
+    let arrived: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(receiver::Received::event_id)
+        .collect();
+    assert_eq!(arrived, events, "each event once, in the feed's order");
 }
