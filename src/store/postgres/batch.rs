@@ -780,9 +780,11 @@ impl<'a> KeptColumns<'a> {
 mod tests {
     use super::*;
     use crate::devices::{DevicePatch, IfMatch, NewDevice};
+    use crate::store::last_seen::PERSIST_INTERVAL_MS;
     use crate::store::postgres::Postgres;
     use crate::store::{patched, revoked, Author, EventPage, EventQuery};
     use serde_json::json;
+    use std::sync::Arc;
 
     fn cluster(test: &str) -> Option<String> {
         let url = ["DEVICEHUB_TEST_PG_CLUSTER", "DEVICEHUB_TEST_POSTGRES"]
@@ -800,6 +802,11 @@ mod tests {
 
     /// A store on a new database of the cluster at `base`.
     async fn open(base: &str) -> Postgres {
+        Postgres::open(&database(base).await, None).await.unwrap()
+    }
+
+    /// A new database of the cluster at `base`; its URL.
+    async fn database(base: &str) -> String {
         let name = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
         let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
             .await
@@ -810,9 +817,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = base.rsplit_once('/').unwrap();
-        Postgres::open(&format!("{server}/{name}"), None)
-            .await
-            .unwrap()
+        format!("{server}/{name}")
     }
 
     async fn add(store: &Postgres, tenant: &str, name: &str) -> (Device, KeyHash) {
@@ -1075,5 +1080,73 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(renamed.version, 2);
+    }
+
+    /// Two instances write check-ins for the same devices in opposite
+    /// orders while both commit batches of changes to them: every lock is
+    /// taken in sorted order, so no transaction deadlocks and every
+    /// check-in reaches the database.
+    #[actix_web::test]
+    async fn check_ins_of_two_instances_and_change_batches_never_deadlock() {
+        let Some(base) = cluster("check_ins_of_two_instances_and_change_batches_never_deadlock")
+        else {
+            return;
+        };
+        let url = database(&base).await;
+        let a = Postgres::open(&url, None).await.unwrap();
+        let b = Postgres::open(&url, None).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            ids.push(add(&a, "t", &format!("d{i}")).await.0.id);
+        }
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let seen = Millis::now().0;
+        // A check-in is written when the device's last written one is a
+        // minute old: each round is a minute later, so each writes again.
+        let at = |round: u64, later: u64| Millis(seen + round * PERSIST_INTERVAL_MS + later);
+        for round in 0..3u64 {
+            for id in &ids {
+                a.touch("t", id, at(round, 0));
+            }
+            for id in ids.iter().rev() {
+                b.touch("t", id, at(round, 1));
+            }
+            let mut changes = tokio::task::JoinSet::new();
+            for (n, id) in ids.iter().enumerate() {
+                let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+                let id = id.clone();
+                let patch = DevicePatch::parse(
+                    json!({"name": format!("r{round} {n}")})
+                        .as_object()
+                        .unwrap(),
+                )
+                .unwrap();
+                changes.spawn(async move {
+                    store
+                        .update(Author::from("t"), &id, patch, None, Millis::now())
+                        .await
+                        .map(|_| ())
+                });
+            }
+            while let Some(changed) = changes.join_next().await {
+                changed.unwrap().unwrap();
+            }
+        }
+        // A third instance, with no check-in in memory, reads what was stored.
+        let c = Postgres::open(&url, None).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for id in &ids {
+            loop {
+                let stored = c.get("t", id).await.unwrap().last_seen_at;
+                if stored == Some(at(2, 1)) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{id}: stored check-in {stored:?}, not the last one"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
