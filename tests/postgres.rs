@@ -619,3 +619,101 @@ fn each_webhook_delivery_is_sent_by_one_instance_in_order() {
         .collect();
     assert_eq!(arrived, events, "each event once, in the feed's order");
 }
+
+/// Sends `count` copies of one request with one `Idempotency-Key` at once,
+/// alternating between the instances; their answers.
+fn same_key_at_once(
+    instances: &[SocketAddr],
+    count: usize,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> Vec<common::Response> {
+    let extra = format!("Idempotency-Key: {key}\r\n");
+    let start = std::sync::Barrier::new(count);
+    std::thread::scope(|scope| {
+        let sent: Vec<_> = (0..count)
+            .map(|n| {
+                let (addr, extra, body, start) = (instances[n % 2], &extra, body.clone(), &start);
+                scope.spawn(move || {
+                    start.wait();
+                    call(addr, "POST", path, &admin("acme"), extra, Some(body))
+                })
+            })
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// Each answer is the one write's (first or replayed) or 409 "still
+/// running"; returns the first answer's body.
+fn one_write_among(answers: &[common::Response], created: u16) -> Value {
+    let mut written: Option<Value> = None;
+    for answer in answers {
+        match answer.status {
+            409 => assert_eq!(answer.error_code(), "idempotency_conflict"),
+            status => {
+                assert_eq!(status, created, "{}", String::from_utf8_lossy(&answer.body));
+                let body = answer.json();
+                match &written {
+                    Some(first) => assert_eq!(&body, first, "one answer, replayed"),
+                    None => written = Some(body),
+                }
+            }
+        }
+    }
+    written.expect("one request wrote")
+}
+
+#[test]
+fn one_idempotency_key_sent_through_two_instances_at_once_writes_once() {
+    let Some((url, dir)) = fresh("one_idempotency_key_sent_through_two_instances_at_once") else {
+        return;
+    };
+    let instances: Vec<Server> = (0..2)
+        .map(|_| Server::start(instance(dir.path(), &url), "http"))
+        .collect();
+    let addrs: Vec<SocketAddr> = instances.iter().map(|s| s.addr).collect();
+
+    let answers = same_key_at_once(
+        &addrs,
+        12,
+        "/api/tenant/devices",
+        "register-0123456789abcdef",
+        json!({"name": "Scanner"}),
+    );
+    let device = one_write_among(&answers, 201);
+    let listed = call(
+        addrs[0],
+        "GET",
+        "/api/tenant/devices",
+        &admin("acme"),
+        "",
+        None,
+    );
+    assert_eq!(listed.data_ids().len(), 1, "registered once");
+
+    let id = device["data"]["id"].as_str().unwrap();
+    let answers = same_key_at_once(
+        &addrs,
+        12,
+        &format!("/api/tenant/devices/{id}/api-key"),
+        "rotate-0123456789abcdef01",
+        json!({"gracePeriodSeconds": 0}),
+    );
+    let rotated = one_write_among(&answers, 200);
+    let feed = call(
+        addrs[1],
+        "GET",
+        "/api/tenant/events?type=device.key_rotated",
+        &admin("acme"),
+        "",
+        None,
+    );
+    assert_eq!(feed.data_ids().len(), 1, "rotated once");
+    let key = rotated["apiKey"].as_str().unwrap();
+    for addr in &addrs {
+        let me = call(*addr, "GET", "/api/device/me", key, "", None);
+        assert_eq!(me.status, 200, "the one new key works");
+    }
+}

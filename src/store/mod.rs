@@ -62,6 +62,11 @@ pub enum StoreError {
     PreconditionFailed,
     #[error("the tenant has reached its device quota of {0}")]
     QuotaExceeded(u64),
+    /// Another instance kept an answer under the same `Idempotency-Key`
+    /// while this request ran (PostgreSQL: the claim of a key is per
+    /// instance, the kept answer is shared).
+    #[error("a request with this Idempotency-Key ran at the same time")]
+    IdempotencyRace,
     #[error("the tenant has reached its webhook quota of {0}")]
     WebhookQuotaExceeded(u64),
     #[error("storage unavailable: {0}")]
@@ -109,6 +114,9 @@ impl From<StoreError> for ApiError {
             StoreError::Revoked => ApiError::DeviceRevokedConflict,
             StoreError::PreconditionFailed => ApiError::PreconditionFailed,
             StoreError::QuotaExceeded(quota) => ApiError::QuotaExceeded(quota),
+            StoreError::IdempotencyRace => ApiError::IdempotencyConflict(
+                "a request with this Idempotency-Key is still running",
+            ),
             StoreError::WebhookQuotaExceeded(quota) => ApiError::WebhookQuotaExceeded(quota),
             StoreError::Unavailable(detail) => {
                 log::warn!("storage unavailable: {detail}");

@@ -20,7 +20,7 @@
 //! whole batch, each job with the same error: nothing is half-written, since
 //! it is one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -174,12 +174,21 @@ async fn write(pool: &Pool, seen: &LastSeen, requests: Vec<Request>) -> StoreRes
     let read = read(&txn, seen, &wanted).await;
     drop(wanted);
     let (mut tenants, mut devices) = read?;
+    let now = requests.first().map_or(Millis(0), |r| r.now);
+    let kept = kept_keys_of(&txn, keeping(&requests), now).await?;
     let mut writes = Writes::default();
     let outcomes: Vec<Outcome> = requests
         .into_iter()
         .map(|request| {
             let (tenant, kind) = (request.tenant.clone(), request.kind);
-            let result = apply(&mut tenants, &mut devices, &mut writes, request);
+            let raced = request
+                .remember
+                .as_ref()
+                .is_some_and(|r| kept.contains(&(tenant.clone(), r.id.to_vec())));
+            let result = match raced {
+                true => Err(StoreError::IdempotencyRace),
+                false => apply(&mut tenants, &mut devices, &mut writes, request),
+            };
             Outcome {
                 tenant,
                 kind,
@@ -200,6 +209,28 @@ async fn write(pool: &Pool, seen: &LastSeen, requests: Vec<Request>) -> StoreRes
 }
 
 type Devices = HashMap<(String, String), Held>;
+
+/// The batch's `Idempotency-Key`s that already have a kept answer (another
+/// instance's request under the same key, committed meanwhile); none read
+/// when no change keeps an answer.
+async fn kept_keys_of(
+    txn: &Transaction<'_>,
+    (tenants, ids): (Vec<&str>, Vec<&[u8]>),
+    now: Millis,
+) -> StoreResult<HashSet<(String, Vec<u8>)>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    super::kept_keys(txn, &tenants, &ids, now).await
+}
+
+/// The tenants and key ids of the changes that keep an answer.
+fn keeping(requests: &[Request]) -> (Vec<&str>, Vec<&[u8]>) {
+    requests
+        .iter()
+        .filter_map(|r| Some((r.tenant.as_str(), r.remember.as_ref()?.id.as_slice())))
+        .unzip()
+}
 
 /// The tenants and the (tenant, device) pairs of a batch, sorted, each once.
 struct Wanted<'a> {

@@ -339,6 +339,14 @@ impl Postgres {
                 return Err(StoreError::QuotaExceeded(quota));
             }
         }
+        if let Some(remember) = &remember {
+            // Under the tenant's lock: a registration under the same key
+            // committed meanwhile through another instance is seen here.
+            let kept = kept_keys(&txn, &[tenant], &[remember.id.as_slice()], now).await?;
+            if !kept.is_empty() {
+                return Err(StoreError::IdempotencyRace);
+            }
+        }
         let ulid = next_ulid_after(id::parse_prefixed(id::PREFIX, &row.last_device), now)?;
         let device = registered(id::format(ulid), &new, now);
         txn.execute(
@@ -636,6 +644,29 @@ async fn commit(txn: Transaction<'_>) -> StoreResult<()> {
     txn.commit().await.map_err(pg_error)?;
     crate::metrics::record_commit(1, started.elapsed());
     Ok(())
+}
+
+/// Which of these (tenant, `Idempotency-Key`) pairs already have a live kept
+/// answer. Read under the tenants' row locks, it sees every answer another
+/// instance committed before them: a second request under the same key,
+/// run at the same time through another instance, is refused instead of
+/// writing twice.
+pub(super) async fn kept_keys(
+    txn: &Transaction<'_>,
+    tenants: &[&str],
+    key_ids: &[&[u8]],
+    now: Millis,
+) -> StoreResult<std::collections::HashSet<(String, Vec<u8>)>> {
+    let live_since = to_i64(now.0.saturating_sub(idempotency::KEEP_MS));
+    let rows = txn
+        .query(
+            "SELECT tenant, key_id FROM devicehub_idempotency WHERE (tenant, key_id) IN \
+             (SELECT * FROM unnest($1::text[], $2::bytea[])) AND stored_ms > $3",
+            &[&tenants, &key_ids, &live_since],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// A text error for a start-up line.
