@@ -32,6 +32,25 @@ fn instance(dir: &Path, url: &str) -> Command {
     cmd
 }
 
+/// `n` devicehub processes on the database at `url`, each set up by
+/// `configure`; the servers (stopped when dropped) and their addresses.
+fn instances(
+    dir: &Path,
+    url: &str,
+    n: usize,
+    configure: impl Fn(&mut Command),
+) -> (Vec<Server>, Vec<SocketAddr>) {
+    let servers: Vec<Server> = (0..n)
+        .map(|_| {
+            let mut cmd = instance(dir, url);
+            configure(&mut cmd);
+            Server::start(cmd, "http")
+        })
+        .collect();
+    let addrs = servers.iter().map(|s| s.addr).collect();
+    (servers, addrs)
+}
+
 fn admin(tenant: &str) -> String {
     token_for(tenant, "devices:read admin")
 }
@@ -111,10 +130,7 @@ fn three_instances_share_one_registry() {
     let Some((url, dir)) = fresh("three_instances_share_one_registry") else {
         return;
     };
-    let servers: Vec<Server> = (0..3)
-        .map(|_| Server::start(instance(dir.path(), &url), "http"))
-        .collect();
-    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let (_servers, addrs) = instances(dir.path(), &url, 3, |_| {});
 
     // Paging through B while A, B and C register: a page taken mid-way and
     // the pages after it never skip nor repeat a device.
@@ -563,14 +579,10 @@ fn each_webhook_delivery_is_sent_by_one_instance_in_order() {
         return;
     };
     let receiver = receiver::Receiver::start();
-    let instances: Vec<Server> = (0..2)
-        .map(|_| {
-            let mut cmd = instance(dir.path(), &url);
-            cmd.env("DEVICEHUB__WEBHOOKS__ALLOW_LOOPBACK", "true");
-            Server::start(cmd, "http")
-        })
-        .collect();
-    let (a, b) = (instances[0].addr, instances[1].addr);
+    let (_servers, addrs) = instances(dir.path(), &url, 2, |cmd| {
+        cmd.env("DEVICEHUB__WEBHOOKS__ALLOW_LOOPBACK", "true");
+    });
+    let (a, b) = (addrs[0], addrs[1]);
     let hook = call(
         a,
         "POST",
@@ -670,10 +682,7 @@ fn one_idempotency_key_sent_through_two_instances_at_once_writes_once() {
     let Some((url, dir)) = fresh("one_idempotency_key_sent_through_two_instances_at_once") else {
         return;
     };
-    let instances: Vec<Server> = (0..2)
-        .map(|_| Server::start(instance(dir.path(), &url), "http"))
-        .collect();
-    let addrs: Vec<SocketAddr> = instances.iter().map(|s| s.addr).collect();
+    let (_servers, addrs) = instances(dir.path(), &url, 2, |_| {});
 
     let answers = same_key_at_once(
         &addrs,

@@ -27,8 +27,9 @@ fn redb_only(test: &str) -> bool {
     on_postgres
 }
 
-/// A new, empty database in the cluster at `base`; its URL.
-async fn fresh_database(base: &str) -> String {
+/// A new, empty database in the cluster at `base`; its URL (also for the
+/// PostgreSQL committer's tests).
+pub(crate) async fn fresh_database(base: &str) -> String {
     let name = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
     let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await

@@ -813,6 +813,7 @@ mod tests {
     use crate::devices::{DevicePatch, IfMatch, NewDevice};
     use crate::store::last_seen::PERSIST_INTERVAL_MS;
     use crate::store::postgres::Postgres;
+    use crate::store::tests::fresh_database;
     use crate::store::{patched, revoked, Author, EventPage, EventQuery};
     use serde_json::json;
     use std::sync::Arc;
@@ -833,22 +834,9 @@ mod tests {
 
     /// A store on a new database of the cluster at `base`.
     async fn open(base: &str) -> Postgres {
-        Postgres::open(&database(base).await, None).await.unwrap()
-    }
-
-    /// A new database of the cluster at `base`; its URL.
-    async fn database(base: &str) -> String {
-        let name = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        Postgres::open(&fresh_database(base).await, None)
             .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let (server, _) = base.rsplit_once('/').unwrap();
-        format!("{server}/{name}")
+            .unwrap()
     }
 
     async fn add(store: &Postgres, tenant: &str, name: &str) -> (Device, KeyHash) {
@@ -1123,7 +1111,7 @@ mod tests {
         else {
             return;
         };
-        let url = database(&base).await;
+        let url = fresh_database(&base).await;
         let a = Postgres::open(&url, None).await.unwrap();
         let b = Postgres::open(&url, None).await.unwrap();
         let mut ids = Vec::new();
