@@ -632,6 +632,11 @@ fn each_webhook_delivery_is_sent_by_one_instance_in_order() {
     assert_eq!(arrived, events, "each event once, in the feed's order");
 }
 
+/// A GET by tenant "acme"'s admin.
+fn acme_reads(addr: SocketAddr, path: &str) -> common::Response {
+    call(addr, "GET", path, &admin("acme"), "", None)
+}
+
 /// Sends `count` copies of one request with one `Idempotency-Key` at once,
 /// alternating between the instances; their answers.
 fn same_key_at_once(
@@ -692,14 +697,7 @@ fn one_idempotency_key_sent_through_two_instances_at_once_writes_once() {
         json!({"name": "Scanner"}),
     );
     let device = one_write_among(&answers, 201);
-    let listed = call(
-        addrs[0],
-        "GET",
-        "/api/tenant/devices",
-        &admin("acme"),
-        "",
-        None,
-    );
+    let listed = acme_reads(addrs[0], "/api/tenant/devices");
     assert_eq!(listed.data_ids().len(), 1, "registered once");
 
     let id = device["data"]["id"].as_str().unwrap();
@@ -711,14 +709,7 @@ fn one_idempotency_key_sent_through_two_instances_at_once_writes_once() {
         json!({"gracePeriodSeconds": 0}),
     );
     let rotated = one_write_among(&answers, 200);
-    let feed = call(
-        addrs[1],
-        "GET",
-        "/api/tenant/events?type=device.key_rotated",
-        &admin("acme"),
-        "",
-        None,
-    );
+    let feed = acme_reads(addrs[1], "/api/tenant/events?type=device.key_rotated");
     assert_eq!(feed.data_ids().len(), 1, "rotated once");
     let key = rotated["apiKey"].as_str().unwrap();
     for addr in &addrs {
