@@ -47,22 +47,21 @@ impl Dialer {
 
     /// A new connection, or 503 when none is made within the pool's wait.
     pub async fn connect(&self) -> StoreResult<Client> {
-        let connecting = async {
-            let (client, connection) = self
-                .config
-                .connect(self.tls.clone())
-                .await
-                .map_err(pg_error)?;
-            tokio::spawn(connection);
-            Ok(client)
-        };
-        tokio::time::timeout(WAIT, connecting)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "PostgreSQL: no connection within the wait".into(),
-                ))
-            })
+        let (client, connection) = within_wait(self.config.connect(self.tls.clone())).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+/// `work`'s result, or 503 when it takes longer than the pool's wait.
+async fn within_wait<T>(
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(WAIT, work).await {
+        Ok(done) => done.map_err(pg_error),
+        Err(_) => Err(StoreError::Unavailable(
+            "PostgreSQL: no answer within the wait".into(),
+        )),
     }
 }
 
@@ -130,19 +129,14 @@ impl Readers {
             prefixed_columns("d.")
         );
         let counts = "SELECT active, inactive, revoked FROM devicehub_tenants WHERE tenant = $1";
-        let prepared = async {
-            Ok::<_, tokio_postgres::Error>(Reader {
+        within_wait(async {
+            Ok(Reader {
                 device: client.prepare(&device).await?,
                 key_owner: client.prepare(&key_owner).await?,
                 counts: client.prepare(counts).await?,
                 client,
             })
-        };
-        match tokio::time::timeout(WAIT, prepared).await {
-            Ok(reader) => reader.map_err(pg_error),
-            Err(_) => Err(StoreError::Unavailable(
-                "PostgreSQL: no answer within the wait".into(),
-            )),
-        }
+        })
+        .await
     }
 }
