@@ -436,7 +436,7 @@ impl<K: Key + Sync + 'static, V: Value + Sync + 'static> Copied for TableDefinit
         loop {
             let chunk = from
                 .recv()
-                .map_err(|_| StoreError::Internal("backup: the snapshot reader stopped".into()))?;
+                .map_err(|_| StoreError::Internal(READER_STOPPED.into()))?;
             let mut at = 0;
             let mut rows = chunk.lengths.iter().peekable();
             while rows.peek().is_some() {
