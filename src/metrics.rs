@@ -1,21 +1,26 @@
 //! Prometheus metrics (`GET /metrics`, API.md §8), kept in one process-wide
 //! registry of the `prometheus` crate (lock-free counters and histograms).
+//! The per-request series are counted per thread instead (`Shard`) and
+//! added up when scraped.
 //!
 //! Labels hold route templates and method names from fixed lists, never a
 //! path as sent: no device id, tenant, key or token reaches a label, and a
 //! client cannot grow the series by inventing paths or methods.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{Method, StatusCode};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::devices::DeviceStatus;
@@ -50,15 +55,14 @@ const STATUSES: [u16; 16] = [
     200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 429, 500, 503,
 ];
 
+/// The upper bounds of `devicehub_http_request_duration_seconds`.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    /// The counter of each (method, route, status in `STATUSES`), made on
-    /// first use: a request then costs one atomic add, not a locked look-up
-    /// by labels.
-    request_cells: Vec<OnceLock<IntCounter>>,
-    /// `devicehub_http_request_duration_seconds`, one per entry of `ROUTE_LABELS`.
-    durations: Vec<Histogram>,
     commit_batch: Histogram,
     commit_seconds: Histogram,
     /// `devicehub_webhook_deliveries_total{result}`: delivered, failed.
@@ -72,24 +76,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 impl Metrics {
     fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "devicehub_http_requests_total",
-                "HTTP requests answered, by method, route template and status",
-            ),
-            &["method", "route", "status"],
-        )?;
-        let duration_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "devicehub_http_request_duration_seconds",
-                "Time from a request's arrival to its response head, by route template",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["route"],
-        )?;
         let commit_batch = Histogram::with_opts(
             HistogramOpts::new(
                 "devicehub_store_commit_batch_size",
@@ -128,22 +114,13 @@ impl Metrics {
         for result in ["delivered", "failed"] {
             deliveries.with_label_values(&[result]);
         }
-        let durations = ROUTE_LABELS
-            .iter()
-            .map(|route| duration_vec.get_metric_with_label_values(&[route]))
-            .collect::<prometheus::Result<Vec<_>>>()?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration_vec))?;
+        registry.register(Box::new(Requests::new()?))?;
         registry.register(Box::new(commit_batch.clone()))?;
         registry.register(Box::new(commit_seconds.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(deliveries.clone()))?;
-        let cells = METHODS.len() * ROUTE_LABELS.len() * STATUSES.len();
         Ok(Metrics {
             registry,
-            requests,
-            request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
-            durations,
             commit_batch,
             commit_seconds,
             deliveries,
@@ -249,18 +226,219 @@ fn method_index(method: &Method) -> usize {
 }
 
 fn record_request(method: usize, route: usize, status: StatusCode, elapsed: Duration) {
-    let metrics = &*METRICS;
-    let labels = [METHODS[method], ROUTE_LABELS[route], status.as_str()];
-    match STATUSES.iter().position(|s| *s == status.as_u16()) {
-        Some(at) => {
-            let cell = (method * ROUTE_LABELS.len() + route) * STATUSES.len() + at;
-            metrics.request_cells[cell]
-                .get_or_init(|| metrics.requests.with_label_values(&labels))
-                .inc();
-        }
-        None => metrics.requests.with_label_values(&labels).inc(),
+    SHARD.with(|shard| shard.record(method, route, status, elapsed.as_secs_f64()));
+}
+
+/// Cells of `Shard::requests`: one per (method, route, status in `STATUSES`).
+const REQUEST_CELLS: usize = METHODS.len() * STATUSES.len();
+
+/// Cells of `Shard::durations` per route: one per bucket, one above the
+/// largest bound, and the sum of the seconds (as `f64` bits).
+const DURATION_CELLS: usize = DURATION_BUCKETS.len() + 2;
+
+/// One thread's counts of `devicehub_http_requests_total` and
+/// `devicehub_http_request_duration_seconds`. Only the thread that owns it
+/// writes to it, with a plain load and store, so its cache lines stay on
+/// that thread's core: counters shared by the workers moved between the two
+/// cores on every request. A scrape adds up every thread's shard; shards
+/// are never dropped, so a counter never goes back when a thread ends.
+struct Shard {
+    /// `REQUEST_CELLS` per route, in `ROUTE_LABELS` order.
+    requests: Box<[AtomicU64]>,
+    /// `DURATION_CELLS` per route; bucket counts are not cumulative.
+    durations: Box<[AtomicU64]>,
+}
+
+/// Every thread's shard, and the requests answered with a status outside
+/// `STATUSES` (rare: a lock is fine), by method, route and status.
+static SHARDS: Mutex<Vec<Arc<Shard>>> = Mutex::new(Vec::new());
+static OTHER_STATUSES: Mutex<BTreeMap<(usize, usize, u16), u64>> = Mutex::new(BTreeMap::new());
+
+thread_local! {
+    static SHARD: Arc<Shard> = Shard::register();
+}
+
+/// Adds `by` to a cell only this thread writes.
+fn bump(cell: &AtomicU64, by: u64) {
+    cell.store(
+        cell.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+impl Shard {
+    fn register() -> Arc<Shard> {
+        let cells = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        let shard = Arc::new(Shard {
+            requests: cells(ROUTE_LABELS.len() * REQUEST_CELLS),
+            durations: cells(ROUTE_LABELS.len() * DURATION_CELLS),
+        });
+        lock(&SHARDS).push(shard.clone());
+        shard
     }
-    metrics.durations[route].observe(elapsed.as_secs_f64());
+
+    fn record(&self, method: usize, route: usize, status: StatusCode, seconds: f64) {
+        match STATUSES.iter().position(|s| *s == status.as_u16()) {
+            Some(at) => bump(
+                &self.requests[route * REQUEST_CELLS + method * STATUSES.len() + at],
+                1,
+            ),
+            None => {
+                *lock(&OTHER_STATUSES)
+                    .entry((method, route, status.as_u16()))
+                    .or_default() += 1
+            }
+        }
+        let cells = &self.durations[route * DURATION_CELLS..][..DURATION_CELLS];
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        bump(&cells[bucket], 1);
+        let sum = &cells[DURATION_CELLS - 1];
+        let total = f64::from_bits(sum.load(Ordering::Relaxed)) + seconds;
+        sum.store(total.to_bits(), Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The collector of the per-request series: adds up the shards when scraped.
+struct Requests {
+    descs: Vec<Desc>,
+}
+
+const REQUESTS_NAME: &str = "devicehub_http_requests_total";
+const DURATIONS_NAME: &str = "devicehub_http_request_duration_seconds";
+
+impl Requests {
+    fn new() -> prometheus::Result<Requests> {
+        let labels = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Ok(Requests {
+            descs: vec![
+                Desc::new(
+                    REQUESTS_NAME.into(),
+                    "HTTP requests answered, by method, route template and status".into(),
+                    labels(&["method", "route", "status"]),
+                    HashMap::new(),
+                )?,
+                Desc::new(
+                    DURATIONS_NAME.into(),
+                    "Time from a request's arrival to its response head, by route template".into(),
+                    labels(&["route"]),
+                    HashMap::new(),
+                )?,
+            ],
+        })
+    }
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
+
+fn family(name: &str, desc: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(desc.help.clone());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+impl Collector for Requests {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let routes = ROUTE_LABELS.len();
+        let mut requests = vec![0u64; routes * REQUEST_CELLS];
+        let mut durations = vec![0u64; routes * DURATION_CELLS];
+        let mut sums = vec![0f64; routes];
+        for shard in lock(&SHARDS).iter() {
+            for (total, cell) in requests.iter_mut().zip(shard.requests.iter()) {
+                *total += cell.load(Ordering::Relaxed);
+            }
+            for (at, cell) in shard.durations.iter().enumerate() {
+                let value = cell.load(Ordering::Relaxed);
+                if at % DURATION_CELLS == DURATION_CELLS - 1 {
+                    sums[at / DURATION_CELLS] += f64::from_bits(value);
+                } else {
+                    durations[at] += value;
+                }
+            }
+        }
+        let counter = |labels: &[(&str, &str)], value: u64| {
+            let mut counter = proto::Counter::default();
+            counter.set_value(value as f64);
+            let mut metric = proto::Metric::from_label(label_pairs(labels));
+            metric.set_counter(counter);
+            metric
+        };
+        // Series appear once counted, as with the crate's own counters.
+        let mut counted = Vec::new();
+        for (at, &value) in requests.iter().enumerate().filter(|(_, v)| **v > 0) {
+            let (route, rest) = (at / REQUEST_CELLS, at % REQUEST_CELLS);
+            let (method, status) = (rest / STATUSES.len(), STATUSES[rest % STATUSES.len()]);
+            let status = status.to_string();
+            let labels = [
+                ("method", METHODS[method]),
+                ("route", ROUTE_LABELS[route]),
+                ("status", status.as_str()),
+            ];
+            counted.push(counter(&labels, value));
+        }
+        for (&(method, route, status), &value) in lock(&OTHER_STATUSES).iter() {
+            let status = status.to_string();
+            let labels = [
+                ("method", METHODS[method]),
+                ("route", ROUTE_LABELS[route]),
+                ("status", status.as_str()),
+            ];
+            counted.push(counter(&labels, value));
+        }
+        // Every route has its histogram, counted or not.
+        let timed = (0..routes)
+            .map(|route| {
+                let cells = &durations[route * DURATION_CELLS..][..DURATION_CELLS];
+                let mut cumulative = 0;
+                let buckets = DURATION_BUCKETS
+                    .iter()
+                    .zip(cells)
+                    .map(|(bound, count)| {
+                        cumulative += count;
+                        let mut bucket = proto::Bucket::default();
+                        bucket.set_upper_bound(*bound);
+                        bucket.set_cumulative_count(cumulative);
+                        bucket
+                    })
+                    .collect();
+                let mut histogram = proto::Histogram::default();
+                histogram.set_bucket(buckets);
+                histogram.set_sample_count(cumulative + cells[DURATION_BUCKETS.len()]);
+                histogram.set_sample_sum(sums[route]);
+                let mut metric =
+                    proto::Metric::from_label(label_pairs(&[("route", ROUTE_LABELS[route])]));
+                metric.set_histogram(histogram);
+                metric
+            })
+            .collect();
+        vec![
+            family(REQUESTS_NAME, &self.descs[0], MetricType::COUNTER, counted),
+            family(DURATIONS_NAME, &self.descs[1], MetricType::HISTOGRAM, timed),
+        ]
+    }
 }
 
 /// Records one commit of the group-commit writer: how many writes it held
@@ -488,6 +666,66 @@ mod tests {
             assert_eq!(route_index(template), at, "{template}");
             let filled = template.replace("{id}", "dev_01JD0000000000000000000000");
             assert_eq!(route_index(&filled), at, "{filled}");
+        }
+    }
+
+    /// The value of the series `name` (its whole text up to the value) in
+    /// a scrape; 0 when absent.
+    fn scraped(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.parse().unwrap())
+    }
+
+    #[test]
+    fn requests_counted_on_many_threads_add_up_in_one_scrape() {
+        // A method, route and statuses no other test of this process uses.
+        let (method, route) = (method_index(&Method::OPTIONS), route_index("/metrics"));
+        let series = |status: u16| {
+            format!(
+                r#"devicehub_http_requests_total{{method="OPTIONS",route="/metrics",status="{status}"}}"#
+            )
+        };
+        let bucket = |le: &str| {
+            format!(
+                r#"devicehub_http_request_duration_seconds_bucket{{route="/metrics",le="{le}"}}"#
+            )
+        };
+        let count = r#"devicehub_http_request_duration_seconds_count{route="/metrics"}"#;
+        let sum = r#"devicehub_http_request_duration_seconds_sum{route="/metrics"}"#;
+        let before = render(&StatusCounts::default()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        let took = Duration::from_millis(3);
+                        record_request(method, route, StatusCode::UNSUPPORTED_MEDIA_TYPE, took);
+                    }
+                    // A status outside `STATUSES`, counted all the same.
+                    record_request(method, route, StatusCode::IM_A_TEAPOT, Duration::ZERO);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // The threads have ended: what they counted is still there.
+        let after = render(&StatusCounts::default()).unwrap();
+        let grew = |name: &str| scraped(&after, name) - scraped(&before, name);
+        assert_eq!(grew(&series(415)), 1000.0, "{after}");
+        assert_eq!(grew(&series(418)), 4.0, "{after}");
+        assert_eq!(grew(count), 1004.0);
+        // 3 ms is above 2.5 ms and within 5 ms; 0 s is in the first bucket.
+        assert_eq!(grew(&bucket("0.0001")), 4.0);
+        assert_eq!(grew(&bucket("0.0025")), 4.0);
+        assert_eq!(grew(&bucket("0.005")), 1004.0);
+        assert_eq!(grew(&bucket("+Inf")), 1004.0);
+        assert!((grew(sum) - 3.0).abs() < 1e-9, "{}", grew(sum));
+        // Every route has its histogram from the start.
+        for route in ROUTE_LABELS.iter() {
+            let name =
+                format!(r#"devicehub_http_request_duration_seconds_count{{route="{route}"}}"#);
+            assert!(after.contains(&name), "{name}");
         }
     }
 
