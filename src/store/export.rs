@@ -358,7 +358,7 @@ impl Embedded {
             return Err(ImportError::NotEmpty("webhooks"));
         }
         let read = Importer::new(&txn)?.run(input)?;
-        indexes::rebuild(&txn)?;
+        indexes::rebuild(&txn, indexes::Keys::Kept)?;
         txn.commit()?;
         self.inner.event_ids.forget();
         Ok(read)

@@ -47,9 +47,9 @@ use handle::DbHandle;
 use indexes::Indexed;
 use last_seen::LastSeen;
 use tables::{
-    DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, KEY_INDEX, LAST_SEEN, LOCATION_INDEX,
-    META, NAME_INDEX, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX, TENANT_COUNTS, WEBHOOKS,
-    WEBHOOK_DELIVERIES,
+    DEVICES, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, ID_MAX, INDEXES_OMITTED_KEY, KEY_INDEX,
+    LAST_SEEN, LOCATION_INDEX, META, NAME_INDEX, SCHEMA_VERSION, SCHEMA_VERSION_KEY, STATUS_INDEX,
+    TENANT_COUNTS, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -943,7 +943,7 @@ impl Inner {
                     Some(1) => {
                         // The first release's layout: build the indexes and
                         // counts once, in this one transaction.
-                        let indexed = indexes::rebuild(&txn)?;
+                        let indexed = indexes::rebuild(&txn, indexes::Keys::Kept)?;
                         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                         log::info!(
                             "storage: upgraded the layout from version 1 to {SCHEMA_VERSION} ({indexed} devices indexed)"
@@ -968,6 +968,13 @@ impl Inner {
                     None => {
                         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                     }
+                }
+                if meta.get(INDEXES_OMITTED_KEY)?.is_some() {
+                    // A snapshot (restored): its indexes and counts are
+                    // built from its devices, once, in this transaction.
+                    let indexed = indexes::rebuild(&txn, indexes::Keys::Built)?;
+                    meta.remove(INDEXES_OMITTED_KEY)?;
+                    log::info!("storage: built the indexes of a snapshot ({indexed} devices)");
                 }
                 txn.open_table(DEVICES)?;
                 txn.open_table(KEY_INDEX)?;

@@ -83,5 +83,10 @@ pub const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str, u64), &[u8]> =
 pub const SCHEMA_VERSION: u64 = 4;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
+/// Set in a snapshot, which leaves out the tables built from `DEVICES` (the
+/// key, status, location and name indexes and the counts): opening it
+/// builds them and removes the mark (`restore` does, on its copy).
+pub const INDEXES_OMITTED_KEY: &str = "indexes_omitted";
+
 /// Past every device id (ids are ASCII): the upper end of a tenant's range.
 pub const ID_MAX: &str = "\u{10FFFF}";
