@@ -146,10 +146,12 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
         &reader(),
     );
     assert_eq!(one.status, 200);
+    let me = app.get("/api/device/me", &key);
     assert_eq!(
-        app.get("/api/device/me", &key).status,
+        me.status,
         200,
-        "devices can still check in"
+        "devices can still check in: {}",
+        String::from_utf8_lossy(&me.body)
     );
 
     // Space again: writes work without a restart.

@@ -181,6 +181,7 @@ fn housekeep(inner: &Inner) -> bool {
         txn.commit()?;
         Ok(pruned)
     });
+    inner.reads.changed();
     match pruned {
         Ok(0) => false,
         Ok(pruned) => {
@@ -209,6 +210,9 @@ fn commit_batch(inner: &Inner, batch: Vec<Job>) {
         Ok(txn) => txn,
         Err(e) => {
             log::warn!("cannot start a write transaction: {e}");
+            // The shared read snapshot holds the handle: let it go, so that
+            // a handle latched by a failure can be reopened.
+            inner.reads.changed();
             for job in batch {
                 job(Step::Fail(e.clone()));
             }
@@ -244,6 +248,8 @@ fn commit_batch(inner: &Inner, batch: Vec<Job>) {
             committed
         }
     };
+    // Before any answer: a read made after one sees this commit.
+    inner.reads.changed();
     if let Err(e) = &outcome {
         log::warn!("a batch of {} writes was not committed: {e}", answers.len());
     }

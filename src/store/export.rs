@@ -360,6 +360,7 @@ impl Embedded {
         let read = Importer::new(&txn)?.run(input)?;
         indexes::rebuild(&txn, indexes::Keys::Kept)?;
         txn.commit()?;
+        self.inner.reads.changed();
         self.inner.event_ids.forget();
         Ok(read)
     }

@@ -55,7 +55,10 @@ impl DbHandle {
     }
 
     /// `run`, handing `op` the shared handle itself.
-    fn run_on_handle<T>(&self, op: impl Fn(&Arc<Database>) -> StoreResult<T>) -> StoreResult<T> {
+    pub fn run_on_handle<T>(
+        &self,
+        op: impl Fn(&Arc<Database>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let db = self.current()?;
         match op(&db) {
             Err(StoreError::Latched) => {

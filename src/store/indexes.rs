@@ -261,7 +261,7 @@ fn insert_keys(
     key_index: &mut redb::Table<'_, &'static [u8; 32], (&'static str, &'static str)>,
     owners: &mut Vec<([u8; 32], String, String)>,
 ) -> StoreResult<()> {
-    owners.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    owners.sort_unstable_by_key(|owner| owner.0);
     for (hash, tenant, id) in owners.drain(..) {
         key_index.insert(&hash, (tenant.as_str(), id.as_str()))?;
     }

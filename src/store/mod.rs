@@ -15,6 +15,7 @@ mod indexes;
 mod last_seen;
 mod list;
 pub mod postgres;
+mod reads;
 pub mod tables;
 mod webhooks;
 
@@ -343,6 +344,8 @@ struct Inner {
     event_ids: events::LastIds,
     /// `events.retention`, in milliseconds.
     event_retention_ms: AtomicU64,
+    /// The snapshot point reads share between commits.
+    reads: reads::Reads,
 }
 
 impl Embedded {
@@ -377,6 +380,7 @@ impl Embedded {
             bus: EventBus::default(),
             event_ids: events::LastIds::default(),
             event_retention_ms: AtomicU64::new(DEFAULT_EVENT_RETENTION_MS),
+            reads: reads::Reads::new(),
         });
         inner
             .check_schema()
@@ -419,10 +423,7 @@ impl Embedded {
     /// The tenant's devices counted by status: kept in every write, so this
     /// is three point reads, never a scan.
     pub fn stats(&self, tenant: &str) -> StoreResult<StatusCounts> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
-            indexes::counts(&txn.open_table(TENANT_COUNTS)?, tenant)
-        })
+        self.read(|snapshot| indexes::counts(snapshot.counts()?, tenant))
     }
 
     /// Every tenant's devices counted by status.
@@ -436,16 +437,35 @@ impl Embedded {
         self.inner.db.run(|db| indexes::verify(&read_txn(db)?))
     }
 
+    /// Runs a point read on the snapshot shared since the last commit
+    /// (`reads.rs`); after a latched failure, once more on a new one.
+    fn read<T>(&self, op: impl Fn(&reads::Snapshot) -> StoreResult<T>) -> StoreResult<T> {
+        let reads = &self.inner.reads;
+        let first = op(&*reads.snapshot(&self.inner.db)?);
+        // The snapshot is dropped by now: a latched handle can be reopened
+        // once no snapshot holds it.
+        match first {
+            Err(StoreError::Latched) => {
+                // As `DbHandle::run` would: reopen the file, then run the
+                // read once more, on a snapshot of its own.
+                reads.changed();
+                self.inner
+                    .db
+                    .run_on_handle(|db| op(&reads::Snapshot::new(db.clone(), read_txn(db)?)))
+            }
+            other => other,
+        }
+    }
+
     pub fn get(&self, tenant: &str, device_id: &str) -> StoreResult<Device> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
-            let devices = txn.open_table(DEVICES)?;
-            let record = match devices.get((tenant, device_id))? {
+        self.read(|snapshot| {
+            let record = match snapshot.devices()?.get((tenant, device_id))? {
                 Some(v) => DeviceRecord::decode(v.value())?,
                 None => return Err(StoreError::NotFound),
             };
-            let seen = txn.open_table(LAST_SEEN)?;
-            let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
+            let last_seen = self
+                .inner
+                .last_seen(snapshot.last_seen()?, tenant, device_id)?;
             Ok(record.into_device(device_id, last_seen))
         })
     }
@@ -453,15 +473,12 @@ impl Embedded {
     /// The device a key belongs to at `now`, with its tenant: its current
     /// key, or the previous one within its grace period (`deprecated`).
     pub fn find_by_key(&self, hash: &KeyHash, now: Millis) -> StoreResult<Option<KeyOwner>> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
-            let index = txn.open_table(KEY_INDEX)?;
-            let Some(entry) = index.get(hash)? else {
+        self.read(|snapshot| {
+            let Some(entry) = snapshot.key_index()?.get(hash)? else {
                 return Ok(None);
             };
             let (tenant, device_id) = entry.value();
-            let devices = txn.open_table(DEVICES)?;
-            let Some(value) = devices.get((tenant, device_id))? else {
+            let Some(value) = snapshot.devices()?.get((tenant, device_id))? else {
                 return Err(StoreError::Internal(format!(
                     "key index names a missing device {device_id}"
                 )));
@@ -470,8 +487,9 @@ impl Embedded {
             let Some(deprecated) = record.key_status(hash, now) else {
                 return Ok(None);
             };
-            let seen = txn.open_table(LAST_SEEN)?;
-            let last_seen = self.inner.last_seen(&seen, tenant, device_id)?;
+            let last_seen = self
+                .inner
+                .last_seen(snapshot.last_seen()?, tenant, device_id)?;
             Ok(Some(KeyOwner {
                 tenant: tenant.to_string(),
                 device: record.into_device(device_id, last_seen),
