@@ -379,10 +379,17 @@ impl Collector for Requests {
                 }
             }
         }
-        let counter = |labels: &[(&str, &str)], value: u64| {
+        // One series of `devicehub_http_requests_total`.
+        let counter = |method: usize, route: usize, status: u16, value: u64| {
+            let status = status.to_string();
+            let labels = [
+                ("method", METHODS[method]),
+                ("route", ROUTE_LABELS[route]),
+                ("status", status.as_str()),
+            ];
             let mut counter = proto::Counter::default();
             counter.set_value(value as f64);
-            let mut metric = proto::Metric::from_label(label_pairs(labels));
+            let mut metric = proto::Metric::from_label(label_pairs(&labels));
             metric.set_counter(counter);
             metric
         };
@@ -391,22 +398,10 @@ impl Collector for Requests {
         for (at, &value) in requests.iter().enumerate().filter(|(_, v)| **v > 0) {
             let (route, rest) = (at / REQUEST_CELLS, at % REQUEST_CELLS);
             let (method, status) = (rest / STATUSES.len(), STATUSES[rest % STATUSES.len()]);
-            let status = status.to_string();
-            let labels = [
-                ("method", METHODS[method]),
-                ("route", ROUTE_LABELS[route]),
-                ("status", status.as_str()),
-            ];
-            counted.push(counter(&labels, value));
+            counted.push(counter(method, route, status, value));
         }
         for (&(method, route, status), &value) in lock(&OTHER_STATUSES).iter() {
-            let status = status.to_string();
-            let labels = [
-                ("method", METHODS[method]),
-                ("route", ROUTE_LABELS[route]),
-                ("status", status.as_str()),
-            ];
-            counted.push(counter(&labels, value));
+            counted.push(counter(method, route, status, value));
         }
         // Every route has its histogram, counted or not.
         let timed = (0..routes)
