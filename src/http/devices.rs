@@ -62,31 +62,47 @@ async fn by_id(
         Some((id, true)) => (id, DEVICE_KEY),
         None => return Err(ApiError::NotFound),
     };
+    // The writes run in futures of their own (boxed): this handler's future
+    // is as large as its largest state, and actix moves it into a box on
+    // every request, so with the writes inline every GET copied PATCH's
+    // kilobytes of state.
     match (route, req.method()) {
         (DEVICE, &Method::GET) => get(TenantAuth::extract(&req).await?, id, state).await,
         (DEVICE, &Method::PATCH) => {
-            let auth = TenantAuth::extract(&req).await?;
-            let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
-            update(auth, id, &req, body, state).await
+            Box::pin(async {
+                let auth = TenantAuth::extract(&req).await?;
+                let body = JsonObject::from_request(&req, &mut payload.into_inner()).await?;
+                update(auth, id, &req, body, state).await
+            })
+            .await
         }
-        (DEVICE, &Method::DELETE) => revoke(TenantAuth::extract(&req).await?, id, state).await,
-        (DEVICE_KEY, &Method::POST) => {
-            let auth = TenantAuth::extract(&req).await?;
-            let raw = body::read_limited(&req, payload).await?;
-            let pending =
-                match idempotent::prepare(&req, raw.as_ref(), auth.tenant(), &state).await? {
-                    Prepared::Replay(response) => return Ok(response),
-                    Prepared::Run(pending) => pending,
-                };
-            let rotation = if has_body(&req) {
-                KeyRotation::parse(&body::json_object(&req, raw.as_ref())?.0)?
-            } else {
-                KeyRotation::default()
-            };
-            rotate_key(auth, id, rotation, pending, state).await
+        (DEVICE, &Method::DELETE) => {
+            Box::pin(async { revoke(TenantAuth::extract(&req).await?, id, state).await }).await
         }
+        (DEVICE_KEY, &Method::POST) => Box::pin(rotate(&req, id, payload, state)).await,
         _ => Err(ApiError::MethodNotAllowed(allowed_methods(route))),
     }
+}
+
+/// `POST /api/tenant/devices/{id}/api-key`.
+async fn rotate(
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let auth = TenantAuth::extract(req).await?;
+    let raw = body::read_limited(req, payload).await?;
+    let pending = match idempotent::prepare(req, raw.as_ref(), auth.tenant(), &state).await? {
+        Prepared::Replay(response) => return Ok(response),
+        Prepared::Run(pending) => pending,
+    };
+    let rotation = if has_body(req) {
+        KeyRotation::parse(&body::json_object(req, raw.as_ref())?.0)?
+    } else {
+        KeyRotation::default()
+    };
+    rotate_key(auth, id, rotation, pending, state).await
 }
 
 /// Whether the request carries a body (the rotation's is optional).
