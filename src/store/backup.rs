@@ -194,7 +194,7 @@ impl Embedded {
                     .list_tables()
                     .map_err(|e| format!("cannot be read: {e}"))?
                 {
-                    if DERIVED.iter().any(|d| d.name() == table.name()) {
+                    if is_derived(table.name()) {
                         return Err(format!(
                             "damaged: it leaves out the indexes but holds the table {:?}",
                             table.name()
@@ -335,8 +335,8 @@ impl Embedded {
 /// server's own threads leave them idle.
 fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResult<u64> {
     for table in source.list_tables()? {
-        let named = COPIED.iter().any(|c| c.table_name() == table.name())
-            || DERIVED.iter().any(|d| d.name() == table.name());
+        let named =
+            COPIED.iter().any(|c| c.table_name() == table.name()) || is_derived(table.name());
         if !named {
             return Err(StoreError::Internal(format!(
                 "backup: the table {:?} is not copied by snapshots",
@@ -452,6 +452,11 @@ const DERIVED: [&dyn TableHandle; 5] = [
     &NAME_INDEX,
     &TENANT_COUNTS,
 ];
+
+/// Whether `name` is one of the `DERIVED` tables.
+fn is_derived(name: &str) -> bool {
+    DERIVED.iter().any(|table| table.name() == name)
+}
 
 /// One table's two halves of a copy, whatever its key and value types.
 trait Copied: Sync {
@@ -763,7 +768,7 @@ mod tests {
         assert!(source.len() >= 13, "{source:?}");
         assert!(source["idempotency"] == 5 && source["devices"] == 5);
         for (table, rows) in &source {
-            let built = DERIVED.iter().any(|d| d.name() == table);
+            let built = is_derived(table);
             match table.as_str() {
                 // The mark that the indexes are left out.
                 "meta" => assert_eq!(copy[table], rows + 1),

@@ -200,7 +200,7 @@ pub fn rebuild(txn: &WriteTransaction, keys: Keys) -> StoreResult<u64> {
         Keys::Built => Some(txn.open_table(KEY_INDEX)?),
         Keys::Kept => None,
     };
-    let mut counts: Vec<(String, [u64; 3])> = Vec::new();
+    let mut counts = CountsByTenant::default();
     let mut owners = Vec::new();
     let mut indexed = 0;
     for entry in devices.iter()? {
@@ -208,11 +208,7 @@ pub fn rebuild(txn: &WriteTransaction, keys: Keys) -> StoreResult<u64> {
         let (tenant, id) = key.value();
         let record = DeviceRecord::decode(value.value())?;
         if let Some(key_index) = key_index.as_mut() {
-            let held = record.keys();
-            for hex in std::iter::once(held.current).chain(held.previous.map(|(hex, _)| hex)) {
-                let hash = device_key::from_hex(&hex).ok_or_else(|| {
-                    StoreError::Internal(format!("device {tenant}/{id} has an unreadable key hash"))
-                })?;
+            for hash in key_hashes(&record, tenant, id)? {
                 owners.push((hash, tenant.to_string(), id.to_string()));
             }
             if owners.len() >= KEY_RUN {
@@ -225,29 +221,59 @@ pub fn rebuild(txn: &WriteTransaction, keys: Keys) -> StoreResult<u64> {
             locations.insert((tenant, location.as_str(), id), ())?;
         }
         names.insert((tenant, id), record.name.to_lowercase().as_bytes())?;
-        // Devices come in (tenant, id) order: one entry per tenant.
-        match counts.last_mut() {
-            Some((current, counted)) if current == tenant => counted[usize::from(code)] += 1,
-            _ => {
-                let mut counted = [0; 3];
-                counted[usize::from(code)] = 1;
-                counts.push((tenant.to_string(), counted));
-            }
-        }
+        counts.add(tenant, code);
         indexed += 1;
     }
     if let Some(key_index) = key_index.as_mut() {
         insert_keys(key_index, &mut owners)?;
     }
     let mut table = txn.open_table(TENANT_COUNTS)?;
-    for (tenant, counted) in &counts {
-        for (code, count) in (0u8..).zip(counted) {
-            if *count > 0 {
-                table.insert((tenant.as_str(), code), count)?;
+    for (key, count) in counts.rows() {
+        table.insert(key, count)?;
+    }
+    Ok(indexed)
+}
+
+/// The hashes of a device's keys: its current one, and the previous one
+/// while it is kept for a grace period.
+fn key_hashes(record: &DeviceRecord, tenant: &str, id: &str) -> StoreResult<Vec<[u8; 32]>> {
+    let held = record.keys();
+    std::iter::once(held.current)
+        .chain(held.previous.map(|(hex, _)| hex))
+        .map(|hex| {
+            device_key::from_hex(&hex).ok_or_else(|| {
+                StoreError::Internal(format!("device {tenant}/{id} has an unreadable key hash"))
+            })
+        })
+        .collect()
+}
+
+/// Each tenant's devices counted by status code, from devices read in
+/// (tenant, id) order: one entry per tenant.
+#[derive(Default)]
+struct CountsByTenant(Vec<(String, [u64; 3])>);
+
+impl CountsByTenant {
+    fn add(&mut self, tenant: &str, code: u8) {
+        match self.0.last_mut() {
+            Some((current, counted)) if current == tenant => counted[usize::from(code)] += 1,
+            _ => {
+                let mut counted = [0; 3];
+                counted[usize::from(code)] = 1;
+                self.0.push((tenant.to_string(), counted));
             }
         }
     }
-    Ok(indexed)
+
+    /// The rows of `TENANT_COUNTS`: one per status a tenant has devices in.
+    fn rows(&self) -> impl Iterator<Item = ((&str, u8), u64)> {
+        self.0.iter().flat_map(|(tenant, counted)| {
+            (0u8..)
+                .zip(*counted)
+                .filter(|(_, count)| *count > 0)
+                .map(move |(code, count)| ((tenant.as_str(), code), count))
+        })
+    }
 }
 
 /// Key hashes `rebuild` holds before it writes them in order: hashes are
@@ -291,16 +317,14 @@ pub fn rebuild_names(txn: &WriteTransaction) -> StoreResult<u64> {
 pub fn verify(txn: &ReadTransaction) -> StoreResult<()> {
     let keyed = Keyed::new();
     let mut want = Digests::default();
+    // One tenant at a time (not `CountsByTenant`), so memory stays flat
+    // however many tenants the file holds.
     let mut tenant_counts: Option<(String, [u64; 3])> = None;
     for entry in txn.open_table(DEVICES)?.iter()? {
         let (key, value) = entry?;
         let (tenant, id) = key.value();
         let record = DeviceRecord::decode(value.value())?;
-        let held = record.keys();
-        for hex in std::iter::once(held.current).chain(held.previous.map(|(hex, _)| hex)) {
-            let hash = device_key::from_hex(&hex).ok_or_else(|| {
-                StoreError::Internal(format!("device {tenant}/{id} has an unreadable key hash"))
-            })?;
+        for hash in key_hashes(&record, tenant, id)? {
             want.keys.add(&keyed, (hash, tenant, id));
         }
         let code = status_code(record.status);
