@@ -321,6 +321,9 @@ fn restore_refuses_a_file_that_is_not_a_devicehub_snapshot() {
 /// `DEVICEHUB_BENCH_SEEDED=DIR` keeps the seeded database in DIR and reuses
 /// it on the next run (seeding a million devices takes about two minutes);
 /// each run PATCHes it a little more.
+/// `DEVICEHUB_BENCH_COLD=1` (as root, on Linux) syncs and drops the page
+/// cache before the first snapshot, as on a box whose database was not read
+/// lately.
 #[test]
 #[ignore]
 fn measure_snapshot_and_restore() {
@@ -390,6 +393,14 @@ fn measure_snapshot_and_restore() {
     // PATCHes, one after another, for a second before the snapshot (the
     // baseline) and while it runs.
     // One snapshot with nothing else running, then one under writes.
+    if std::env::var_os("DEVICEHUB_BENCH_COLD").is_some() {
+        let dropped = std::process::Command::new("sh")
+            .args(["-c", "sync && echo 3 > /proc/sys/vm/drop_caches"])
+            .status()
+            .unwrap();
+        assert!(dropped.success(), "DEVICEHUB_BENCH_COLD needs root");
+        eprintln!("page cache dropped");
+    }
     let idle_dir = dir.path().join("idle");
     let started = Instant::now();
     let idle = store.snapshot(&idle_dir).unwrap();

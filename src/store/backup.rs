@@ -121,7 +121,7 @@ impl Embedded {
                             temp_path.display()
                         ))
                     })?;
-                copy_all(&source, &dest, &file)?
+                copy_all(&source, &dest, &file, self.inner.db.path())?
             };
             drop(source);
             file.sync_all()
@@ -295,16 +295,17 @@ impl Embedded {
                 }
             })()
             .map_err(cannot)?;
-            drop(out);
             if opened {
                 // Opening the copy upgrades it in place, or builds its
                 // indexes from its devices, as a server's start would. A
                 // device that cannot be read fails it: nothing is replaced.
-                drop(
+                let opening = || {
                     Embedded::open(&temp)
-                        .map_err(|e| format!("{}: damaged: {e}", snapshot.display()))?,
-                );
+                        .map_err(|e| format!("{}: damaged: {e}", snapshot.display()))
+                };
+                drop(write_back_while(&out, opening)?);
             }
+            drop(out);
             if info.older_layout.is_some() {
                 // An upgraded copy must then pass the full check. (Indexes
                 // just built from the devices agree with them by making.)
@@ -333,7 +334,12 @@ impl Embedded {
 /// took a third of the time of copying it on one thread. Both run at the
 /// lowest CPU priority, so that a snapshot takes the cores only while the
 /// server's own threads leave them idle.
-fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResult<u64> {
+fn copy_all(
+    source: &ReadTransaction,
+    dest: &Database,
+    file: &File,
+    source_path: &Path,
+) -> StoreResult<u64> {
     for table in source.list_tables()? {
         let named =
             COPIED.iter().any(|c| c.table_name() == table.name()) || is_derived(table.name());
@@ -355,6 +361,7 @@ fn copy_all(source: &ReadTransaction, dest: &Database, file: &File) -> StoreResu
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> StoreResult<()> {
             yield_to_requests();
+            warm_page_cache(source_path, available_memory());
             for table in COPIED {
                 table.read(source, &send)?;
             }
@@ -406,6 +413,112 @@ fn yield_to_requests() {
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 19);
     }
+}
+
+/// Runs `work` while another thread asks the kernel, every
+/// `WRITE_BACK_EVERY`, to start writing `file`'s dirty pages to the disk
+/// (`sync_file_range`, which does not wait for them). The disk is otherwise
+/// idle while a restore builds the indexes, and the durable commit at its
+/// end then has little left to flush: that commit's sync took 1.5 s of a
+/// million-device restore when everything waited for it.
+fn write_back_while<T>(file: &File, work: impl FnOnce() -> T) -> T {
+    let done = std::sync::Mutex::new(false);
+    let wake = std::sync::Condvar::new();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut finished = done.lock().unwrap_or_else(|p| p.into_inner());
+            while !*finished {
+                start_write_back(file);
+                finished = wake
+                    .wait_timeout(finished, WRITE_BACK_EVERY)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        });
+        let result = work();
+        *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        result
+    })
+}
+
+/// How often `write_back_while` starts the write-back.
+const WRITE_BACK_EVERY: Duration = Duration::from_millis(250);
+
+/// Starts writing `file`'s dirty pages to the disk, without waiting; best
+/// effort (the durable commit after it syncs whatever is left).
+fn start_write_back(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain call on a descriptor `file` owns; no pointers.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Asks the kernel to read the database file into the page cache, from
+/// start to end, when it fits in half of the memory the kernel reports
+/// available, so that the copy finds its pages there. The copy reads in key
+/// order, and the pages of a database that has taken writes for a while lie
+/// scattered in the file: read from the disk one at a time, they made a
+/// million-device snapshot take 10.9-16.9 s, against 1.2-2.7 s to read the
+/// whole 2.3 GB file in order. Pages already cached cost next to nothing
+/// (14 ms for that file). A file that does not fit is left alone, so that a
+/// snapshot never pushes the working set out of a small box's memory. Best
+/// effort: whether it was asked.
+fn warm_page_cache(path: &Path, available: Option<u64>) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let size = match (file.metadata(), available) {
+        (Ok(meta), Some(available)) if meta.len() <= available / 2 => meta.len(),
+        _ => return false,
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // One window per call: the kernel reads at most a few megabytes
+        // for each (8 MB here for a whole-file call), and blocks while its
+        // queue is full, so the loop runs about as fast as the disk.
+        let mut offset = 0u64;
+        while offset < size {
+            let (Ok(start), Ok(len)) = (
+                libc::off_t::try_from(offset),
+                libc::off_t::try_from(WARM_WINDOW_BYTES),
+            ) else {
+                break;
+            };
+            // SAFETY: a plain advice call on a descriptor `file` owns for
+            // the whole loop; no pointers.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), start, len, libc::POSIX_FADV_WILLNEED);
+            }
+            offset += WARM_WINDOW_BYTES;
+        }
+    }
+    let _ = size;
+    true
+}
+
+/// Bytes asked for per call while warming the page cache.
+const WARM_WINDOW_BYTES: u64 = 8 << 20;
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Rows handed from the reading thread to the writing one in each chunk.
@@ -675,6 +788,38 @@ mod tests {
             assert!(c != d, "{name}: copied {c}, built {d}");
         }
         assert_eq!(names.len(), copied.len() + derived.len());
+    }
+
+    #[test]
+    fn the_page_cache_is_warmed_only_for_a_file_that_fits_in_half_the_free_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        fs::write(&path, vec![7u8; 3 * (WARM_WINDOW_BYTES as usize) + 5]).unwrap();
+        let size = fs::metadata(&path).unwrap().len();
+        assert!(warm_page_cache(&path, Some(2 * size)));
+        assert!(!warm_page_cache(&path, Some(2 * size - 1)));
+        assert!(!warm_page_cache(&path, None));
+        assert!(!warm_page_cache(
+            &dir.path().join("missing"),
+            Some(u64::MAX)
+        ));
+        #[cfg(target_os = "linux")]
+        assert!(available_memory().is_some_and(|bytes| bytes > 0));
+    }
+
+    #[test]
+    fn work_run_under_write_back_returns_its_result_and_the_pacer_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy");
+        let file = File::create(&path).unwrap();
+        // The scope joins the pacer: a pacer that never stopped would hang.
+        let written = write_back_while(&file, || {
+            (&file).write_all(&[1u8; 1 << 20])?;
+            std::thread::sleep(WRITE_BACK_EVERY * 2);
+            io::Result::Ok(7)
+        });
+        assert_eq!(written.unwrap(), 7);
+        assert_eq!(fs::read(&path).unwrap(), vec![1u8; 1 << 20]);
     }
 
     #[test]

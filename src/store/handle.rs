@@ -8,7 +8,7 @@
 //! full or read-only, writes keep failing with a plain I/O error (503) and
 //! reads go on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,11 @@ impl DbHandle {
             slot: RwLock::new(Some(Arc::new(db))),
             last_failed_reopen: Mutex::new(None),
         }
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Runs `op` on the database; after a latched failure, reopens and runs
