@@ -95,14 +95,7 @@ impl LastIds {
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let ulid = match last.get_mut(tenant) {
             Some(slot) => {
-                let fresh = ulid::Ulid::from_parts(now.0, super::random_u128()?);
-                if fresh <= *slot {
-                    *slot = slot.increment().ok_or_else(|| {
-                        StoreError::Internal("the event id space is exhausted".into())
-                    })?;
-                } else {
-                    *slot = fresh;
-                }
+                *slot = super::next_ulid_after(Some(*slot), now)?;
                 return Ok(*slot);
             }
             None => super::next_ulid(table, tenant, now, events::id::PREFIX)?,

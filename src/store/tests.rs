@@ -691,3 +691,22 @@ async fn stats_of(store: &Store, tenant: &str) -> (u64, u64, u64) {
 mod events;
 mod fleet;
 mod webhooks;
+
+#[test]
+fn ids_grow_by_one_within_a_millisecond_and_draw_new_bits_in_the_next() {
+    let last = ulid::Ulid::from_parts(1_000, 41);
+    // The same millisecond, and a clock that stepped back: the next id.
+    for now in [1_000, 999, 0] {
+        let next = next_ulid_after(Some(last), Millis(now)).unwrap();
+        assert_eq!(next, ulid::Ulid::from_parts(1_000, 42));
+    }
+    // A later millisecond: that time, after the last id.
+    let later = next_ulid_after(Some(last), Millis(1_001)).unwrap();
+    assert_eq!(later.timestamp_ms(), 1_001);
+    assert!(later > last);
+    // The first id of a tenant.
+    assert_eq!(next_ulid_after(None, Millis(5)).unwrap().timestamp_ms(), 5);
+    // At the top of the id space, the id cannot grow.
+    let top = ulid::Ulid::from_parts(1_000, (1u128 << 80) - 1);
+    assert!(next_ulid_after(Some(top), Millis(1_000)).is_err());
+}
