@@ -422,6 +422,15 @@ fn yield_to_requests() {
 /// end then has little left to flush: that commit's sync took 1.5 s of a
 /// million-device restore when everything waited for it.
 fn write_back_while<T>(file: &File, work: impl FnOnce() -> T) -> T {
+    /// Stops the pacer when dropped: after `work`, or as a panic in it
+    /// unwinds (the scope joins the pacer before it goes on).
+    struct Stop<'a>(&'a std::sync::Mutex<bool>, &'a std::sync::Condvar);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.1.notify_all();
+        }
+    }
     let done = std::sync::Mutex::new(false);
     let wake = std::sync::Condvar::new();
     std::thread::scope(|scope| {
@@ -435,10 +444,8 @@ fn write_back_while<T>(file: &File, work: impl FnOnce() -> T) -> T {
                     .0;
             }
         });
-        let result = work();
-        *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        wake.notify_all();
-        result
+        let _stop = Stop(&done, &wake);
+        work()
     })
 }
 
@@ -820,6 +827,9 @@ mod tests {
         });
         assert_eq!(written.unwrap(), 7);
         assert_eq!(fs::read(&path).unwrap(), vec![1u8; 1 << 20]);
+        // A panic in the work reaches the caller; the pacer stops all the same.
+        let panicked = std::panic::catch_unwind(|| write_back_while(&file, || panic!("work")));
+        assert!(panicked.is_err());
     }
 
     #[test]
