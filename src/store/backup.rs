@@ -507,6 +507,7 @@ fn warm_page_cache(path: &Path, available: Option<u64>) -> bool {
             offset += WARM_WINDOW_BYTES;
         }
     }
+    #[cfg(not(target_os = "linux"))]
     let _ = size;
     true
 }
