@@ -153,6 +153,9 @@ impl Embedded {
         Ok(snapshot)
     }
 
+    /// Snapshots leave the indexes out since this layout.
+    const OMITTED_SINCE: u64 = 4;
+
     /// Opens `path` read-only and checks it is a devicehub snapshot this
     /// build can use: a redb file of this layout version, whose indexes
     /// agree with its devices, or which leaves them out (then `restore`
@@ -189,7 +192,7 @@ impl Embedded {
         };
         let older_layout = match version {
             None => return Err("not a devicehub snapshot (no layout version)".into()),
-            Some(SCHEMA_VERSION) if indexes_omitted => {
+            Some(v) if indexes_omitted && (Self::OMITTED_SINCE..=SCHEMA_VERSION).contains(&v) => {
                 for table in txn
                     .list_tables()
                     .map_err(|e| format!("cannot be read: {e}"))?
@@ -201,7 +204,8 @@ impl Embedded {
                         ));
                     }
                 }
-                None
+                // An older one is upgraded as it is restored.
+                (v < SCHEMA_VERSION).then_some(v)
             }
             Some(SCHEMA_VERSION) => {
                 indexes::verify(&txn).map_err(|e| format!("damaged: {e}"))?;
@@ -1082,6 +1086,59 @@ mod tests {
         for (tenant, id, _) in owners {
             assert_eq!(store.get(&tenant, &id).unwrap().id, id);
         }
+    }
+
+    /// A snapshot taken by a layout 4 build: indexes left out, and device
+    /// records as JSON. It restores, upgraded, and every record still reads.
+    #[actix_web::test]
+    async fn a_layout_4_snapshot_without_its_indexes_restores_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("db/devicehub.redb");
+        let store = five_devices(&db_path).await;
+        let expected = store.list("t", &Default::default()).unwrap().devices;
+        let snapshot = store.snapshot_report(&dir.path().join("backups")).unwrap();
+        drop(store);
+        {
+            // What a layout 4 build wrote: the same rows, records as JSON.
+            let db = Database::open(&snapshot.path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut devices = txn.open_table(DEVICES).unwrap();
+                let mut rows = Vec::new();
+                for row in devices.range::<(&str, &str)>(..).unwrap() {
+                    let (key, value) = row.unwrap();
+                    let (tenant, id) = key.value();
+                    let record = crate::store::DeviceRecord::decode(value.value()).unwrap();
+                    let json = serde_json::to_vec(&record).unwrap();
+                    rows.push((tenant.to_string(), id.to_string(), json));
+                }
+                assert_eq!(rows.len(), 5);
+                for (tenant, id, json) in &rows {
+                    devices
+                        .insert((tenant.as_str(), id.as_str()), json.as_slice())
+                        .unwrap();
+                }
+                txn.open_table(META)
+                    .unwrap()
+                    .insert(SCHEMA_VERSION_KEY, 4)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let checked = Embedded::check_snapshot(&snapshot.path).unwrap();
+        assert_eq!(checked.older_layout, Some(4));
+        assert!(checked.indexes_omitted);
+
+        let target = dir.path().join("restored/devicehub.redb");
+        Embedded::restore(&snapshot.path, &target).unwrap();
+        let now = Embedded::check_snapshot(&target).unwrap();
+        assert_eq!(now.older_layout, None, "restored at this build's layout");
+        let restored = Embedded::open(&target).unwrap();
+        restored.verify_indexes().unwrap();
+        let listed = restored.list("t", &Default::default()).unwrap().devices;
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed, expected);
+        assert_eq!(restored.all_stats().unwrap().revoked, 1);
     }
 
     #[test]

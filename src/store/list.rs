@@ -227,9 +227,9 @@ impl DeviceCursor {
 
 /// Whether a stored record surely has no name containing `needle` (lower
 /// case), judged from its raw bytes without decoding it: a search over a
-/// whole tenant then decodes only the records that match. The record's JSON
-/// starts with its name (`DeviceRecord`'s first field); the judgement is made
-/// only for an ASCII name without escapes and an ASCII needle, where ASCII
+/// whole tenant then decodes only the records that match. Both stored forms
+/// start with the name (`record.rs`); the judgement is made only for an
+/// ASCII name (without escapes, in JSON) and an ASCII needle, where ASCII
 /// case folding is Unicode's. Anything else is "maybe", left to the decoded
 /// check.
 fn surely_lacks(record: &[u8], needle: &str) -> bool {
@@ -245,8 +245,12 @@ fn surely_lacks(record: &[u8], needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// The name's bytes in a stored record, when it has no escapes.
+/// The name's bytes in a stored record: the binary form's first field, or a
+/// JSON record's (an earlier layout) when it has no escapes.
 fn stored_name(record: &[u8]) -> Option<&[u8]> {
+    if let Some(name) = super::record::binary_name(record) {
+        return Some(name);
+    }
     let rest = record.strip_prefix(br#"{"name":""#)?;
     let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
     (rest[end] == b'"').then_some(&rest[..end])
@@ -327,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_name_is_the_records_first_field() {
+    fn the_stored_name_is_the_records_first_field_in_either_form() {
         let stored = crate::store::DeviceRecord {
             name: "Scanner \"7\"".into(),
             status: crate::devices::DeviceStatus::Active,
@@ -343,11 +347,16 @@ mod tests {
             last_event: None,
         };
         let record = stored.encode().unwrap();
-        assert!(record.starts_with(br#"{"name":"Scanner \"7\"""#));
+        assert_eq!(stored_name(&record), Some(&b"Scanner \"7\""[..]));
+        assert!(!surely_lacks(&record, "scanner \"7"));
+        assert!(surely_lacks(&record, "kiosk"));
+        // A JSON record, as earlier layouts wrote them.
+        let json = serde_json::to_vec(&stored).unwrap();
+        assert!(json.starts_with(br#"{"name":"Scanner \"7\"""#));
         assert_eq!(
             stored_name(br#"{"name":"Plain","x":1}"#),
             Some(&b"Plain"[..])
         );
-        assert_eq!(stored_name(&record), None, "an escaped name is not judged");
+        assert_eq!(stored_name(&json), None, "an escaped name is not judged");
     }
 }

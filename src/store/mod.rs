@@ -16,6 +16,7 @@ mod last_seen;
 mod list;
 pub mod postgres;
 mod reads;
+mod record;
 pub mod tables;
 mod webhooks;
 
@@ -129,7 +130,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// A device as stored (value of `DEVICES`).
+/// A device as stored (value of `DEVICES`; its encodings: `record.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeviceRecord {
     name: String,
@@ -162,15 +163,6 @@ struct Keys {
 }
 
 impl DeviceRecord {
-    fn decode(bytes: &[u8]) -> StoreResult<DeviceRecord> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Internal(format!("undecodable device record: {e}")))
-    }
-
-    fn encode(&self) -> StoreResult<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| StoreError::Internal(e.to_string()))
-    }
-
     fn keys(&self) -> Keys {
         Keys {
             current: self.key_hash.clone(),
@@ -977,6 +969,14 @@ impl Inner {
                         log::info!(
                             "storage: upgraded the layout from version {old} to {SCHEMA_VERSION} ({named} device names indexed)"
                         );
+                    }
+                    Some(4) => {
+                        // Layout 4 differs only in how device records are
+                        // encoded: its JSON records still read, and each is
+                        // rewritten in the binary form when its device
+                        // next changes (`record.rs`).
+                        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                        log::info!("storage: upgraded the layout from version 4 to {SCHEMA_VERSION}");
                     }
                     Some(other) => {
                         return Err(StoreError::Internal(format!(

@@ -8,7 +8,8 @@ use redb::TableDefinition;
 /// key: setting name (`"schema_version"`) · value: its number.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// key: (tenant_id, device_id) · value: the device record, JSON (`DeviceRecord`).
+/// key: (tenant_id, device_id) · value: the device record (`DeviceRecord`),
+/// binary; JSON in records not rewritten since layout 4 (`record.rs`).
 /// Device ids are `dev_` + ULID, so a tenant's range is in creation order.
 pub const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
 
@@ -79,8 +80,11 @@ pub const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str, u64), &[u8]> =
 
 /// The layout version this build reads and writes. Version 1 (the first
 /// release) had no status, location or count tables; version 2 had no event or
-/// webhook tables; version 3 had no name index. All are upgraded in place.
-pub const SCHEMA_VERSION: u64 = 4;
+/// webhook tables; version 3 had no name index; version 4 stored every device
+/// record as JSON (this build reads those and writes the binary form, so a
+/// record moves to it when its device next changes, and an older build,
+/// which could not read it, refuses the file). All are upgraded in place.
+pub const SCHEMA_VERSION: u64 = 5;
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// Set in a snapshot, which leaves out the tables built from `DEVICES` (the

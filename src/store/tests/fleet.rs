@@ -814,3 +814,82 @@ async fn a_layout_3_file_gains_the_name_index_in_place() {
     drop(store);
     assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
 }
+
+#[actix_web::test]
+async fn a_layout_4_file_keeps_its_json_records_until_a_device_changes() {
+    if redb_only("a_layout_4_file_keeps_its_json_records_until_a_device_changes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devicehub.redb");
+    let before = {
+        let store = embedded_at(&path);
+        let mut before = Vec::new();
+        for (i, name) in ["Front Scanner", "Kiosk \"7\""].iter().enumerate() {
+            let body = json!({"name": name, "locationIds": ["l1"], "pimSegmentIds": ["s"]});
+            before.push(create(&store, "t", body, 1_000 + i as u64).await);
+        }
+        before
+    };
+    let stored = |path: &std::path::Path, id: &str| -> Vec<u8> {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let devices = txn.open_table(DEVICES).unwrap();
+        let value = devices.get(("t", id)).unwrap().unwrap().value().to_vec();
+        value
+    };
+    {
+        // What a layout-4 build left: every record as JSON.
+        let db = Database::create(&path).unwrap();
+        let txn = write_txn(&db).unwrap();
+        {
+            let mut devices = txn.open_table(DEVICES).unwrap();
+            for device in &before {
+                let key = ("t", device.id.as_str());
+                let record = DeviceRecord::decode(devices.get(key).unwrap().unwrap().value());
+                let json = serde_json::to_vec(&record.unwrap()).unwrap();
+                devices.insert(key, json.as_slice()).unwrap();
+            }
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, 4)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Embedded::open(&path).unwrap();
+    store.verify_indexes().unwrap();
+    for device in &before {
+        assert_eq!(&store.get("t", &device.id).unwrap(), device);
+    }
+    let kiosk = ListQuery {
+        name_contains: Some("kiosk".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.list("t", &kiosk).unwrap()),
+        [before[1].id.clone()]
+    );
+    store
+        .update(
+            "t",
+            &before[0].id,
+            patch(json!({"name": "Gate"})),
+            None,
+            Millis(5_000),
+        )
+        .await
+        .unwrap();
+    store.verify_indexes().unwrap();
+    drop(store);
+    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
+    // The changed device is now in the binary form; the other is as it was.
+    assert_eq!(
+        stored(&path, &before[0].id)[0],
+        crate::store::record::BINARY
+    );
+    assert_eq!(stored(&path, &before[1].id)[0], b'{');
+    let store = Embedded::open(&path).unwrap();
+    assert_eq!(store.get("t", &before[0].id).unwrap().name, "Gate");
+    assert_eq!(&store.get("t", &before[1].id).unwrap(), &before[1]);
+}

@@ -1,0 +1,299 @@
+//! The device record's stored form (the value of `DEVICES`).
+//!
+//! This build writes a binary form: the tag byte `BINARY`, then the fields
+//! in a fixed order. Strings are a little-endian `u32` length and their
+//! UTF-8 bytes; numbers are little-endian `u64`; lists are a `u32` count and
+//! their strings; `flags` holds the one boolean and which optional fields
+//! follow. The name comes first, so a search can judge a record by its name
+//! without decoding it (`list::stored_name`).
+//!
+//! ```text
+//! 0x01 name status:u8 flags:u8 created:u64 updated:u64 version:u64
+//!      location_ids pim_segment_ids key_hash
+//!      [prev_key_hash] [prev_key_expires:u64] [last_event]
+//! ```
+//!
+//! Files of layout 4 and earlier hold records as JSON, which always start
+//! with `{`: `decode` reads both, and a record is written in the binary form
+//! the next time its device changes. Reading a record is then a walk over its
+//! bytes instead of a JSON parse (about 7,400 instructions of a GET's 43,000,
+//! `docs/PERFORMANCE.md`).
+
+use super::indexes::status_code;
+use super::{DeviceRecord, StoreError, StoreResult};
+use crate::devices::DeviceStatus;
+
+/// The first byte of a record in the binary form (JSON starts with `{`).
+pub(super) const BINARY: u8 = 0x01;
+
+const PIM_ENABLED: u8 = 1;
+const PREV_KEY_HASH: u8 = 1 << 1;
+const PREV_KEY_EXPIRES: u8 = 1 << 2;
+const LAST_EVENT: u8 = 1 << 3;
+const KNOWN_FLAGS: u8 = PIM_ENABLED | PREV_KEY_HASH | PREV_KEY_EXPIRES | LAST_EVENT;
+
+impl DeviceRecord {
+    pub(super) fn decode(bytes: &[u8]) -> StoreResult<DeviceRecord> {
+        match bytes.split_first() {
+            Some((&BINARY, rest)) => Reader(rest).record().ok_or_else(|| {
+                StoreError::Internal("undecodable device record: a damaged binary record".into())
+            }),
+            _ => serde_json::from_slice(bytes)
+                .map_err(|e| StoreError::Internal(format!("undecodable device record: {e}"))),
+        }
+    }
+
+    pub(super) fn encode(&self) -> StoreResult<Vec<u8>> {
+        let strings = self.name.len()
+            + self.key_hash.len()
+            + self.location_ids.iter().map(String::len).sum::<usize>()
+            + self.pim_segment_ids.iter().map(String::len).sum::<usize>()
+            + self.prev_key_hash.as_ref().map_or(0, String::len)
+            + self.last_event.as_ref().map_or(0, String::len);
+        let fields = 8 + self.location_ids.len() + self.pim_segment_ids.len();
+        let mut out = Vec::with_capacity(3 + 4 * 8 + 4 * fields + strings);
+        out.push(BINARY);
+        put_str(&mut out, &self.name)?;
+        out.push(status_code(self.status));
+        let mut flags = 0;
+        for (present, flag) in [
+            (self.pim_enabled, PIM_ENABLED),
+            (self.prev_key_hash.is_some(), PREV_KEY_HASH),
+            (self.prev_key_expires_ms.is_some(), PREV_KEY_EXPIRES),
+            (self.last_event.is_some(), LAST_EVENT),
+        ] {
+            if present {
+                flags |= flag;
+            }
+        }
+        out.push(flags);
+        for n in [self.created_ms, self.updated_ms, self.version] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for list in [&self.location_ids, &self.pim_segment_ids] {
+            put_len(&mut out, list.len())?;
+            for item in list {
+                put_str(&mut out, item)?;
+            }
+        }
+        put_str(&mut out, &self.key_hash)?;
+        if let Some(hash) = &self.prev_key_hash {
+            put_str(&mut out, hash)?;
+        }
+        if let Some(ends) = self.prev_key_expires_ms {
+            out.extend_from_slice(&ends.to_le_bytes());
+        }
+        if let Some(event) = &self.last_event {
+            put_str(&mut out, event)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The name's bytes in a binary record, read without decoding the rest.
+pub(super) fn binary_name(record: &[u8]) -> Option<&[u8]> {
+    match record.split_first() {
+        Some((&BINARY, rest)) => Reader(rest).bytes(),
+        _ => None,
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) -> StoreResult<()> {
+    let len = u32::try_from(len)
+        .map_err(|_| StoreError::Internal("a device field is too long to store".into()))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> StoreResult<()> {
+    put_len(out, s.len())?;
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// The bytes of a binary record not yet read. Every read checks the length
+/// left, so a damaged record is refused, never read past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<usize> {
+        let b = self.take(4)?;
+        usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(self.take(8)?);
+        Some(u64::from_le_bytes(n))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()?;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
+    }
+
+    fn strings(&mut self) -> Option<Vec<String>> {
+        let count = self.u32()?;
+        // Each string takes at least its 4-byte length: a count the bytes
+        // left cannot hold is damage, refused before anything is reserved.
+        if count > self.0.len() / 4 {
+            return None;
+        }
+        (0..count).map(|_| self.string()).collect()
+    }
+
+    fn record(mut self) -> Option<DeviceRecord> {
+        let name = self.string()?;
+        let code = self.u8()?;
+        let status = DeviceStatus::ALL
+            .into_iter()
+            .find(|s| status_code(*s) == code)?;
+        let flags = self.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return None;
+        }
+        let created_ms = self.u64()?;
+        let updated_ms = self.u64()?;
+        let version = self.u64()?;
+        let location_ids = self.strings()?;
+        let pim_segment_ids = self.strings()?;
+        let key_hash = self.string()?;
+        let has = |flag: u8| flags & flag != 0;
+        let prev_key_hash = if has(PREV_KEY_HASH) {
+            Some(self.string()?)
+        } else {
+            None
+        };
+        let prev_key_expires_ms = if has(PREV_KEY_EXPIRES) {
+            Some(self.u64()?)
+        } else {
+            None
+        };
+        let last_event = if has(LAST_EVENT) {
+            Some(self.string()?)
+        } else {
+            None
+        };
+        self.0.is_empty().then_some(DeviceRecord {
+            name,
+            status,
+            location_ids,
+            pim_enabled: has(PIM_ENABLED),
+            pim_segment_ids,
+            created_ms,
+            updated_ms,
+            version,
+            key_hash,
+            prev_key_hash,
+            prev_key_expires_ms,
+            last_event,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> DeviceRecord {
+        DeviceRecord {
+            name: "Front \"scanner\" \u{e9}".into(),
+            status: DeviceStatus::Inactive,
+            location_ids: vec!["loc-1".into(), "loc-\u{202e}2".into()],
+            pim_enabled: true,
+            pim_segment_ids: vec!["seg-a".into()],
+            created_ms: 1_700_000_000_000,
+            updated_ms: 1_700_000_000_123,
+            version: 7,
+            key_hash: "ab".repeat(32),
+            prev_key_hash: Some("cd".repeat(32)),
+            prev_key_expires_ms: Some(1_700_000_060_000),
+            last_event: Some("evt_01HZZZZZZZZZZZZZZZZZZZZZZZ".into()),
+        }
+    }
+
+    fn same(a: &DeviceRecord, b: &DeviceRecord) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_with_and_without_its_optional_fields() {
+        let full = record();
+        let bare = DeviceRecord {
+            pim_enabled: false,
+            location_ids: vec![],
+            pim_segment_ids: vec![],
+            prev_key_hash: None,
+            prev_key_expires_ms: None,
+            last_event: None,
+            status: DeviceStatus::Revoked,
+            ..record()
+        };
+        for original in [full, bare] {
+            let bytes = original.encode().unwrap();
+            assert_eq!(bytes[0], BINARY);
+            let back = DeviceRecord::decode(&bytes).unwrap();
+            assert!(same(&original, &back), "{original:?} != {back:?}");
+        }
+    }
+
+    #[test]
+    fn a_json_record_of_an_earlier_layout_still_reads() {
+        let original = record();
+        let json = serde_json::to_vec(&original).unwrap();
+        assert_eq!(json[0], b'{');
+        assert!(same(&original, &DeviceRecord::decode(&json).unwrap()));
+    }
+
+    #[test]
+    fn a_damaged_binary_record_is_refused_not_misread() {
+        let bytes = record().encode().unwrap();
+        // Cut anywhere: every prefix is refused.
+        for cut in 1..bytes.len() {
+            assert!(DeviceRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // A byte too many, an unknown status or flag, a count past the end.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(DeviceRecord::decode(&longer).is_err());
+        let name_len = 4 + record().name.len();
+        let mut status = bytes.clone();
+        status[1 + name_len] = 9;
+        assert!(DeviceRecord::decode(&status).is_err());
+        let mut flags = bytes.clone();
+        flags[2 + name_len] |= 0x80;
+        assert!(DeviceRecord::decode(&flags).is_err());
+        let mut count = bytes.clone();
+        let lists = 3 + name_len + 24;
+        count[lists..lists + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(DeviceRecord::decode(&count).is_err());
+        // Not UTF-8 in the name.
+        let mut utf8 = bytes;
+        utf8[5] = 0xff;
+        assert!(DeviceRecord::decode(&utf8).is_err());
+    }
+
+    #[test]
+    fn the_name_is_read_from_the_raw_bytes() {
+        let bytes = record().encode().unwrap();
+        assert_eq!(binary_name(&bytes), Some(record().name.as_bytes()));
+        assert_eq!(binary_name(b"{\"name\":\"x\"}"), None);
+    }
+}
