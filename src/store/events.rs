@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::tables::{EVENTS, ID_MAX};
 use super::{StoreError, StoreResult};
@@ -62,14 +62,13 @@ pub struct Recorded<'a> {
 /// stored in its compact form (`compact`): the device's fields and the old
 /// values, in binary, rendered to JSON when read.
 pub(super) fn record(
-    txn: &WriteTransaction,
+    table: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
     tenant: &str,
     what: Recorded<'_>,
     now: Millis,
     last_ids: &LastIds,
 ) -> StoreResult<String> {
-    let mut table = txn.open_table(EVENTS)?;
-    let ulid = last_ids.next(&table, tenant, now)?;
+    let ulid = last_ids.next(table, tenant, now)?;
     let id = events::id::format(ulid);
     let value = compact::encode(&what, now)?;
     table.insert((tenant, id.as_str()), value.as_slice())?;

@@ -5,7 +5,7 @@
 
 use std::hash::{BuildHasher, Hash, RandomState};
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, NAME_INDEX, STATUS_INDEX, TENANT_COUNTS};
 use super::{DeviceRecord, StoreError, StoreResult};
@@ -51,30 +51,38 @@ pub struct Indexed<'a> {
     pub location_ids: &'a [String],
 }
 
+/// The name index, opened by the caller (the writer shares it per batch).
+pub type Names<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
+
 /// Indexes and counts a device that did not exist before.
-pub fn insert(txn: &WriteTransaction, tenant: &str, id: &str, new: Indexed) -> StoreResult<()> {
+pub fn insert(
+    txn: &WriteTransaction,
+    names: &mut Names<'_>,
+    tenant: &str,
+    id: &str,
+    new: Indexed,
+) -> StoreResult<()> {
     txn.open_table(STATUS_INDEX)?
         .insert((tenant, status_code(new.status), id), ())?;
     let mut locations = txn.open_table(LOCATION_INDEX)?;
     for location in new.location_ids {
         locations.insert((tenant, location.as_str(), id), ())?;
     }
-    txn.open_table(NAME_INDEX)?
-        .insert((tenant, id), new.name.to_lowercase().as_bytes())?;
+    names.insert((tenant, id), new.name.to_lowercase().as_bytes())?;
     adjust_count(txn, tenant, new.status, 1)
 }
 
 /// Moves a device's index entries and counts from `old` to `new`.
 pub fn change(
     txn: &WriteTransaction,
+    names: &mut Names<'_>,
     tenant: &str,
     id: &str,
     old: Indexed,
     new: Indexed,
 ) -> StoreResult<()> {
     if old.name != new.name {
-        txn.open_table(NAME_INDEX)?
-            .insert((tenant, id), new.name.to_lowercase().as_bytes())?;
+        names.insert((tenant, id), new.name.to_lowercase().as_bytes())?;
     }
     if old.status != new.status {
         let mut statuses = txn.open_table(STATUS_INDEX)?;

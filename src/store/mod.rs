@@ -43,7 +43,7 @@ use crate::error::{ApiError, StartupError};
 use crate::events::{EventBus, EventType};
 use crate::idempotency::{self, Fingerprint, KeyId};
 use crate::webhooks::{Delivery, Webhook, WebhookPatch};
-use commit::Writer;
+use commit::{Shared, Writer};
 use events::Recorded;
 use handle::DbHandle;
 use indexes::Indexed;
@@ -507,13 +507,14 @@ impl Embedded {
         let (tenant, actor) = owned(author);
         let device = self
             .writer
-            .submit(move |inner, txn| {
+            .submit_shared(move |inner, shared| {
                 let author = Author {
                     tenant: &tenant,
                     actor: actor.as_deref(),
                 };
-                let device = inner.create_in(txn, author, &new, key_hash, now, quota)?;
+                let device = inner.create_in(shared, author, &new, key_hash, now, quota)?;
                 if let Some(remember) = remember {
+                    let (txn, _) = shared.tables()?;
                     remember_in(txn, &tenant, remember, &device, None, now)?;
                 }
                 Ok(device)
@@ -637,16 +638,18 @@ impl Embedded {
         let device_id = device_id.to_string();
         let rotated = self
             .writer
-            .submit(move |inner, txn| {
+            .submit_shared(move |inner, shared| {
                 let event = (EventType::KeyRotated, actor.as_deref());
-                let modified = inner.modify_in(txn, &tenant, &device_id, now, event, |device| {
-                    if device.status == DeviceStatus::Revoked {
-                        return Err(StoreError::Revoked);
-                    }
-                    Ok(Change::Key(new_hash, grace_ms))
-                })?;
+                let modified =
+                    inner.modify_in(shared, &tenant, &device_id, now, event, |device| {
+                        if device.status == DeviceStatus::Revoked {
+                            return Err(StoreError::Revoked);
+                        }
+                        Ok(Change::Key(new_hash, grace_ms))
+                    })?;
                 if let Some(remember) = remember {
                     let (device, grace_end) = (&modified.device, modified.grace_end);
+                    let (txn, _) = shared.tables()?;
                     remember_in(txn, &tenant, remember, device, grace_end, now)?;
                 }
                 Ok(modified)
@@ -673,9 +676,9 @@ impl Embedded {
         let device_id = device_id.to_string();
         let modified = self
             .writer
-            .submit(move |inner, txn| {
+            .submit_shared(move |inner, shared| {
                 let event = (kind, actor.as_deref());
-                inner.modify_in(txn, &tenant, &device_id, now, event, change)
+                inner.modify_in(shared, &tenant, &device_id, now, event, change)
             })
             .await?;
         if modified.changed {
@@ -698,8 +701,9 @@ impl Embedded {
             let inner = self.inner.clone();
             let failed_key = key.clone();
             let queued = self.writer.enqueue(
-                move |_, txn| {
-                    txn.open_table(LAST_SEEN)?
+                move |_, shared| {
+                    let (_, hot) = shared.tables()?;
+                    hot.last_seen
                         .insert((key.0.as_str(), key.1.as_str()), due.0)?;
                     Ok(())
                 },
@@ -1026,21 +1030,21 @@ impl Inner {
 
     fn create_in(
         &self,
-        txn: &WriteTransaction,
+        shared: &mut Shared<'_>,
         Author { tenant, actor }: Author<'_>,
         new: &NewDevice,
         key_hash: KeyHash,
         now: Millis,
         quota: Option<u64>,
     ) -> StoreResult<Device> {
+        let (txn, hot) = shared.tables()?;
         if let Some(quota) = quota {
             let held = indexes::counts(&txn.open_table(TENANT_COUNTS)?, tenant)?.total();
             if held >= quota {
                 return Err(StoreError::QuotaExceeded(quota));
             }
         }
-        let mut devices = txn.open_table(DEVICES)?;
-        let ulid = next_ulid(&devices, tenant, now, id::PREFIX)?;
+        let ulid = next_ulid(&hot.devices, tenant, now, id::PREFIX)?;
         let device = registered(id::format(ulid), new, now);
         let keys = Keys {
             current: device_key::to_hex(&key_hash),
@@ -1054,12 +1058,15 @@ impl Inner {
             device_previous: None,
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
-        devices.insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
+        let event = events::record(&mut hot.events, tenant, what, now, &self.event_ids)?;
+        record.last_event = Some(event);
+        hot.devices
+            .insert((tenant, device.id.as_str()), record.encode()?.as_slice())?;
         txn.open_table(KEY_INDEX)?
             .insert(&key_hash, (tenant, device.id.as_str()))?;
         indexes::insert(
             txn,
+            &mut hot.names,
             tenant,
             &device.id,
             Indexed {
@@ -1077,21 +1084,21 @@ impl Inner {
     /// key's grace ends, if it has one.
     fn modify_in(
         &self,
-        txn: &WriteTransaction,
+        shared: &mut Shared<'_>,
         tenant: &str,
         device_id: &str,
         now: Millis,
         (kind, actor): (EventType, Option<&str>),
         change: impl FnOnce(&mut Device) -> StoreResult<Change>,
     ) -> StoreResult<Modified> {
-        let mut devices = txn.open_table(DEVICES)?;
-        let record = match devices.get((tenant, device_id))? {
+        let (txn, hot) = shared.tables()?;
+        let record = match hot.devices.get((tenant, device_id))? {
             Some(v) => DeviceRecord::decode(v.value())?,
             None => return Err(StoreError::NotFound),
         };
         let mut keys = record.keys();
         let last_event = record.last_event.clone();
-        let last_seen = self.last_seen(&txn.open_table(LAST_SEEN)?, tenant, device_id)?;
+        let last_seen = self.last_seen(&hot.last_seen, tenant, device_id)?;
         let mut device = record.into_device(device_id, last_seen);
         let before = device.clone();
         let change = change(&mut device)?;
@@ -1105,6 +1112,7 @@ impl Inner {
         }
         indexes::change(
             txn,
+            &mut hot.names,
             tenant,
             device_id,
             Indexed {
@@ -1167,8 +1175,10 @@ impl Inner {
             device_previous: last_event.as_deref(),
         };
         let mut record = DeviceRecord::from_device(&device, keys);
-        record.last_event = Some(events::record(txn, tenant, what, now, &self.event_ids)?);
-        devices.insert((tenant, device_id), record.encode()?.as_slice())?;
+        let event = events::record(&mut hot.events, tenant, what, now, &self.event_ids)?;
+        record.last_event = Some(event);
+        hot.devices
+            .insert((tenant, device_id), record.encode()?.as_slice())?;
         Ok(Modified {
             device,
             grace_end,

@@ -615,3 +615,82 @@ async fn event_ids_keep_growing_after_the_newest_was_pruned_and_the_clock_steppe
         .to_string();
     assert!(next > first, "{next} <= {first}");
 }
+
+/// The writer shares the tables of registrations and changes across a
+/// batch; a write that opens its own tables (here a new webhook, which reads
+/// the feed for its cursor) closes them first. In one batch, each still sees
+/// exactly what the writes before it did.
+#[actix_web::test]
+async fn one_batch_of_mixed_writes_applies_them_in_order_over_shared_tables() {
+    if redb_only("one_batch_of_mixed_writes_applies_them_in_order_over_shared_tables") {
+        return;
+    }
+    let store = open_embedded();
+    let (live, _) = add(&store, "t", "live", 1_000).await;
+    let held = hold_writer(&store, 500);
+    let update = |name: &'static str| {
+        let (store, id) = (store.clone(), live.id.clone());
+        actix_web::rt::spawn(async move {
+            let body = patch(json!({ "name": name }));
+            store.update("t", &id, body, None, Millis(2_000)).await
+        })
+    };
+    let first = update("first");
+    actix_web::rt::task::yield_now().await;
+    let hook = {
+        let store = store.clone();
+        actix_web::rt::spawn(async move {
+            let new = crate::webhooks::WebhookPatch {
+                url: Some("http://hooks.example/".into()),
+                events: Some(vec!["*".into()]),
+                ..Default::default()
+            };
+            store
+                .create_webhook("t", new, "whsec_a".into(), Millis(2_000))
+                .await
+        })
+    };
+    actix_web::rt::task::yield_now().await;
+    // A device's first check-in is due for disk: it writes the shared
+    // check-in table.
+    store.touch("t", &live.id, Millis(2_000));
+    let second = update("second");
+    actix_web::rt::task::yield_now().await;
+    let added = {
+        let store = store.clone();
+        actix_web::rt::spawn(async move { add(&store, "t", "added", 2_000).await })
+    };
+    actix_web::rt::task::yield_now().await;
+    held.await.unwrap().unwrap();
+    let first = first.await.unwrap().unwrap();
+    let hook = hook.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    let (added, _) = added.await.unwrap();
+    assert_eq!((first.version, second.version), (2, 3));
+    assert_eq!(second.last_seen_at, Some(Millis(2_000)));
+
+    let feed = all(&store, "t").await;
+    let kinds: Vec<_> = feed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "device.created",
+            "device.updated",
+            "device.updated",
+            "device.created"
+        ]
+    );
+    assert_eq!(feed[2]["data"]["object"]["name"], "second");
+    assert_eq!(feed[3]["data"]["object"]["id"], added.id.as_str());
+    // The webhook's cursor is the event before it: it starts at "second".
+    let Next::Send(attempt) = store
+        .next_delivery("t", &hook.id, None, Millis(3_000))
+        .await
+        .unwrap()
+    else {
+        panic!("the change after the webhook is due")
+    };
+    assert_eq!(attempt.event.id, feed[2]["id"].as_str().unwrap());
+    store.verify_indexes().await.unwrap();
+    drop(store);
+}
