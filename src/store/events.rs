@@ -300,9 +300,10 @@ pub(super) fn prune(txn: &WriteTransaction, cutoff: u64, max: usize) -> StoreRes
 pub(super) mod compact {
     use serde_json::{Map, Value};
 
+    use super::super::bytes::{put_list, put_str, Reader};
     use super::super::indexes::status_code;
-    use super::{Recorded, StoreError, StoreResult};
-    use crate::devices::{Device, DeviceStatus, Millis};
+    use super::{Recorded, StoreResult};
+    use crate::devices::{Device, Millis};
     use crate::events::{Event, EventData, EventType};
 
     /// Set in the first byte of a compact event (type codes are below it).
@@ -322,16 +323,16 @@ pub(super) mod compact {
         match what.actor {
             Some(actor) => {
                 out.push(1);
-                put_str(&mut out, actor)?;
+                put_str::<2>(&mut out, actor)?;
             }
             None => out.push(0),
         }
-        put_str(&mut out, &device.id)?;
-        put_str(&mut out, &device.name)?;
+        put_str::<2>(&mut out, &device.id)?;
+        put_str::<2>(&mut out, &device.name)?;
         out.push(status_code(device.status));
-        put_list(&mut out, &device.location_ids)?;
+        put_list::<2>(&mut out, &device.location_ids)?;
         out.push(u8::from(device.pim_enabled));
-        put_list(&mut out, &device.pim_segment_ids)?;
+        put_list::<2>(&mut out, &device.pim_segment_ids)?;
         out.extend_from_slice(&device.created_at.0.to_le_bytes());
         out.extend_from_slice(&device.updated_at.0.to_le_bytes());
         match device.last_seen_at {
@@ -350,7 +351,7 @@ pub(super) mod compact {
         out.push(0);
         if before.name != device.name {
             mask |= NAME;
-            put_str(&mut out, &before.name)?;
+            put_str::<2>(&mut out, &before.name)?;
         }
         if before.status != device.status {
             mask |= STATUS;
@@ -358,7 +359,7 @@ pub(super) mod compact {
         }
         if before.location_ids != device.location_ids {
             mask |= LOCATIONS;
-            put_list(&mut out, &before.location_ids)?;
+            put_list::<2>(&mut out, &before.location_ids)?;
         }
         if before.pim_enabled != device.pim_enabled {
             mask |= PIM;
@@ -366,7 +367,7 @@ pub(super) mod compact {
         }
         if before.pim_segment_ids != device.pim_segment_ids {
             mask |= SEGMENTS;
-            put_list(&mut out, &before.pim_segment_ids)?;
+            put_list::<2>(&mut out, &before.pim_segment_ids)?;
         }
         out[at] = mask;
         Ok(out)
@@ -379,15 +380,15 @@ pub(super) mod compact {
         let created_at = Millis(r.u64()?);
         let actor = match r.u8()? {
             0 => None,
-            _ => Some(r.str()?),
+            _ => Some(r.str::<2>()?),
         };
         let device = Device {
-            id: r.str()?.to_string(),
-            name: r.str()?.to_string(),
+            id: r.str::<2>()?.to_string(),
+            name: r.str::<2>()?.to_string(),
             status: r.status()?,
-            location_ids: r.list()?,
+            location_ids: r.list::<2>()?,
             pim_enabled: r.u8()? != 0,
-            pim_segment_ids: r.list()?,
+            pim_segment_ids: r.list::<2>()?,
             created_at: Millis(r.u64()?),
             updated_at: Millis(r.u64()?),
             last_seen_at: match r.u8()? {
@@ -400,19 +401,19 @@ pub(super) mod compact {
         let mask = r.u8()?;
         let mut previous = Map::new();
         if mask & NAME != 0 {
-            previous.insert("name".into(), Value::from(r.str()?));
+            previous.insert("name".into(), Value::from(r.str::<2>()?));
         }
         if mask & STATUS != 0 {
             previous.insert("status".into(), Value::from(r.status()?.as_str()));
         }
         if mask & LOCATIONS != 0 {
-            previous.insert("locationIds".into(), Value::from(r.list()?));
+            previous.insert("locationIds".into(), Value::from(r.list::<2>()?));
         }
         if mask & PIM != 0 {
             previous.insert("pimEnabled".into(), Value::from(r.u8()? != 0));
         }
         if mask & SEGMENTS != 0 {
-            previous.insert("pimSegmentIds".into(), Value::from(r.list()?));
+            previous.insert("pimSegmentIds".into(), Value::from(r.list::<2>()?));
         }
         if !r.0.is_empty() || mask >= SEGMENTS << 1 {
             return None;
@@ -431,65 +432,5 @@ pub(super) mod compact {
         let mut json = Vec::with_capacity(512);
         serde_json::to_writer(&mut json, &event).ok()?;
         Some(json)
-    }
-
-    fn put_str(out: &mut Vec<u8>, text: &str) -> StoreResult<()> {
-        let len = u16::try_from(text.len())
-            .map_err(|_| StoreError::Internal("a string too long for an event".into()))?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
-
-    fn put_list(out: &mut Vec<u8>, items: &[String]) -> StoreResult<()> {
-        let count = u16::try_from(items.len())
-            .map_err(|_| StoreError::Internal("a list too long for an event".into()))?;
-        out.extend_from_slice(&count.to_le_bytes());
-        for item in items {
-            put_str(out, item)?;
-        }
-        Ok(())
-    }
-
-    struct Reader<'a>(&'a [u8]);
-
-    impl<'a> Reader<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            if self.0.len() < n {
-                return None;
-            }
-            let (head, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Some(head)
-        }
-
-        fn u8(&mut self) -> Option<u8> {
-            self.take(1).map(|b| b[0])
-        }
-
-        fn u16(&mut self) -> Option<u16> {
-            Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-        }
-
-        fn u64(&mut self) -> Option<u64> {
-            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-        }
-
-        fn str(&mut self) -> Option<&'a str> {
-            let len = usize::from(self.u16()?);
-            std::str::from_utf8(self.take(len)?).ok()
-        }
-
-        fn list(&mut self) -> Option<Vec<String>> {
-            let count = self.u16()?;
-            (0..count).map(|_| self.str().map(str::to_string)).collect()
-        }
-
-        fn status(&mut self) -> Option<DeviceStatus> {
-            let code = self.u8()?;
-            DeviceStatus::ALL
-                .into_iter()
-                .find(|s| status_code(*s) == code)
-        }
     }
 }

@@ -7,6 +7,7 @@
 
 mod backend;
 pub mod backup;
+mod bytes;
 mod commit;
 mod events;
 pub mod export;

@@ -19,8 +19,10 @@
 //! bytes instead of a JSON parse (about 7,400 instructions of a GET's 43,000,
 //! `docs/PERFORMANCE.md`).
 
+use super::bytes::{put_list, put_str, Reader};
 use super::indexes::status_code;
 use super::{DeviceRecord, StoreError, StoreResult};
+#[cfg(test)]
 use crate::devices::DeviceStatus;
 
 /// The first byte of a record in the binary form (JSON starts with `{`).
@@ -35,7 +37,7 @@ const KNOWN_FLAGS: u8 = PIM_ENABLED | PREV_KEY_HASH | PREV_KEY_EXPIRES | LAST_EV
 impl DeviceRecord {
     pub(super) fn decode(bytes: &[u8]) -> StoreResult<DeviceRecord> {
         match bytes.split_first() {
-            Some((&BINARY, rest)) => Reader(rest).record().ok_or_else(|| {
+            Some((&BINARY, rest)) => read(rest).ok_or_else(|| {
                 StoreError::Internal("undecodable device record: a damaged binary record".into())
             }),
             _ => serde_json::from_slice(bytes)
@@ -53,7 +55,7 @@ impl DeviceRecord {
         let fields = 8 + self.location_ids.len() + self.pim_segment_ids.len();
         let mut out = Vec::with_capacity(3 + 4 * 8 + 4 * fields + strings);
         out.push(BINARY);
-        put_str(&mut out, &self.name)?;
+        put_str::<4>(&mut out, &self.name)?;
         out.push(status_code(self.status));
         let mut flags = 0;
         for (present, flag) in [
@@ -70,21 +72,17 @@ impl DeviceRecord {
         for n in [self.created_ms, self.updated_ms, self.version] {
             out.extend_from_slice(&n.to_le_bytes());
         }
-        for list in [&self.location_ids, &self.pim_segment_ids] {
-            put_len(&mut out, list.len())?;
-            for item in list {
-                put_str(&mut out, item)?;
-            }
-        }
-        put_str(&mut out, &self.key_hash)?;
+        put_list::<4>(&mut out, &self.location_ids)?;
+        put_list::<4>(&mut out, &self.pim_segment_ids)?;
+        put_str::<4>(&mut out, &self.key_hash)?;
         if let Some(hash) = &self.prev_key_hash {
-            put_str(&mut out, hash)?;
+            put_str::<4>(&mut out, hash)?;
         }
         if let Some(ends) = self.prev_key_expires_ms {
             out.extend_from_slice(&ends.to_le_bytes());
         }
         if let Some(event) = &self.last_event {
-            put_str(&mut out, event)?;
+            put_str::<4>(&mut out, event)?;
         }
         Ok(out)
     }
@@ -93,119 +91,56 @@ impl DeviceRecord {
 /// The name's bytes in a binary record, read without decoding the rest.
 pub(super) fn binary_name(record: &[u8]) -> Option<&[u8]> {
     match record.split_first() {
-        Some((&BINARY, rest)) => Reader(rest).bytes(),
+        Some((&BINARY, rest)) => Reader(rest).bytes::<4>(),
         _ => None,
     }
 }
 
-fn put_len(out: &mut Vec<u8>, len: usize) -> StoreResult<()> {
-    let len = u32::try_from(len)
-        .map_err(|_| StoreError::Internal("a device field is too long to store".into()))?;
-    out.extend_from_slice(&len.to_le_bytes());
-    Ok(())
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) -> StoreResult<()> {
-    put_len(out, s.len())?;
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
-}
-
-/// The bytes of a binary record not yet read. Every read checks the length
-/// left, so a damaged record is refused, never read past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
+/// Reads a binary record after its tag byte.
+fn read(bytes: &[u8]) -> Option<DeviceRecord> {
+    let mut r = Reader(bytes);
+    let name = r.str::<4>()?.to_owned();
+    let status = r.status()?;
+    let flags = r.u8()?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return None;
     }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u32(&mut self) -> Option<usize> {
-        let b = self.take(4)?;
-        usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        let mut n = [0u8; 8];
-        n.copy_from_slice(self.take(8)?);
-        Some(u64::from_le_bytes(n))
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = self.u32()?;
-        self.take(len)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
-    }
-
-    fn strings(&mut self) -> Option<Vec<String>> {
-        let count = self.u32()?;
-        // Each string takes at least its 4-byte length: a count the bytes
-        // left cannot hold is damage, refused before anything is reserved.
-        if count > self.0.len() / 4 {
-            return None;
-        }
-        (0..count).map(|_| self.string()).collect()
-    }
-
-    fn record(mut self) -> Option<DeviceRecord> {
-        let name = self.string()?;
-        let code = self.u8()?;
-        let status = DeviceStatus::ALL
-            .into_iter()
-            .find(|s| status_code(*s) == code)?;
-        let flags = self.u8()?;
-        if flags & !KNOWN_FLAGS != 0 {
-            return None;
-        }
-        let created_ms = self.u64()?;
-        let updated_ms = self.u64()?;
-        let version = self.u64()?;
-        let location_ids = self.strings()?;
-        let pim_segment_ids = self.strings()?;
-        let key_hash = self.string()?;
-        let has = |flag: u8| flags & flag != 0;
-        let prev_key_hash = if has(PREV_KEY_HASH) {
-            Some(self.string()?)
-        } else {
-            None
-        };
-        let prev_key_expires_ms = if has(PREV_KEY_EXPIRES) {
-            Some(self.u64()?)
-        } else {
-            None
-        };
-        let last_event = if has(LAST_EVENT) {
-            Some(self.string()?)
-        } else {
-            None
-        };
-        self.0.is_empty().then_some(DeviceRecord {
-            name,
-            status,
-            location_ids,
-            pim_enabled: has(PIM_ENABLED),
-            pim_segment_ids,
-            created_ms,
-            updated_ms,
-            version,
-            key_hash,
-            prev_key_hash,
-            prev_key_expires_ms,
-            last_event,
-        })
-    }
+    let created_ms = r.u64()?;
+    let updated_ms = r.u64()?;
+    let version = r.u64()?;
+    let location_ids = r.list::<4>()?;
+    let pim_segment_ids = r.list::<4>()?;
+    let key_hash = r.str::<4>()?.to_owned();
+    let has = |flag: u8| flags & flag != 0;
+    let prev_key_hash = if has(PREV_KEY_HASH) {
+        Some(r.str::<4>()?.to_owned())
+    } else {
+        None
+    };
+    let prev_key_expires_ms = if has(PREV_KEY_EXPIRES) {
+        Some(r.u64()?)
+    } else {
+        None
+    };
+    let last_event = if has(LAST_EVENT) {
+        Some(r.str::<4>()?.to_owned())
+    } else {
+        None
+    };
+    r.is_empty().then_some(DeviceRecord {
+        name,
+        status,
+        location_ids,
+        pim_enabled: has(PIM_ENABLED),
+        pim_segment_ids,
+        created_ms,
+        updated_ms,
+        version,
+        key_hash,
+        prev_key_hash,
+        prev_key_expires_ms,
+        last_event,
+    })
 }
 
 #[cfg(test)]

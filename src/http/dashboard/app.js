@@ -1061,7 +1061,10 @@ function onDialogClosed(event) {
   if (dialog === ui.keyDialog && !keyAcknowledged) return; // reopened by onKeyClosed
   const ret = dialog.returnTo;
   dialog.returnTo = null;
-  if (ret) restoreFocus(ret);
+  // The browser has already put the focus back on the element that opened
+  // the dialog; this event comes later. A row menu opened from there in
+  // the meantime keeps the focus the user gave it.
+  if (ret && !menuFor) restoreFocus(ret);
 }
 
 let confirmResolve = null;
