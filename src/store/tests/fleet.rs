@@ -756,6 +756,33 @@ async fn each_index_and_the_counts_are_checked_against_the_devices() {
     }
 }
 
+/// Opens a file made to look like an older layout's: the upgrade leaves
+/// indexes that agree with the devices, and every device reads as before.
+fn open_upgraded(path: &std::path::Path, before: &[Device]) -> Embedded {
+    let store = Embedded::open(path).unwrap();
+    store.verify_indexes().unwrap();
+    for device in before {
+        assert_eq!(&store.get("t", &device.id).unwrap(), device);
+    }
+    store
+}
+
+async fn rename(store: &Embedded, id: &str) {
+    let body = patch(json!({"name": "Gate"}));
+    store
+        .update("t", id, body, None, Millis(5_000))
+        .await
+        .unwrap();
+}
+
+/// After a change, the indexes still agree, and the closed file is at this
+/// build's layout.
+fn close_at_this_layout(store: Embedded, path: &std::path::Path) {
+    store.verify_indexes().unwrap();
+    drop(store);
+    assert_eq!(stored_layout_version(path), SCHEMA_VERSION);
+}
+
 #[actix_web::test]
 async fn a_layout_3_file_gains_the_name_index_in_place() {
     if redb_only("a_layout_3_file_gains_the_name_index_in_place") {
@@ -782,11 +809,7 @@ async fn a_layout_3_file_gains_the_name_index_in_place() {
         txn.delete_table(NAME_INDEX).unwrap();
         txn.commit().unwrap();
     }
-    let store = Embedded::open(&path).unwrap();
-    store.verify_indexes().unwrap();
-    for device in &before {
-        assert_eq!(&store.get("t", &device.id).unwrap(), device);
-    }
+    let store = open_upgraded(&path, &before);
     let q = |text: &str| ListQuery {
         name_contains: Some(text.to_lowercase()),
         ..Default::default()
@@ -799,20 +822,9 @@ async fn a_layout_3_file_gains_the_name_index_in_place() {
         ids(&store.list("t", &q("i̇stan")).unwrap()),
         [before[1].id.clone()]
     );
-    store
-        .update(
-            "t",
-            &before[2].id,
-            patch(json!({"name": "Gate"})),
-            None,
-            Millis(5_000),
-        )
-        .await
-        .unwrap();
+    rename(&store, &before[2].id).await;
     assert!(store.list("t", &q("kiosk")).unwrap().devices.is_empty());
-    store.verify_indexes().unwrap();
-    drop(store);
-    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
+    close_at_this_layout(store, &path);
 }
 
 #[actix_web::test]
@@ -857,11 +869,7 @@ async fn a_layout_4_file_keeps_its_json_records_until_a_device_changes() {
         }
         txn.commit().unwrap();
     }
-    let store = Embedded::open(&path).unwrap();
-    store.verify_indexes().unwrap();
-    for device in &before {
-        assert_eq!(&store.get("t", &device.id).unwrap(), device);
-    }
+    let store = open_upgraded(&path, &before);
     let kiosk = ListQuery {
         name_contains: Some("kiosk".into()),
         ..Default::default()
@@ -870,19 +878,8 @@ async fn a_layout_4_file_keeps_its_json_records_until_a_device_changes() {
         ids(&store.list("t", &kiosk).unwrap()),
         [before[1].id.clone()]
     );
-    store
-        .update(
-            "t",
-            &before[0].id,
-            patch(json!({"name": "Gate"})),
-            None,
-            Millis(5_000),
-        )
-        .await
-        .unwrap();
-    store.verify_indexes().unwrap();
-    drop(store);
-    assert_eq!(stored_layout_version(&path), SCHEMA_VERSION);
+    rename(&store, &before[0].id).await;
+    close_at_this_layout(store, &path);
     // The changed device is now in the binary form; the other is as it was.
     assert_eq!(
         stored(&path, &before[0].id)[0],
