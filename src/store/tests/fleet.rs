@@ -756,6 +756,20 @@ async fn each_index_and_the_counts_are_checked_against_the_devices() {
     }
 }
 
+/// Registers a device for each body in a new store at `path`, a
+/// millisecond apart, and closes the store.
+async fn registered_at(
+    path: &std::path::Path,
+    bodies: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<Device> {
+    let store = embedded_at(path);
+    let mut made = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        made.push(create(&store, "t", body, 1_000 + i as u64).await);
+    }
+    made
+}
+
 /// Opens a file made to look like an older layout's: the upgrade leaves
 /// indexes that agree with the devices, and every device reads as before.
 fn open_upgraded(path: &std::path::Path, before: &[Device]) -> Embedded {
@@ -790,14 +804,8 @@ async fn a_layout_3_file_gains_the_name_index_in_place() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
-    let before = {
-        let store = embedded_at(&path);
-        let mut before = Vec::new();
-        for (i, name) in ["Front Scanner", "İstanbul", "Kiosk"].iter().enumerate() {
-            before.push(create(&store, "t", json!({"name": name}), 1_000 + i as u64).await);
-        }
-        before
-    };
+    let names = ["Front Scanner", "İstanbul", "Kiosk"];
+    let before = registered_at(&path, names.map(|name| json!({ "name": name }))).await;
     {
         // What a layout-3 build left: no name index.
         let db = Database::create(&path).unwrap();
@@ -834,15 +842,10 @@ async fn a_layout_4_file_keeps_its_json_records_until_a_device_changes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("devicehub.redb");
-    let before = {
-        let store = embedded_at(&path);
-        let mut before = Vec::new();
-        for (i, name) in ["Front Scanner", "Kiosk \"7\""].iter().enumerate() {
-            let body = json!({"name": name, "locationIds": ["l1"], "pimSegmentIds": ["s"]});
-            before.push(create(&store, "t", body, 1_000 + i as u64).await);
-        }
-        before
-    };
+    let names = ["Front Scanner", "Kiosk \"7\""];
+    let bodies =
+        names.map(|name| json!({"name": name, "locationIds": ["l1"], "pimSegmentIds": ["s"]}));
+    let before = registered_at(&path, bodies).await;
     let stored = |path: &std::path::Path, id: &str| -> Vec<u8> {
         let db = Database::create(path).unwrap();
         let txn = db.begin_read().unwrap();
