@@ -310,9 +310,10 @@ impl Embedded {
                 drop(write_back_while(&out, opening)?);
             }
             drop(out);
-            if info.older_layout.is_some() {
+            if info.older_layout.is_some() && !info.indexes_omitted {
                 // An upgraded copy must then pass the full check. (Indexes
-                // just built from the devices agree with them by making.)
+                // just built from the devices, as for a layout 4 snapshot
+                // that left them out, agree with them by making.)
                 Embedded::check_snapshot(&temp)
                     .map_err(|e| format!("{}: after the upgrade: {e}", snapshot.display()))?;
             }
@@ -1102,27 +1103,7 @@ mod tests {
             // What a layout 4 build wrote: the same rows, records as JSON.
             let db = Database::open(&snapshot.path).unwrap();
             let txn = db.begin_write().unwrap();
-            {
-                let mut devices = txn.open_table(DEVICES).unwrap();
-                let mut rows = Vec::new();
-                for row in devices.range::<(&str, &str)>(..).unwrap() {
-                    let (key, value) = row.unwrap();
-                    let (tenant, id) = key.value();
-                    let record = crate::store::DeviceRecord::decode(value.value()).unwrap();
-                    let json = serde_json::to_vec(&record).unwrap();
-                    rows.push((tenant.to_string(), id.to_string(), json));
-                }
-                assert_eq!(rows.len(), 5);
-                for (tenant, id, json) in &rows {
-                    devices
-                        .insert((tenant.as_str(), id.as_str()), json.as_slice())
-                        .unwrap();
-                }
-                txn.open_table(META)
-                    .unwrap()
-                    .insert(SCHEMA_VERSION_KEY, 4)
-                    .unwrap();
-            }
+            assert_eq!(crate::store::record::as_layout_4(&txn).unwrap(), 5);
             txn.commit().unwrap();
         }
         let checked = Embedded::check_snapshot(&snapshot.path).unwrap();

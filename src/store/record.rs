@@ -143,6 +143,28 @@ fn read(bytes: &[u8]) -> Option<DeviceRecord> {
     })
 }
 
+/// Turns the store into what a layout 4 build left: every device record
+/// rewritten as JSON, and the version set to 4. Returns the records.
+#[cfg(test)]
+pub(super) fn as_layout_4(txn: &redb::WriteTransaction) -> StoreResult<usize> {
+    use redb::ReadableTable;
+    let mut devices = txn.open_table(super::tables::DEVICES)?;
+    let mut rows = Vec::new();
+    for row in devices.range::<(&str, &str)>(..)? {
+        let (key, value) = row?;
+        let (tenant, id) = key.value();
+        let json = serde_json::to_vec(&DeviceRecord::decode(value.value())?)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        rows.push((tenant.to_string(), id.to_string(), json));
+    }
+    for (tenant, id, json) in &rows {
+        devices.insert((tenant.as_str(), id.as_str()), json.as_slice())?;
+    }
+    txn.open_table(super::tables::META)?
+        .insert(super::tables::SCHEMA_VERSION_KEY, 4)?;
+    Ok(rows.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -857,19 +857,8 @@ async fn a_layout_4_file_keeps_its_json_records_until_a_device_changes() {
         // What a layout-4 build left: every record as JSON.
         let db = Database::create(&path).unwrap();
         let txn = write_txn(&db).unwrap();
-        {
-            let mut devices = txn.open_table(DEVICES).unwrap();
-            for device in &before {
-                let key = ("t", device.id.as_str());
-                let record = DeviceRecord::decode(devices.get(key).unwrap().unwrap().value());
-                let json = serde_json::to_vec(&record.unwrap()).unwrap();
-                devices.insert(key, json.as_slice()).unwrap();
-            }
-            txn.open_table(META)
-                .unwrap()
-                .insert(SCHEMA_VERSION_KEY, 4)
-                .unwrap();
-        }
+        let rewritten = crate::store::record::as_layout_4(&txn).unwrap();
+        assert_eq!(rewritten, before.len());
         txn.commit().unwrap();
     }
     let store = open_upgraded(&path, &before);
