@@ -23,7 +23,7 @@ use redb::{Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::tables::{DEVICES, EVENTS, LAST_SEEN, NAME_INDEX};
-use super::{write_txn, Inner, StoreError, StoreResult};
+use super::{reads, write_txn, Inner, StoreError, StoreResult};
 
 /// At most this many jobs share one commit.
 pub const MAX_BATCH: usize = 512;
@@ -95,7 +95,7 @@ impl<'t> Shared<'t> {
     }
 }
 
-type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+use super::file::Answer;
 
 /// What applying a job did to the transaction.
 enum Applied {
@@ -109,6 +109,8 @@ enum Applied {
 pub(super) struct Writer {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Kept to wait for the last commits' syncs on drop.
+    inner: Arc<Inner>,
     /// Time between rounds of housekeeping, in milliseconds.
     housekeeping_ms: Arc<AtomicU64>,
 }
@@ -116,6 +118,7 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn start(inner: Arc<Inner>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let kept = inner.clone();
         let housekeeping_ms = Arc::new(AtomicU64::new(HOUSEKEEPING_EVERY.as_millis() as u64));
         let every = housekeeping_ms.clone();
         let period = move || Duration::from_millis(every.load(Ordering::Relaxed));
@@ -158,6 +161,7 @@ impl Writer {
         Ok(Writer {
             jobs: Some(tx),
             thread: Some(thread),
+            inner: kept,
             housekeeping_ms,
         })
     }
@@ -266,12 +270,15 @@ impl Drop for Writer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Answers wait for their sync holding the store: once they are
+        // sent, dropping the store closes the file.
+        self.inner.db.wait_synced();
     }
 }
 
-fn commit_batch(inner: &Inner, batch: Vec<Job>) {
-    let txn = match inner.db.run(write_txn) {
-        Ok(txn) => txn,
+fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
+    let (txn, durable) = match inner.db.begin_write(write_txn) {
+        Ok(begun) => begun,
         Err(e) => {
             log::warn!("cannot start a write transaction: {e}");
             // The shared read snapshot holds the handle: let it go, so that
@@ -310,17 +317,44 @@ fn commit_batch(inner: &Inner, batch: Vec<Job>) {
         }
         None => {
             let started = std::time::Instant::now();
+            let writes = answers.len();
             let committed = txn.commit().map_err(StoreError::from);
-            crate::metrics::record_commit(answers.len(), started.elapsed());
+            // The commit's time runs until it is on disk.
+            answers.insert(
+                0,
+                Box::new(move |_| crate::metrics::record_commit(writes, started.elapsed())),
+            );
             committed
         }
     };
-    // Before any answer: a read made after one sees this commit.
-    inner.reads.changed();
-    if let Err(e) = &outcome {
-        log::warn!("a batch of {} writes was not committed: {e}", answers.len());
-    }
-    for answer in answers {
-        answer(outcome.clone());
+    match outcome {
+        // Answered by the sync thread once the commit is on disk, and the
+        // next batch is applied meanwhile (`file.rs`). Before any answer,
+        // reads move to this commit's snapshot: a read made after an answer
+        // sees its write.
+        Ok(()) => {
+            let commit = inner.reads.committed();
+            let snapshot = inner.db.begin_read_unsynced();
+            let owner = inner.clone();
+            answers.insert(
+                0,
+                Box::new(move |synced| match (synced, snapshot) {
+                    (Ok(()), Ok((db, txn))) => {
+                        owner.reads.install(commit, reads::Snapshot::new(db, txn))
+                    }
+                    _ => owner.reads.changed(),
+                }),
+            );
+            durable.when_synced(answers);
+        }
+        Err(e) => {
+            // The shared read snapshot holds the handle: let it go, so that
+            // a handle latched by the failure can be reopened.
+            inner.reads.changed();
+            log::warn!("a batch of writes was not committed: {e}");
+            for answer in answers {
+                answer(Err(e.clone()));
+            }
+        }
     }
 }

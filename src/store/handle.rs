@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
+use super::file::Durable;
 use super::{StoreError, StoreResult};
 
 /// Reopening is tried at most this often while it keeps failing.
@@ -21,17 +22,43 @@ const REOPEN_BACKOFF: Duration = Duration::from_millis(200);
 
 pub struct DbHandle {
     path: PathBuf,
-    slot: RwLock<Option<Arc<Database>>>,
+    slot: RwLock<Option<Open>>,
     last_failed_reopen: Mutex<Option<Instant>>,
 }
 
+/// An open database and what tells when its commits are on disk.
+#[derive(Clone)]
+struct Open {
+    db: Arc<Database>,
+    durable: Arc<Durable>,
+}
+
+impl Open {
+    /// A read transaction, once every commit it can see is on disk.
+    fn begin_read(&self) -> StoreResult<ReadTransaction> {
+        let txn = self.db.begin_read()?;
+        self.durable.wait_visible()?;
+        Ok(txn)
+    }
+}
+
 impl DbHandle {
-    pub fn new(path: PathBuf, db: Database) -> DbHandle {
+    /// A handle on a database `file::create` opened.
+    pub(super) fn new(path: PathBuf, db: Database, durable: Arc<Durable>) -> DbHandle {
         DbHandle {
             path,
-            slot: RwLock::new(Some(Arc::new(db))),
+            slot: RwLock::new(Some(Open {
+                db: Arc::new(db),
+                durable,
+            })),
             last_failed_reopen: Mutex::new(None),
         }
+    }
+
+    /// A handle on a database that syncs its own commits (tests).
+    #[cfg(test)]
+    pub(super) fn synchronous(path: PathBuf, db: Database) -> DbHandle {
+        DbHandle::new(path, db, super::file::synchronous())
     }
 
     /// The database file's path.
@@ -42,41 +69,75 @@ impl DbHandle {
     /// Runs `op` on the database; after a latched failure, reopens and runs
     /// it once more.
     pub fn run<T>(&self, op: impl Fn(&Database) -> StoreResult<T>) -> StoreResult<T> {
-        self.run_on_handle(|db| op(db))
+        self.run_open(|open| op(&open.db))
+    }
+
+    /// Runs `op` on a read transaction that sees only commits on disk.
+    pub fn read<T>(&self, op: impl Fn(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        self.run_open(|open| op(&open.begin_read()?))
+    }
+
+    /// `read`, handing `op` the shared handle and the transaction itself.
+    pub fn read_on_handle<T>(
+        &self,
+        op: impl Fn(&Arc<Database>, ReadTransaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.run_open(|open| op(&open.db, open.begin_read()?))
     }
 
     /// A read transaction that has shown it can read (`probe`), with the
     /// handle it belongs to: whoever holds the handle keeps the file from
-    /// being reopened under the snapshot.
+    /// being reopened under the snapshot. It sees only commits on disk.
     pub fn begin_read(
         &self,
         probe: impl Fn(&ReadTransaction) -> StoreResult<()>,
     ) -> StoreResult<(Arc<Database>, ReadTransaction)> {
-        self.run_on_handle(|db| {
-            let txn = db.begin_read()?;
+        self.read_on_handle(|db, txn| {
             probe(&txn)?;
             Ok((db.clone(), txn))
         })
     }
 
-    /// `run`, handing `op` the shared handle itself.
-    pub fn run_on_handle<T>(
+    /// Waits until every commit made so far is on disk and its callers are
+    /// answered (a failed sync counts as done).
+    pub(super) fn wait_synced(&self) {
+        if let Ok(open) = self.current() {
+            let _ = open.durable.wait_for_syncs();
+        }
+    }
+
+    /// For the writer, right after its commit: a read transaction that sees
+    /// that commit before it is on disk. Nobody may read from it before
+    /// `Durable::when_synced` answers (`Reads::install`).
+    pub(super) fn begin_read_unsynced(&self) -> StoreResult<(Arc<Database>, ReadTransaction)> {
+        let open = self.current()?;
+        let txn = open.db.begin_read()?;
+        Ok((open.db, txn))
+    }
+
+    /// A write transaction, and what answers its callers once its commit
+    /// is on disk (`Durable::when_synced`).
+    pub(super) fn begin_write(
         &self,
-        op: impl Fn(&Arc<Database>) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let db = self.current()?;
-        match op(&db) {
+        op: impl Fn(&Database) -> StoreResult<WriteTransaction>,
+    ) -> StoreResult<(WriteTransaction, Arc<Durable>)> {
+        self.run_open(|open| Ok((op(&open.db)?, open.durable.clone())))
+    }
+
+    fn run_open<T>(&self, op: impl Fn(&Open) -> StoreResult<T>) -> StoreResult<T> {
+        let open = self.current()?;
+        match op(&open) {
             Err(StoreError::Latched) => {
-                self.reopen(db)?;
+                self.reopen(open.db)?;
                 op(&self.current()?)
             }
             other => other,
         }
     }
 
-    fn current(&self) -> StoreResult<Arc<Database>> {
-        if let Some(db) = self.slot.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Ok(db.clone());
+    fn current(&self) -> StoreResult<Open> {
+        if let Some(open) = self.slot.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(open.clone());
         }
         self.open_into_empty_slot()
     }
@@ -85,13 +146,18 @@ impl DbHandle {
     fn reopen(&self, failed: Arc<Database>) -> StoreResult<()> {
         {
             let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
-            let same = slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed));
+            let same = slot
+                .as_ref()
+                .is_some_and(|open| Arc::ptr_eq(&open.db, &failed));
             drop(failed);
             if same {
                 // Every other user must let go before the file can be opened
                 // again; until then, answer "unavailable" and let a later
                 // operation finish the job.
-                if slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+                if slot
+                    .as_ref()
+                    .is_some_and(|open| Arc::strong_count(&open.db) > 1)
+                {
                     return Err(StoreError::Unavailable(
                         "the database is being reopened".into(),
                     ));
@@ -103,10 +169,10 @@ impl DbHandle {
         self.open_into_empty_slot().map(|_| ())
     }
 
-    fn open_into_empty_slot(&self) -> StoreResult<Arc<Database>> {
+    fn open_into_empty_slot(&self) -> StoreResult<Open> {
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(db) = slot.as_ref() {
-            return Ok(db.clone());
+        if let Some(open) = slot.as_ref() {
+            return Ok(open.clone());
         }
         let mut last = self
             .last_failed_reopen
@@ -117,13 +183,16 @@ impl DbHandle {
                 "the database is being reopened".into(),
             ));
         }
-        match Database::builder().create(&self.path) {
-            Ok(db) => {
+        match super::file::create(&self.path) {
+            Ok((db, durable)) => {
                 *last = None;
                 log::info!("storage: database reopened");
-                let db = Arc::new(db);
-                *slot = Some(db.clone());
-                Ok(db)
+                let open = Open {
+                    db: Arc::new(db),
+                    durable,
+                };
+                *slot = Some(open.clone());
+                Ok(open)
             }
             Err(e) => {
                 *last = Some(Instant::now());

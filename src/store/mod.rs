@@ -11,6 +11,7 @@ mod bytes;
 mod commit;
 mod events;
 pub mod export;
+mod file;
 mod handle;
 mod indexes;
 mod last_seen;
@@ -26,8 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction,
 };
 
 pub use backend::{DeviceList, Store};
@@ -354,7 +354,7 @@ impl Embedded {
                 ))
             })?;
         }
-        let db = Database::builder().create(path).map_err(|e| {
+        let (db, durable) = file::create(path).map_err(|e| {
             StartupError::new(match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
                     format!("storage.path: {shown} is locked by another running devicehub process")
@@ -368,7 +368,7 @@ impl Embedded {
             })
         })?;
         let inner = Arc::new(Inner {
-            db: DbHandle::new(path.to_path_buf(), db),
+            db: DbHandle::new(path.to_path_buf(), db, durable),
             seen: LastSeen::default(),
             bus: EventBus::default(),
             event_ids: events::LastIds::default(),
@@ -385,10 +385,9 @@ impl Embedded {
 
     /// Whether no device of any tenant is stored.
     pub fn is_empty(&self) -> StoreResult<bool> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
-            Ok(txn.open_table(DEVICES)?.is_empty()?)
-        })
+        self.inner
+            .db
+            .read(|txn| Ok(txn.open_table(DEVICES)?.is_empty()?))
     }
 
     /// A list over one snapshot of the store, read a batch at a time.
@@ -421,13 +420,13 @@ impl Embedded {
 
     /// Every tenant's devices counted by status.
     pub fn all_stats(&self) -> StoreResult<StatusCounts> {
-        self.inner.db.run(|db| indexes::all_counts(&read_txn(db)?))
+        self.inner.db.read(|txn| indexes::all_counts(txn))
     }
 
     /// Checks that the key, status and location indexes and the counts
     /// agree with the devices.
     pub fn verify_indexes(&self) -> StoreResult<()> {
-        self.inner.db.run(|db| indexes::verify(&read_txn(db)?))
+        self.inner.db.read(|txn| indexes::verify(txn))
     }
 
     /// Runs a point read on the snapshot shared since the last commit
@@ -444,7 +443,7 @@ impl Embedded {
                 reads.changed();
                 self.inner
                     .db
-                    .run_on_handle(|db| op(&reads::Snapshot::new(db.clone(), read_txn(db)?)))
+                    .read_on_handle(|db, txn| op(&reads::Snapshot::new(db.clone(), txn)))
             }
             other => other,
         }
@@ -529,9 +528,7 @@ impl Embedded {
 
     /// A page of the tenant's events (API.md §7), oldest first.
     pub fn events(&self, tenant: &str, query: &EventQuery) -> StoreResult<EventPage> {
-        self.inner
-            .db
-            .run(|db| events::page(&read_txn(db)?, tenant, query))
+        self.inner.db.read(|txn| events::page(txn, tenant, query))
     }
 
     /// Whether the tenant has any event after `starting_after` (after none:
@@ -545,7 +542,7 @@ impl Embedded {
         let after = starting_after.unwrap_or("");
         self.inner
             .db
-            .run(|db| events::any_after(&read_txn(db)?, tenant, after))
+            .read(|txn| events::any_after(txn, tenant, after))
     }
 
     /// What wakes long polls on the event feed.
@@ -567,8 +564,7 @@ impl Embedded {
         id: &KeyId,
         now: Millis,
     ) -> StoreResult<Option<Remembered>> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
+        self.inner.db.read(|txn| {
             let table = txn.open_table(IDEMPOTENCY)?;
             let Some(value) = table.get((tenant, id))? else {
                 return Ok(None);
@@ -743,15 +739,11 @@ impl Embedded {
 
     /// The tenant's webhooks, oldest first.
     pub fn webhooks(&self, tenant: &str) -> StoreResult<Vec<Webhook>> {
-        self.inner
-            .db
-            .run(|db| webhooks::list(&read_txn(db)?, tenant))
+        self.inner.db.read(|txn| webhooks::list(txn, tenant))
     }
 
     pub fn webhook(&self, tenant: &str, id: &str) -> StoreResult<Webhook> {
-        self.inner
-            .db
-            .run(|db| webhooks::read(&read_txn(db)?, tenant, id))
+        self.inner.db.read(|txn| webhooks::read(txn, tenant, id))
     }
 
     /// Applies a PATCH; enabling a webhook again resumes its deliveries.
@@ -797,12 +789,12 @@ impl Embedded {
     pub fn webhook_deliveries(&self, tenant: &str, id: &str) -> StoreResult<Vec<Delivery>> {
         self.inner
             .db
-            .run(|db| webhooks::deliveries(&read_txn(db)?, tenant, id))
+            .read(|txn| webhooks::deliveries(txn, tenant, id))
     }
 
     /// Every enabled webhook, for the delivery worker.
     pub fn webhook_schedule(&self) -> StoreResult<Vec<Scheduled>> {
-        self.inner.db.run(|db| webhooks::schedule(&read_txn(db)?))
+        self.inner.db.read(|txn| webhooks::schedule(txn))
     }
 
     /// What to send a webhook next (see `webhooks::next`).
@@ -815,7 +807,7 @@ impl Embedded {
     ) -> StoreResult<Next> {
         self.inner
             .db
-            .run(|db| webhooks::next(&read_txn(db)?, tenant, id, read_from, now))
+            .read(|txn| webhooks::next(txn, tenant, id, read_from, now))
     }
 
     /// Records an attempt, in one commit with the cursor it moves.
@@ -840,7 +832,7 @@ impl Embedded {
     pub fn webhook_test_target(&self, tenant: &str, id: &str) -> StoreResult<(String, String)> {
         self.inner
             .db
-            .run(|db| webhooks::test_target(&read_txn(db)?, tenant, id))
+            .read(|txn| webhooks::test_target(txn, tenant, id))
     }
 
     /// Adds a test delivery to a webhook's log (its queue is untouched).
@@ -858,8 +850,7 @@ impl Embedded {
 
     /// Every (tenant, device id, key hash) kept, for consistency checks.
     pub fn key_index_entries(&self) -> StoreResult<Vec<(String, String, KeyHash)>> {
-        self.inner.db.run(|db| {
-            let txn = read_txn(db)?;
+        self.inner.db.read(|txn| {
             let index = txn.open_table(KEY_INDEX)?;
             let mut out = Vec::new();
             for entry in index.iter()? {
@@ -1282,10 +1273,6 @@ fn write_txn(db: &Database) -> StoreResult<WriteTransaction> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     Ok(txn)
-}
-
-fn read_txn(db: &Database) -> StoreResult<ReadTransaction> {
-    Ok(db.begin_read()?)
 }
 
 #[cfg(test)]

@@ -9,12 +9,15 @@
 //! first use) and the reads after it share it until the writer's next
 //! commit drops it (`changed`).
 //!
-//! Reads after a write see it: the writer calls `changed` after the commit
-//! and before it answers anyone, and a read made after an answer finds the
-//! new generation and takes a new snapshot. Nothing keeps an old snapshot
+//! Reads after a write see it, and no read sees a commit before it is on
+//! disk (`file.rs`): the writer makes the snapshot of its commit at once,
+//! and the sync thread installs it (`install`) once the commit is synced,
+//! before it answers anyone. Until then reads share the snapshot before
+//! that commit, without waiting for the disk. A read made after an answer
+//! finds the new generation and its snapshot. Nothing keeps an old snapshot
 //! alive longer than a read transaction would: the shared slot holds the
-//! latest one only until the next commit, and each thread keeps a weak
-//! reference, which holds no pages.
+//! latest one only until the next commit is installed, and each thread
+//! keeps a weak reference, which holds no pages.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +98,9 @@ pub(super) struct Reads {
     id: u64,
     generation: AtomicU64,
     latest: Mutex<Option<(u64, Arc<Snapshot>)>>,
+    /// Commits made so far: a snapshot is installed only if no commit came
+    /// after the one it shows.
+    commits: AtomicU64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -110,6 +116,7 @@ impl Reads {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
             latest: Mutex::new(None),
+            commits: AtomicU64::new(0),
         }
     }
 
@@ -117,8 +124,33 @@ impl Reads {
     /// on take a new snapshot, and the old one goes once the reads holding
     /// it finish.
     pub(super) fn changed(&self) {
+        self.commits.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         let old = self.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
+    }
+
+    /// The writer committed a batch, which is not on disk yet: reads go on
+    /// with the snapshot they have. Returns the commit's number, for
+    /// `install`.
+    pub(super) fn committed(&self) -> u64 {
+        self.commits.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Commit `commit` is on disk: `snapshot` (made right after it) is the
+    /// one reads use from now on. If another commit came since, the
+    /// snapshot is stale: reads take a new one instead.
+    pub(super) fn install(&self, commit: u64, snapshot: Snapshot) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let old = if self.commits.load(Ordering::SeqCst) == commit {
+            let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            latest.replace((generation, Arc::new(snapshot)))
+        } else {
+            drop(snapshot);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            latest.take()
+        };
+        drop(latest);
         drop(old);
     }
 
@@ -175,7 +207,7 @@ mod tests {
     fn reads_share_a_snapshot_until_a_change_and_then_see_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let db = DbHandle::new(path.clone(), Database::create(&path).unwrap());
+        let db = DbHandle::synchronous(path.clone(), Database::create(&path).unwrap());
         put(&db, "a", 1);
         let reads = Reads::new();
         let first = reads.snapshot(&db).unwrap();
@@ -200,7 +232,8 @@ mod tests {
 
         // Two stores in one thread do not share their snapshots.
         let other_path = dir.path().join("other.redb");
-        let other_db = DbHandle::new(other_path.clone(), Database::create(&other_path).unwrap());
+        let other_db =
+            DbHandle::synchronous(other_path.clone(), Database::create(&other_path).unwrap());
         put(&other_db, "a", 7);
         let other = Reads::new();
         assert_eq!(seen(&other.snapshot(&other_db).unwrap(), "a"), Some(7));

@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::auth::device_key::{hash, NewDeviceKey};
+use redb::ReadableDatabase;
 use serde_json::json;
 
 /// The PostgreSQL cluster the store tests run on instead of the redb file,

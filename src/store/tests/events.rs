@@ -345,8 +345,7 @@ fn stored(store: &Embedded, tenant: &str) -> Vec<(String, Vec<u8>)> {
     store
         .inner
         .db
-        .run(|db| {
-            let txn = read_txn(db)?;
+        .read(|txn| {
             let table = txn.open_table(EVENTS)?;
             let mut out = Vec::new();
             for entry in table.range::<(&str, &str)>((tenant, "")..=(tenant, ID_MAX))? {

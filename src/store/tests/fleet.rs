@@ -2,6 +2,7 @@
 //! the upgrade of the first release's files.
 
 use super::*;
+use redb::ReadableDatabase;
 
 async fn create(store: &Store, tenant: &str, body: serde_json::Value, now: u64) -> Device {
     store

@@ -1,0 +1,465 @@
+//! The database file as redb sees it: redb's own file backend, with the
+//! wait for the disk taken off the writer thread.
+//!
+//! redb ends each durable commit with `sync_data` (one `fdatasync`) and
+//! returns only after it, so the writer could not apply the next batch
+//! while the disk worked: it spent about half its time waiting
+//! (`docs/PERFORMANCE.md`, "Where a PATCH's time goes"). Here `sync_data`
+//! only asks a sync thread for the `fdatasync` and returns. Three rules keep
+//! every guarantee the synchronous sync gave:
+//!
+//! 1. **Writes wait for the sync before them.** Every `write` and `set_len`
+//!    waits until each sync asked for so far is done. On disk there is then
+//!    always the last synced commit whole, plus part of at most one commit
+//!    after it: what a crash during a synchronous `fdatasync` leaves, which
+//!    redb's recovery handles (it falls back to that last synced commit).
+//!    Pages the unsynced commit freed are not overwritten before it is on
+//!    disk, so the commit recovery falls back to is intact. What overlaps
+//!    with the sync is the next batch's work in memory: decoding, checking,
+//!    building its pages.
+//! 2. **Nobody is answered before the sync** (`Durable::when_synced`): the
+//!    writer hands a committed batch's answers to the sync thread, which
+//!    sends them once the `fdatasync` returned. "2xx means on disk" holds.
+//! 3. **No read sees a commit before its sync** (`Durable::wait_visible`,
+//!    called by `DbHandle` after it begins every read transaction). redb
+//!    publishes a commit after its `sync_data` call, so a read that can see
+//!    a commit waits for at most that one sync. The change feed, a list or
+//!    a GET therefore never shows what a crash could still take back.
+//!
+//! A failed `fdatasync` fails the batch waiting for it, and every later
+//! write and read of this handle: `DbHandle` reopens the file, and redb's
+//! recovery goes back to the last commit that was synced.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use redb::backends::FileBackend;
+use redb::{BackendError, Database, DatabaseError, StorageBackend};
+
+use super::{StoreError, StoreResult};
+
+/// Answers a caller once its commit's outcome is known.
+pub(super) type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What the file, the sync thread, the writer and the readers share.
+#[derive(Default)]
+pub(super) struct Durable {
+    state: Mutex<State>,
+    /// Signalled whenever `State` changes.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Syncs asked for (calls of `sync_data`) since the file was opened.
+    requested: u64,
+    /// Of those, how many are done: the sync thread sets it to the
+    /// `requested` it saw before its `fdatasync`.
+    synced: u64,
+    /// Set for good when an `fdatasync` failed.
+    failed: bool,
+    /// redb closed the file: the sync thread ends once nothing is left.
+    closed: bool,
+    /// Answers waiting for the sync that makes their commit durable.
+    waiting: VecDeque<(u64, Vec<Answer>)>,
+}
+
+fn failed_sync() -> io::Error {
+    io::Error::other("an earlier sync of the database file failed")
+}
+
+impl Durable {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every sync asked for before this call is done.
+    pub(super) fn wait_for_syncs(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        let target = state.requested;
+        while state.synced < target && !state.failed {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.failed {
+            return Err(failed_sync());
+        }
+        Ok(())
+    }
+
+    /// Called after a read transaction begins: returns once every commit
+    /// it can see is on disk. A failed sync latches the handle, so that it
+    /// is reopened on what the disk holds.
+    pub(super) fn wait_visible(&self) -> StoreResult<()> {
+        self.wait_for_syncs().map_err(|_| StoreError::Latched)
+    }
+
+    /// After a commit: `answers` get its outcome once it is on disk (at
+    /// once if it already is). Called by the thread that committed, after
+    /// the commit returned, so the sync it waits for is already asked for.
+    pub(super) fn when_synced(&self, answers: Vec<Answer>) {
+        let mut state = self.lock();
+        let epoch = state.requested;
+        if state.failed {
+            drop(state);
+            answer_all(answers, Err(sync_error()));
+        } else if state.synced >= epoch {
+            drop(state);
+            answer_all(answers, Ok(()));
+        } else {
+            state.waiting.push_back((epoch, answers));
+        }
+    }
+
+    /// Asks for a sync; the answer is whether the file is still sound.
+    fn request(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.failed {
+            return Err(failed_sync());
+        }
+        state.requested += 1;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The sync thread: one `fdatasync` for whatever was asked for by the
+    /// time it starts, then the answers it makes durable; until the file
+    /// is closed or a sync fails.
+    fn run(&self, file: &FileBackend) {
+        while self.sync_once(|| file.sync_data()) {}
+    }
+
+    /// Waits for a sync to be asked for and makes it with `sync`. Returns
+    /// false when there is nothing more to do (closed, or failed).
+    fn sync_once(&self, sync: impl FnOnce() -> io::Result<()>) -> bool {
+        let target = {
+            let mut state = self.lock();
+            while state.synced == state.requested && !state.closed && !state.failed {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.failed || state.synced == state.requested {
+                return false;
+            }
+            state.requested
+        };
+        if let Err(e) = sync() {
+            log::error!("storage: syncing the database file failed: {e}");
+            let done: Vec<Answer> = {
+                let mut state = self.lock();
+                state.failed = true;
+                state.waiting.drain(..).flat_map(|(_, a)| a).collect()
+            };
+            answer_all(done, Err(sync_error()));
+            self.changed.notify_all();
+            return false;
+        }
+        // The answers run before `synced` moves, so that the writer's next
+        // commit is not published before this one's snapshot is installed,
+        // and so that whoever waits for the syncs also waits for them. An
+        // answer the writer hands in meanwhile is taken in the last round.
+        loop {
+            let done: Vec<Answer> = {
+                let mut state = self.lock();
+                let mut done = Vec::new();
+                while state.waiting.front().is_some_and(|(e, _)| *e <= target) {
+                    if let Some((_, answers)) = state.waiting.pop_front() {
+                        done.extend(answers);
+                    }
+                }
+                if done.is_empty() {
+                    state.synced = target;
+                    break;
+                }
+                done
+            };
+            answer_all(done, Ok(()));
+        }
+        self.changed.notify_all();
+        true
+    }
+}
+
+fn sync_error() -> StoreError {
+    StoreError::Unavailable("the commit could not be synced to disk".into())
+}
+
+fn answer_all(answers: Vec<Answer>, outcome: Result<(), StoreError>) {
+    for answer in answers {
+        answer(outcome.clone());
+    }
+}
+
+/// redb's `FileBackend`, its syncs made by the sync thread.
+#[derive(Debug)]
+struct SyncedFile {
+    inner: Arc<FileBackend>,
+    durable: Arc<Durable>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Durable")
+            .field("requested", &state.requested)
+            .field("synced", &state.synced)
+            .field("failed", &state.failed)
+            .finish()
+    }
+}
+
+impl StorageBackend for SyncedFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.durable.wait_for_syncs()?;
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.durable.request()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.durable.wait_for_syncs()?;
+        self.inner.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        let synced = self.durable.wait_for_syncs();
+        self.durable.lock().closed = true;
+        self.durable.changed.notify_all();
+        self.inner.close()?;
+        synced
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+/// Opens (or creates) the database file at `path` for the server to write,
+/// as `redb::Builder::create` does, with its syncs on a thread of their own.
+pub(super) fn create(path: &Path) -> Result<(Database, Arc<Durable>), DatabaseError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let inner = Arc::new(FileBackend::new(file)?);
+    let durable = Arc::new(Durable::default());
+    let (file, shared) = (inner.clone(), durable.clone());
+    std::thread::Builder::new()
+        .name("devicehub-sync".into())
+        .spawn(move || shared.run(&file))?;
+    let backend = SyncedFile {
+        inner,
+        durable: durable.clone(),
+    };
+    let db = Database::builder().create_with_backend(backend)?;
+    Ok((db, durable))
+}
+
+/// Only for a handle on a file opened some other way (tests): redb syncs it
+/// itself, so nothing ever waits.
+#[cfg(test)]
+pub(super) fn synchronous() -> Arc<Durable> {
+    Arc::new(Durable::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A thread blocked in `wait_for_syncs`, and whether it has returned.
+    fn waiter(
+        durable: &Arc<Durable>,
+    ) -> (Arc<AtomicBool>, std::thread::JoinHandle<io::Result<()>>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let (durable, flag) = (durable.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let result = durable.wait_for_syncs();
+            flag.store(true, Ordering::SeqCst);
+            result
+        });
+        (done, thread)
+    }
+
+    fn answer_into(tx: &mpsc::Sender<Result<(), StoreError>>) -> Answer {
+        let tx = tx.clone();
+        Box::new(move |outcome| tx.send(outcome).unwrap())
+    }
+
+    #[test]
+    fn writes_wait_for_the_sync_asked_for_before_them() {
+        let durable = Arc::new(Durable::default());
+        // Nothing asked for: nothing to wait for.
+        durable.wait_for_syncs().unwrap();
+        durable.request().unwrap();
+        let (returned, thread) = waiter(&durable);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !returned.load(Ordering::SeqCst),
+            "a write went ahead of the sync"
+        );
+        let mut synced = false;
+        assert!(durable.sync_once(|| {
+            synced = true;
+            Ok(())
+        }));
+        assert!(synced);
+        thread.join().unwrap().unwrap();
+        // A read that begins now sees only synced commits: no wait.
+        durable.wait_visible().unwrap();
+    }
+
+    #[test]
+    fn the_file_takes_no_write_or_new_length_before_the_sync_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"old!").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // No sync thread: the test makes the syncs itself.
+        let durable = Arc::new(Durable::default());
+        let backend = Arc::new(SyncedFile {
+            inner: Arc::new(FileBackend::new(file).unwrap()),
+            durable: durable.clone(),
+        });
+        backend.sync_data().unwrap();
+        let writer = backend.clone();
+        let thread = std::thread::spawn(move || {
+            writer.write(0, b"new!").unwrap();
+            writer.set_len(8).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"old!",
+            "written before the sync"
+        );
+        assert!(durable.sync_once(|| Ok(())));
+        thread.join().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new!\0\0\0\0");
+        assert_eq!(backend.len().unwrap(), 8);
+    }
+
+    #[test]
+    fn answers_wait_for_their_sync_and_a_later_commit_waits_for_its_own() {
+        let durable = Arc::new(Durable::default());
+        let (tx, rx) = mpsc::channel();
+        durable.request().unwrap();
+        durable.when_synced(vec![answer_into(&tx), answer_into(&tx)]);
+        assert!(rx.try_recv().is_err(), "answered before the sync");
+        assert!(durable.sync_once(|| Ok(())));
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert!(rx.try_recv().unwrap().is_ok());
+        // A commit whose sync is done (nothing asked since) is answered at once.
+        durable.when_synced(vec![answer_into(&tx)]);
+        assert!(rx.try_recv().unwrap().is_ok());
+        // Two syncs asked for; the answers of the second wait for a sync
+        // that starts after it was asked for.
+        durable.request().unwrap();
+        durable.when_synced(vec![answer_into(&tx)]);
+        durable.request().unwrap();
+        durable.when_synced(vec![answer_into(&tx)]);
+        assert!(durable.sync_once(|| Ok(())));
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_answers_and_every_later_write_and_read() {
+        let durable = Arc::new(Durable::default());
+        let (tx, rx) = mpsc::channel();
+        durable.request().unwrap();
+        durable.when_synced(vec![answer_into(&tx)]);
+        let (_, thread) = waiter(&durable);
+        assert!(!durable.sync_once(|| Err(io::Error::other("disk gone"))));
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            thread.join().unwrap().is_err(),
+            "a write went ahead after a failed sync"
+        );
+        assert!(durable.request().is_err());
+        assert!(durable.wait_for_syncs().is_err());
+        assert!(matches!(durable.wait_visible(), Err(StoreError::Latched)));
+        durable.when_synced(vec![answer_into(&tx)]);
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn the_file_refuses_a_second_opener_and_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("t");
+        let (db, durable) = create(&path).unwrap();
+        assert!(matches!(
+            create(&path),
+            Err(DatabaseError::DatabaseAlreadyOpen)
+        ));
+        let txn = db.begin_write().unwrap();
+        txn.open_table(def).unwrap().insert("a", 1).unwrap();
+        txn.commit().unwrap();
+        let (tx, rx) = mpsc::channel();
+        durable.when_synced(vec![answer_into(&tx)]);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
+        drop(db);
+        let db = redb::Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        assert_eq!(
+            txn.open_table(def)
+                .unwrap()
+                .get("a")
+                .unwrap()
+                .unwrap()
+                .value(),
+            1
+        );
+    }
+}
