@@ -420,13 +420,13 @@ impl Embedded {
 
     /// Every tenant's devices counted by status.
     pub fn all_stats(&self) -> StoreResult<StatusCounts> {
-        self.inner.db.read(|txn| indexes::all_counts(txn))
+        self.inner.db.read(indexes::all_counts)
     }
 
     /// Checks that the key, status and location indexes and the counts
     /// agree with the devices.
     pub fn verify_indexes(&self) -> StoreResult<()> {
-        self.inner.db.read(|txn| indexes::verify(txn))
+        self.inner.db.read(indexes::verify)
     }
 
     /// Runs a point read on the snapshot shared since the last commit
@@ -794,7 +794,7 @@ impl Embedded {
 
     /// Every enabled webhook, for the delivery worker.
     pub fn webhook_schedule(&self) -> StoreResult<Vec<Scheduled>> {
-        self.inner.db.read(|txn| webhooks::schedule(txn))
+        self.inner.db.read(webhooks::schedule)
     }
 
     /// What to send a webhook next (see `webhooks::next`).
