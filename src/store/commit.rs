@@ -149,7 +149,8 @@ impl Writer {
                             }
                             commit_batch(&inner, batch);
                         }
-                        Err(RecvTimeoutError::Timeout) => {}
+                        // Idle: what the last commits' snapshots held goes.
+                        Err(RecvTimeoutError::Timeout) => inner.reads.release_retired(),
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                     if Instant::now() >= due {
@@ -244,6 +245,7 @@ impl Writer {
 /// The writer's own work: deletes what has expired, as one commit. Returns
 /// whether more is left than one commit may delete.
 fn housekeep(inner: &Inner) -> bool {
+    inner.reads.release_retired();
     let pruned = inner.db.run(write_txn).and_then(|txn| {
         let pruned = inner.housekeeping(&txn, crate::devices::Millis::now())?;
         txn.commit()?;
@@ -273,10 +275,12 @@ impl Drop for Writer {
         // Answers wait for their sync holding the store: once they are
         // sent, dropping the store closes the file.
         self.inner.db.wait_synced();
+        self.inner.reads.release_retired();
     }
 }
 
 fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
+    inner.reads.release_retired();
     let (txn, durable) = match inner.db.begin_write(write_txn) {
         Ok(begun) => begun,
         Err(e) => {

@@ -26,6 +26,14 @@
 //!    a commit waits for at most that one sync. The change feed, a list or
 //!    a GET therefore never shows what a crash could still take back.
 //!
+//! Since a read may wait for the sync thread, the sync thread must never
+//! wait for a reader, nor for redb (whose locks the writer can hold while it
+//! waits under rule 1): a read begins its transaction without holding the
+//! shared snapshot's slot, which the sync thread takes to install a
+//! snapshot, and the snapshots it replaces are dropped by the writer, so
+//! the sync thread never ends a read transaction. A test runs point reads
+//! beside writes, which hung with the slot held.
+//!
 //! A failed `fdatasync` fails the batch waiting for it, and every later
 //! write and read of this handle: `DbHandle` reopens the file, and redb's
 //! recovery goes back to the last commit that was synced.

@@ -101,6 +101,11 @@ pub(super) struct Reads {
     /// Commits made so far: a snapshot is installed only if no commit came
     /// after the one it shows.
     commits: AtomicU64,
+    /// Snapshots replaced by `install`, dropped by the writer
+    /// (`release_retired`): the sync thread never ends a read transaction,
+    /// so it never waits on redb while the writer, inside redb, waits for
+    /// it.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -117,6 +122,7 @@ impl Reads {
             generation: AtomicU64::new(0),
             latest: Mutex::new(None),
             commits: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -142,16 +148,24 @@ impl Reads {
     /// snapshot is stale: reads take a new one instead.
     pub(super) fn install(&self, commit: u64, snapshot: Snapshot) {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let old = if self.commits.load(Ordering::SeqCst) == commit {
+        let (new, old) = if self.commits.load(Ordering::SeqCst) == commit {
             let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            latest.replace((generation, Arc::new(snapshot)))
+            let snapshot = Arc::new(snapshot);
+            (None, latest.replace((generation, snapshot)))
         } else {
-            drop(snapshot);
             self.generation.fetch_add(1, Ordering::SeqCst);
-            latest.take()
+            (Some(Arc::new(snapshot)), latest.take())
         };
         drop(latest);
-        drop(old);
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.extend(new);
+        retired.extend(old.map(|(_, snapshot)| snapshot));
+    }
+
+    /// Drops the snapshots `install` replaced (on the writer thread).
+    pub(super) fn release_retired(&self) {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(retired);
     }
 
     /// The snapshot of the current generation, made if there is none yet.
@@ -164,19 +178,31 @@ impl Reads {
         if let Some(snapshot) = cached {
             return Ok(snapshot);
         }
-        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = match &*latest {
-            Some((at, snapshot)) if *at == generation => snapshot.clone(),
-            _ => {
+        let shared = match &*self.latest.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((at, snapshot)) if *at == generation => Some(snapshot.clone()),
+            _ => None,
+        };
+        let snapshot = match shared {
+            Some(snapshot) => snapshot,
+            None => {
                 // Begun after `generation` was read: it holds at least
-                // every commit that generation stands for.
+                // every commit that generation stands for. Begun without
+                // the lock: beginning may wait for the sync of the latest
+                // commit, and the sync thread takes the lock to install
+                // that commit's snapshot before it moves on.
                 let (db, txn) = db.begin_read(|_| Ok(()))?;
                 let snapshot = Arc::new(Snapshot::new(db, txn));
-                *latest = Some((generation, snapshot.clone()));
+                let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+                let old = if self.generation.load(Ordering::SeqCst) == generation {
+                    latest.replace((generation, snapshot.clone()))
+                } else {
+                    None
+                };
+                drop(latest);
+                drop(old);
                 snapshot
             }
         };
-        drop(latest);
         LOCAL.with(|local| {
             *local.borrow_mut() = Some((self.id, generation, Arc::downgrade(&snapshot)));
         });

@@ -388,6 +388,56 @@ async fn check_ins_show_at_once_and_never_touch_the_etag() {
     assert_eq!(seen.updated_at, d.updated_at);
 }
 
+/// Point reads that take a new snapshot while a commit waits for its sync
+/// (`file.rs`) wait for that sync without holding up the sync thread, which
+/// installs the commit's snapshot before it answers: every write is
+/// answered, and a read after an answer sees the write.
+#[actix_web::test]
+async fn point_reads_beside_writes_never_hold_up_a_commit() {
+    if redb_only("point_reads_beside_writes_never_hold_up_a_commit") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = open_embedded();
+    let (d, _) = add(&t.store, "t", "n0", 1_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, stop, id) = (t.store.clone(), stop.clone(), d.id.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    store.embedded().unwrap().get("t", &id).unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 1..=300 {
+        let name = format!("n{i}");
+        let change = t.store.update(
+            "t",
+            &d.id,
+            patch(json!({ "name": name })),
+            None,
+            Millis(2_000 + i),
+        );
+        actix_web::rt::time::timeout(std::time::Duration::from_secs(20), change)
+            .await
+            .expect("a write was never answered")
+            .unwrap();
+        assert_eq!(
+            t.store.embedded().unwrap().get("t", &d.id).unwrap().name,
+            name
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+}
+
 #[actix_web::test]
 async fn data_survives_reopening_and_the_file_is_locked_while_open() {
     if redb_only("data_survives_reopening_and_the_file_is_locked_while_open") {
