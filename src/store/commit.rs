@@ -274,7 +274,7 @@ impl Drop for Writer {
         }
         // Answers wait for their sync holding the store: once they are
         // sent, dropping the store closes the file.
-        self.inner.db.wait_synced();
+        let _ = self.inner.db.wait_synced();
         self.inner.reads.release_retired();
     }
 }

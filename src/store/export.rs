@@ -360,6 +360,8 @@ impl Embedded {
         let read = Importer::new(&txn)?.run(input)?;
         indexes::rebuild(&txn, indexes::Keys::Kept)?;
         txn.commit()?;
+        // Reported as imported only once it is on disk (`file.rs`).
+        self.inner.db.wait_synced()?;
         self.inner.reads.changed();
         self.inner.event_ids.forget();
         Ok(read)

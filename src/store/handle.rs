@@ -99,11 +99,12 @@ impl DbHandle {
     }
 
     /// Waits until every commit made so far is on disk and its callers are
-    /// answered (a failed sync counts as done).
-    pub(super) fn wait_synced(&self) {
-        if let Ok(open) = self.current() {
-            let _ = open.durable.wait_for_syncs();
-        }
+    /// answered; an error if a sync failed.
+    pub(super) fn wait_synced(&self) -> StoreResult<()> {
+        self.current()?
+            .durable
+            .wait_for_syncs()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// For the writer, right after its commit: a read transaction that sees
