@@ -99,10 +99,18 @@ impl DbHandle {
     }
 
     /// Waits until every commit made so far is on disk and its callers are
-    /// answered; an error if a sync failed.
+    /// answered; an error if a sync failed. Never opens the file: a handle
+    /// let go after a failure has nothing left to sync.
     pub(super) fn wait_synced(&self) -> StoreResult<()> {
-        self.current()?
-            .durable
+        let open = self
+            .slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Unavailable("the database was let go after a failure".into())
+            })?;
+        open.durable
             .wait_for_syncs()
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
