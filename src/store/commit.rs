@@ -15,14 +15,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Table, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::file::Durable;
+use super::handle::Writing;
 use super::tables::{DEVICES, EVENTS, LAST_SEEN, NAME_INDEX};
+use super::wal::{LogTxn, Logged, Wal};
 use super::{reads, write_txn, Inner, StoreError, StoreResult};
 
 /// At most this many jobs share one commit.
@@ -48,7 +51,7 @@ enum Step<'a, 't> {
     Fail(StoreError),
 }
 
-type Keyed<'t, V> = Table<'t, (&'static str, &'static str), V>;
+type Keyed<'t, V> = Logged<'t, 't, (&'static str, &'static str), V>;
 
 /// The tables a device's registration or change touches, every time.
 pub(super) struct Hot<'t> {
@@ -64,17 +67,18 @@ pub(super) struct Hot<'t> {
 /// itself takes `exclusive`, which closes them first (the next job that
 /// asks opens them again, and sees what that job wrote).
 pub(super) struct Shared<'t> {
-    txn: &'t WriteTransaction,
+    txn: &'t LogTxn<'t>,
     hot: Option<Hot<'t>>,
 }
 
 impl<'t> Shared<'t> {
-    fn new(txn: &'t WriteTransaction) -> Shared<'t> {
+    fn new(txn: &'t LogTxn<'t>) -> Shared<'t> {
         Shared { txn, hot: None }
     }
 
     /// The transaction, for tables other than the hot ones, and the hot ones.
-    pub(super) fn tables(&mut self) -> StoreResult<(&'t WriteTransaction, &mut Hot<'t>)> {
+    /// What is written through either is recorded in the write-ahead log.
+    pub(super) fn tables(&mut self) -> StoreResult<(&'t LogTxn<'t>, &mut Hot<'t>)> {
         let hot = match self.hot.take() {
             Some(hot) => hot,
             None => Hot {
@@ -88,10 +92,10 @@ impl<'t> Shared<'t> {
     }
 
     /// The transaction alone, the hot tables closed: for a write that opens
-    /// whatever tables it needs.
+    /// whatever tables it needs. Its batch is committed as a checkpoint.
     pub(super) fn exclusive(&mut self) -> &'t WriteTransaction {
         self.hot = None;
-        self.txn
+        self.txn.raw()
     }
 }
 
@@ -149,9 +153,16 @@ impl Writer {
                             }
                             commit_batch(&inner, batch);
                         }
-                        // Idle: what the last commits' snapshots held goes.
-                        Err(RecvTimeoutError::Timeout) => inner.reads.release_retired(),
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        // Idle: what the last commits' snapshots held goes,
+                        // and the file catches up with the log.
+                        Err(RecvTimeoutError::Timeout) => {
+                            inner.reads.release_retired();
+                            checkpoint_if_behind(&inner);
+                        }
+                        Err(RecvTimeoutError::Disconnected) => {
+                            checkpoint_if_behind(&inner);
+                            break;
+                        }
                     }
                     if Instant::now() >= due {
                         backlog = housekeep(&inner);
@@ -246,9 +257,9 @@ impl Writer {
 /// whether more is left than one commit may delete.
 fn housekeep(inner: &Inner) -> bool {
     inner.reads.release_retired();
-    let pruned = inner.db.run(write_txn).and_then(|txn| {
-        let pruned = inner.housekeeping(&txn, crate::devices::Millis::now())?;
-        txn.commit()?;
+    let pruned = inner.db.begin_write(write_txn).and_then(|writing| {
+        let pruned = inner.housekeeping(&writing.txn, crate::devices::Millis::now())?;
+        checkpoint(writing.txn, &writing.durable, writing.wal.as_deref())?;
         Ok(pruned)
     });
     inner.reads.changed();
@@ -281,7 +292,7 @@ impl Drop for Writer {
 
 fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
     inner.reads.release_retired();
-    let (txn, durable) = match inner.db.begin_write(write_txn) {
+    let Writing { txn, durable, wal } = match inner.db.begin_write(write_txn) {
         Ok(begun) => begun,
         Err(e) => {
             log::warn!("cannot start a write transaction: {e}");
@@ -296,7 +307,8 @@ fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
     };
     let mut answers = Vec::with_capacity(batch.len());
     let mut broken: Option<StoreError> = None;
-    let mut shared = Shared::new(&txn);
+    let logging = LogTxn::new(&txn);
+    let mut shared = Shared::new(&logging);
     for job in batch {
         match &broken {
             Some(e) => {
@@ -314,6 +326,7 @@ fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
     }
     // The hot tables are closed before the commit (or the drop).
     drop(shared);
+    let (ops, loggable) = logging.finish();
     let outcome = match broken {
         Some(e) => {
             drop(txn);
@@ -322,7 +335,10 @@ fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
         None => {
             let started = std::time::Instant::now();
             let writes = answers.len();
-            let committed = txn.commit().map_err(StoreError::from);
+            let committed = match loggable {
+                true => commit(txn, &durable, wal.as_deref(), &ops),
+                false => checkpoint(txn, &durable, wal.as_deref()),
+            };
             // The commit's time runs until it is on disk.
             answers.insert(
                 0,
@@ -360,5 +376,72 @@ fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
                 answer(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Commits a batch whose writes the log carries: its record goes to the log
+/// and redb keeps its pages in memory until the next checkpoint (`wal.rs`).
+/// Without a log, when a checkpoint is due, or when the record does not fit,
+/// it is a checkpoint itself.
+fn commit(
+    mut txn: WriteTransaction,
+    durable: &Durable,
+    wal: Option<&Mutex<Wal>>,
+    ops: &[u8],
+) -> StoreResult<()> {
+    let Some(wal) = wal else {
+        return Ok(txn.commit()?);
+    };
+    let mut log = wal.lock().unwrap_or_else(|p| p.into_inner());
+    if ops.is_empty() && !log.checkpoint_due() {
+        // Nothing was written (every job refused, or a no-op): nothing to
+        // make durable either.
+        txn.set_durability(Durability::None)?;
+        return Ok(txn.commit()?);
+    }
+    if !log.checkpoint_due() {
+        if let Some(pending) = log.append(ops, durable)? {
+            txn.set_durability(Durability::None)?;
+            txn.commit()?;
+            log.appended(pending);
+            return Ok(());
+        }
+    }
+    drop(log);
+    checkpoint(txn, durable, Some(wal))
+}
+
+/// Commits `txn` durably, as a checkpoint of the log if there is one: the
+/// file then holds every batch logged so far.
+fn checkpoint(
+    txn: WriteTransaction,
+    durable: &Durable,
+    wal: Option<&Mutex<Wal>>,
+) -> StoreResult<()> {
+    let Some(wal) = wal else {
+        return Ok(txn.commit()?);
+    };
+    let mut log = wal.lock().unwrap_or_else(|p| p.into_inner());
+    log.mark_checkpoint(&txn)?;
+    txn.commit()?;
+    log.checkpointed(durable);
+    Ok(())
+}
+
+/// When batches were logged since the last checkpoint, makes one.
+fn checkpoint_if_behind(inner: &Inner) {
+    let Ok(writing) = inner.db.begin_write(write_txn) else {
+        return;
+    };
+    let behind = writing
+        .wal
+        .as_deref()
+        .is_some_and(|wal| wal.lock().unwrap_or_else(|p| p.into_inner()).behind());
+    if !behind {
+        return;
+    }
+    match checkpoint(writing.txn, &writing.durable, writing.wal.as_deref()) {
+        Ok(()) => {}
+        Err(e) => log::warn!("storage: a checkpoint of the write-ahead log failed: {e}"),
     }
 }

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{EVENTS, ID_MAX};
+use super::wal::Logged;
 use super::{StoreError, StoreResult};
 use crate::devices::{Device, Millis};
 use crate::events::{self, EventType};
@@ -62,13 +63,13 @@ pub struct Recorded<'a> {
 /// stored in its compact form (`compact`): the device's fields and the old
 /// values, in binary, rendered to JSON when read.
 pub(super) fn record(
-    table: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
+    table: &mut Logged<'_, '_, (&'static str, &'static str), &'static [u8]>,
     tenant: &str,
     what: Recorded<'_>,
     now: Millis,
     last_ids: &LastIds,
 ) -> StoreResult<String> {
-    let ulid = last_ids.next(table, tenant, now)?;
+    let ulid = last_ids.next(&**table, tenant, now)?;
     let id = events::id::format(ulid);
     let value = compact::encode(&what, now)?;
     table.insert((tenant, id.as_str()), value.as_slice())?;

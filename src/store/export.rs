@@ -66,6 +66,18 @@ impl Source {
 }
 
 /// The database `export_file` reads.
+/// The file at `path` opened for writing, repaired by redb if it must be,
+/// with what its write-ahead log holds applied (`wal.rs`).
+fn open_replayed(path: &Path) -> Result<Opened, DatabaseError> {
+    let (db, durable) = super::file::create(path)?;
+    super::wal::open(path, &db, &durable).map_err(|e| {
+        DatabaseError::Storage(redb::StorageError::Io(io::Error::other(format!(
+            "write-ahead log: {e}"
+        ))))
+    })?;
+    Ok(Opened::Repaired(db))
+}
+
 enum Opened {
     ReadOnly(ReadOnlyDatabase),
     /// Opened for writing, only so that redb could repair it.
@@ -293,13 +305,18 @@ impl Embedded {
         // One pass over the file: a larger cache would only grow with it.
         builder.set_cache_size(EXPORT_CACHE_BYTES);
         let opened = match builder.open_read_only(path) {
+            // A server stopped before its last checkpoint left batches in
+            // its write-ahead log: they are applied first, as its next
+            // start would.
+            Ok(db) if source == Source::Live && super::wal::pending(path, &db).unwrap_or(false) => {
+                drop(db);
+                open_replayed(path)
+            }
             Ok(db) => Ok(Opened::ReadOnly(db)),
             // A server that stopped without closing the file leaves it to be
             // repaired by whoever opens it next for writing, as the server's
             // own next start would. A snapshot is never repaired.
-            Err(DatabaseError::RepairAborted) if source == Source::Live => {
-                builder.open(path).map(Opened::Repaired)
-            }
+            Err(DatabaseError::RepairAborted) if source == Source::Live => open_replayed(path),
             Err(e) => Err(e),
         };
         let db = opened.map_err(|e| {

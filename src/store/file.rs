@@ -39,10 +39,12 @@
 //! recovery goes back to the last commit that was synced.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Database, DatabaseError, StorageBackend};
@@ -58,6 +60,12 @@ pub(super) struct Durable {
     state: Mutex<State>,
     /// Signalled whenever `State` changes.
     changed: Condvar,
+    /// redb asked for a sync of the database file since the last one.
+    db_dirty: AtomicBool,
+    /// The write-ahead log's files (`wal.rs`), once it is open, and whether
+    /// each was written since its last sync.
+    logs: OnceLock<[Arc<File>; 2]>,
+    log_dirty: [AtomicBool; 2],
 }
 
 #[derive(Default)]
@@ -95,6 +103,35 @@ impl Durable {
             return Err(failed_sync());
         }
         Ok(())
+    }
+
+    /// Waits until the sync of `epoch` (a value of `requested`) is done.
+    pub(super) fn wait_for_epoch(&self, epoch: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        while state.synced < epoch && !state.failed {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.failed {
+            return Err(failed_sync());
+        }
+        Ok(())
+    }
+
+    /// How many syncs were asked for so far: the epoch of the last one.
+    pub(super) fn requested(&self) -> u64 {
+        self.lock().requested
+    }
+
+    /// Hands the sync thread the write-ahead log's files.
+    pub(super) fn set_logs(&self, files: [Arc<File>; 2]) {
+        let _ = self.logs.set(files);
+    }
+
+    /// Log file `index` was written: asks for its sync. Called before the
+    /// batch's commit, so that a read that sees the commit waits for it.
+    pub(super) fn log_written(&self, index: usize) -> io::Result<()> {
+        self.log_dirty[index].store(true, Ordering::Release);
+        self.request()
     }
 
     /// Called after a read transaction begins: returns once every commit
@@ -136,7 +173,23 @@ impl Durable {
     /// time it starts, then the answers it makes durable; until the file
     /// is closed or a sync fails.
     fn run(&self, file: &FileBackend) {
-        while self.sync_once(|| file.sync_data()) {}
+        while self.sync_once(|| self.sync_what_was_written(file)) {}
+    }
+
+    /// The `fdatasync` of each file written since its last one: the
+    /// database file after a checkpoint's commit, the log after a record.
+    fn sync_what_was_written(&self, file: &FileBackend) -> io::Result<()> {
+        if self.db_dirty.swap(false, Ordering::AcqRel) {
+            file.sync_data()?;
+        }
+        if let Some(logs) = self.logs.get() {
+            for (log, dirty) in logs.iter().zip(&self.log_dirty) {
+                if dirty.swap(false, Ordering::AcqRel) {
+                    log.sync_data()?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a sync to be asked for and makes it with `sync`. Returns
@@ -232,6 +285,7 @@ impl StorageBackend for SyncedFile {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        self.durable.db_dirty.store(true, Ordering::Release);
         self.durable.request()
     }
 

@@ -9,12 +9,14 @@
 //! reads go on.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use super::file::Durable;
+use super::wal::{self, Wal};
 use super::{StoreError, StoreResult};
 
 /// Reopening is tried at most this often while it keeps failing.
@@ -23,6 +25,9 @@ const REOPEN_BACKOFF: Duration = Duration::from_millis(200);
 pub struct DbHandle {
     path: PathBuf,
     slot: RwLock<Option<Open>>,
+    /// Whether commits go through the write-ahead log (`wal.rs`), which a
+    /// reopened file then opens too.
+    logged: AtomicBool,
     last_failed_reopen: Mutex<Option<Instant>>,
 }
 
@@ -31,6 +36,8 @@ pub struct DbHandle {
 struct Open {
     db: Arc<Database>,
     durable: Arc<Durable>,
+    /// Only the writer thread locks it.
+    wal: Option<Arc<Mutex<Wal>>>,
 }
 
 impl Open {
@@ -50,7 +57,9 @@ impl DbHandle {
             slot: RwLock::new(Some(Open {
                 db: Arc::new(db),
                 durable,
+                wal: None,
             })),
+            logged: AtomicBool::new(false),
             last_failed_reopen: Mutex::new(None),
         }
     }
@@ -59,6 +68,21 @@ impl DbHandle {
     #[cfg(test)]
     pub(super) fn synchronous(path: PathBuf, db: Database) -> DbHandle {
         DbHandle::new(path, db, super::file::synchronous())
+    }
+
+    /// From now on, commits go through the write-ahead log: applies what it
+    /// holds after the file's last checkpoint first (`wal::open`).
+    /// Returns how many logged batches it applied.
+    pub(super) fn start_log(&self) -> StoreResult<u64> {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        let open = slot
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the database is being reopened".into()))?;
+        let log = wal::open(&self.path, &open.db, &open.durable)?;
+        let replayed = log.replayed;
+        open.wal = Some(Arc::new(Mutex::new(log)));
+        self.logged.store(true, Ordering::Release);
+        Ok(replayed)
     }
 
     /// The database file's path.
@@ -129,8 +153,14 @@ impl DbHandle {
     pub(super) fn begin_write(
         &self,
         op: impl Fn(&Database) -> StoreResult<WriteTransaction>,
-    ) -> StoreResult<(WriteTransaction, Arc<Durable>)> {
-        self.run_open(|open| Ok((op(&open.db)?, open.durable.clone())))
+    ) -> StoreResult<Writing> {
+        self.run_open(|open| {
+            Ok(Writing {
+                txn: op(&open.db)?,
+                durable: open.durable.clone(),
+                wal: open.wal.clone(),
+            })
+        })
     }
 
     fn run_open<T>(&self, op: impl Fn(&Open) -> StoreResult<T>) -> StoreResult<T> {
@@ -192,21 +222,39 @@ impl DbHandle {
                 "the database is being reopened".into(),
             ));
         }
-        match super::file::create(&self.path) {
-            Ok((db, durable)) => {
+        let opened = super::file::create(&self.path)
+            .map_err(|e| StoreError::Unavailable(format!("reopening failed: {e}")))
+            .and_then(|(db, durable)| {
+                let wal = match self.logged.load(Ordering::Acquire) {
+                    true => Some(Arc::new(Mutex::new(wal::open(&self.path, &db, &durable)?))),
+                    false => None,
+                };
+                Ok((db, durable, wal))
+            });
+        match opened {
+            Ok((db, durable, wal)) => {
                 *last = None;
                 log::info!("storage: database reopened");
                 let open = Open {
                     db: Arc::new(db),
                     durable,
+                    wal,
                 };
                 *slot = Some(open.clone());
                 Ok(open)
             }
             Err(e) => {
                 *last = Some(Instant::now());
-                Err(StoreError::Unavailable(format!("reopening failed: {e}")))
+                Err(e)
             }
         }
     }
+}
+
+/// A write transaction, what answers its callers once its commit is on disk
+/// (`Durable::when_synced`), and the write-ahead log it commits through.
+pub(super) struct Writing {
+    pub txn: WriteTransaction,
+    pub durable: Arc<Durable>,
+    pub wal: Option<Arc<Mutex<Wal>>>,
 }

@@ -5,9 +5,10 @@
 
 use std::hash::{BuildHasher, Hash, RandomState};
 
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{DEVICES, KEY_INDEX, LOCATION_INDEX, NAME_INDEX, STATUS_INDEX, TENANT_COUNTS};
+use super::wal::{LogTxn, Logged};
 use super::{DeviceRecord, StoreError, StoreResult};
 use crate::auth::device_key;
 use crate::devices::DeviceStatus;
@@ -52,11 +53,11 @@ pub struct Indexed<'a> {
 }
 
 /// The name index, opened by the caller (the writer shares it per batch).
-pub type Names<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
+pub type Names<'t> = Logged<'t, 't, (&'static str, &'static str), &'static [u8]>;
 
 /// Indexes and counts a device that did not exist before.
 pub fn insert(
-    txn: &WriteTransaction,
+    txn: &LogTxn<'_>,
     names: &mut Names<'_>,
     tenant: &str,
     id: &str,
@@ -74,7 +75,7 @@ pub fn insert(
 
 /// Moves a device's index entries and counts from `old` to `new`.
 pub fn change(
-    txn: &WriteTransaction,
+    txn: &LogTxn<'_>,
     names: &mut Names<'_>,
     tenant: &str,
     id: &str,
@@ -112,7 +113,7 @@ pub fn change(
 }
 
 fn adjust_count(
-    txn: &WriteTransaction,
+    txn: &LogTxn<'_>,
     tenant: &str,
     status: DeviceStatus,
     delta: i64,

@@ -20,6 +20,7 @@ pub mod postgres;
 mod reads;
 mod record;
 pub mod tables;
+mod wal;
 mod webhooks;
 
 use std::path::Path;
@@ -324,6 +325,9 @@ pub struct KeyOwner {
 
 pub struct Embedded {
     inner: Arc<Inner>,
+    /// How many batches the write-ahead log held that opening the file
+    /// applied (`wal.rs`): a server stopped without its last checkpoint.
+    replayed: u64,
     writer: Writer,
 }
 
@@ -378,9 +382,23 @@ impl Embedded {
         inner
             .check_schema()
             .map_err(|e| StartupError::new(format!("storage.path: {shown}: {e}")))?;
+        // What the log holds after the file's last checkpoint is applied
+        // before anything is read or written (`wal.rs`).
+        let replayed = inner.db.start_log().map_err(|e| {
+            StartupError::new(format!("storage.path: {shown}: write-ahead log: {e}"))
+        })?;
         let writer = Writer::start(inner.clone())
             .map_err(|e| StartupError::new(format!("cannot start the writer thread: {e}")))?;
-        Ok(Embedded { inner, writer })
+        Ok(Embedded {
+            inner,
+            writer,
+            replayed,
+        })
+    }
+
+    /// How many logged batches opening the file applied.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// Whether no device of any tenant is stored.
@@ -884,7 +902,7 @@ fn owned(author: Author<'_>) -> (String, Option<String>) {
 
 /// Keeps an `Idempotency-Key`'s answer in the write it answers.
 fn remember_in(
-    txn: &WriteTransaction,
+    txn: &wal::LogTxn<'_>,
     tenant: &str,
     remember: Remember,
     device: &Device,
@@ -1031,12 +1049,12 @@ impl Inner {
     ) -> StoreResult<Device> {
         let (txn, hot) = shared.tables()?;
         if let Some(quota) = quota {
-            let held = indexes::counts(&txn.open_table(TENANT_COUNTS)?, tenant)?.total();
+            let held = indexes::counts(&*txn.open_table(TENANT_COUNTS)?, tenant)?.total();
             if held >= quota {
                 return Err(StoreError::QuotaExceeded(quota));
             }
         }
-        let ulid = next_ulid(&hot.devices, tenant, now, id::PREFIX)?;
+        let ulid = next_ulid(&*hot.devices, tenant, now, id::PREFIX)?;
         let device = registered(id::format(ulid), new, now);
         let keys = Keys {
             current: device_key::to_hex(&key_hash),
@@ -1090,7 +1108,7 @@ impl Inner {
         };
         let mut keys = record.keys();
         let last_event = record.last_event.clone();
-        let last_seen = self.last_seen(&hot.last_seen, tenant, device_id)?;
+        let last_seen = self.last_seen(&*hot.last_seen, tenant, device_id)?;
         let mut device = record.into_device(device_id, last_seen);
         let before = device.clone();
         let change = change(&mut device)?;

@@ -741,6 +741,7 @@ async fn stats_of(store: &Store, tenant: &str) -> (u64, u64, u64) {
 
 mod events;
 mod fleet;
+mod wal;
 mod webhooks;
 
 #[test]
