@@ -401,10 +401,15 @@ fn commit(
     }
     if !log.checkpoint_due() {
         if let Some(pending) = log.append(ops, durable)? {
-            txn.set_durability(Durability::None)?;
-            txn.commit()?;
-            log.appended(pending);
-            return Ok(());
+            let committed = txn
+                .set_durability(Durability::None)
+                .map_err(StoreError::from)
+                .and_then(|()| Ok(txn.commit()?));
+            match committed {
+                Ok(()) => log.appended(pending),
+                Err(_) => log.discard(pending),
+            }
+            return committed;
         }
     }
     drop(log);
@@ -430,16 +435,12 @@ fn checkpoint(
 
 /// When batches were logged since the last checkpoint, makes one.
 fn checkpoint_if_behind(inner: &Inner) {
+    if !inner.db.log_behind() {
+        return;
+    }
     let Ok(writing) = inner.db.begin_write(write_txn) else {
         return;
     };
-    let behind = writing
-        .wal
-        .as_deref()
-        .is_some_and(|wal| wal.lock().unwrap_or_else(|p| p.into_inner()).behind());
-    if !behind {
-        return;
-    }
     match checkpoint(writing.txn, &writing.durable, writing.wal.as_deref()) {
         Ok(()) => {}
         Err(e) => log::warn!("storage: a checkpoint of the write-ahead log failed: {e}"),

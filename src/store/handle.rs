@@ -85,6 +85,14 @@ impl DbHandle {
         Ok(replayed)
     }
 
+    /// Whether batches were logged since the last checkpoint (`wal.rs`).
+    pub(super) fn log_behind(&self) -> bool {
+        let slot = self.slot.read().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .and_then(|open| open.wal.as_ref())
+            .is_some_and(|wal| wal.lock().unwrap_or_else(|p| p.into_inner()).behind())
+    }
+
     /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path

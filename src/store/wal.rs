@@ -430,9 +430,10 @@ impl Wal {
                 log::error!("storage: writing the write-ahead log failed: {e}");
                 StoreError::Unavailable("the write-ahead log could not be written".into())
             })?;
-        durable
-            .log_written(self.active)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if let Err(e) = durable.log_written(self.active) {
+            self.spoil();
+            return Err(StoreError::Unavailable(e.to_string()));
+        }
         Ok(Some(Pending { len }))
     }
 
@@ -440,6 +441,21 @@ impl Wal {
     pub(super) fn appended(&mut self, pending: Pending) {
         self.seq += 1;
         self.offset += pending.len;
+    }
+
+    /// After a failed commit of the batch whose record `append` wrote: its
+    /// callers get the error, so the record is spoilt (its magic zeroed)
+    /// and never applied, even by a reopen right after. The next record
+    /// takes its place.
+    pub(super) fn discard(&mut self, _pending: Pending) {
+        self.spoil();
+    }
+
+    /// Zeroes the magic of the record at the offset: reading stops there.
+    fn spoil(&self) {
+        if let Err(e) = self.files[self.active].write_all_at(&[0u8; 4], self.offset) {
+            log::error!("storage: spoiling a record of the write-ahead log failed: {e}");
+        }
     }
 
     /// Makes `txn` a checkpoint: `meta` records that the file holds every
@@ -479,6 +495,10 @@ pub(super) fn open(path: &Path, db: &Database, durable: &Durable) -> StoreResult
         Arc::new(open_file(&first).map_err(cannot)?),
         Arc::new(open_file(&second).map_err(cannot)?),
     ];
+    // The files' names must last as long as what is synced into them.
+    if let Some(dir) = first.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(cannot)?;
+    }
     let (generation, after) = position(db)?;
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
@@ -547,6 +567,58 @@ mod tests {
             assert_eq!(table_id(name), Some(i as u8), "{name}");
         }
         assert_eq!(table_id(META.name()), None);
+    }
+
+    /// The writes of a record that adds the device `name` of tenant `t`.
+    fn adding(name: &str) -> Vec<u8> {
+        let mut ops = Vec::new();
+        let key = <(&str, &str) as Value>::as_bytes(&("t", name));
+        record_op(&mut ops, 0, &key, Some(b"record"));
+        ops
+    }
+
+    #[test]
+    fn opening_applies_what_follows_the_checkpoint_up_to_a_gap_and_never_a_spoilt_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devicehub.redb");
+        {
+            let (db, durable) = super::super::file::create(&path).unwrap();
+            let mut wal = open(&path, &db, &durable).unwrap();
+            assert_eq!(wal.replayed, 0);
+            let pending = wal.append(&adding("a"), &durable).unwrap().unwrap();
+            wal.appended(pending);
+            // A batch whose commit failed: its record is spoilt at once.
+            let pending = wal.append(&adding("b"), &durable).unwrap().unwrap();
+            wal.discard(pending);
+            let mut found = BTreeMap::new();
+            scan(&wal.files[0], wal.generation, 0, &mut found);
+            assert_eq!(found.keys().copied().collect::<Vec<_>>(), vec![1]);
+            // The next record takes its place.
+            let pending = wal.append(&adding("c"), &durable).unwrap().unwrap();
+            wal.appended(pending);
+            // Sequence number 3 never written: 4 does not follow 2.
+            wal.seq += 1;
+            let pending = wal.append(&adding("d"), &durable).unwrap().unwrap();
+            wal.appended(pending);
+            durable.wait_for_syncs().unwrap();
+        }
+        let names = |db: &Database| -> Vec<String> {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(DEVICES).unwrap();
+            redb::ReadableTable::iter(&table)
+                .unwrap()
+                .map(|e| e.unwrap().0.value().1.to_string())
+                .collect()
+        };
+        let (db, durable) = super::super::file::create(&path).unwrap();
+        let wal = open(&path, &db, &durable).unwrap();
+        assert_eq!(wal.replayed, 2);
+        assert_eq!(names(&db), vec!["a", "c"]);
+        drop((wal, db));
+        // A new generation: the same records are not applied again.
+        let (db, durable) = super::super::file::create(&path).unwrap();
+        assert_eq!(open(&path, &db, &durable).unwrap().replayed, 0);
+        assert_eq!(names(&db), vec!["a", "c"]);
     }
 
     #[test]
