@@ -189,6 +189,9 @@ pub struct EventBus {
     waiting: AtomicUsize,
     /// Wakes the webhook delivery worker (one permit is kept while it is busy).
     deliveries: Arc<Notify>,
+    /// Wakes it when a webhook was added or changed: while there is none,
+    /// it waits for this alone, not for every commit.
+    webhooks: Arc<Notify>,
 }
 
 /// A place in line for the next commit of a tenant's events; it counts
@@ -237,10 +240,22 @@ impl EventBus {
         self.deliveries.notify_one();
     }
 
+    /// A webhook was added or changed: wakes the delivery worker even while
+    /// it waits for webhooks, not commits.
+    pub fn webhooks_changed(&self) {
+        self.webhooks.notify_one();
+        self.wake_deliveries();
+    }
+
     /// What `wake_deliveries` signals, for the delivery worker to wait on
     /// without holding the store.
     pub fn delivery_signal(&self) -> Arc<Notify> {
         self.deliveries.clone()
+    }
+
+    /// What `webhooks_changed` signals.
+    pub fn webhooks_signal(&self) -> Arc<Notify> {
+        self.webhooks.clone()
     }
 
     /// Wakes whoever waits on `tenant` for one of `events` (type and device

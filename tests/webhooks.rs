@@ -65,6 +65,19 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A receiver process, killed when the test ends, by a failed assertion too
+/// (else it would outlive the test run, holding its output pipe open).
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn webhooks_are_created_read_changed_and_deleted_by_admins_only() {
     let app = app();
@@ -382,16 +395,19 @@ fn example_receiver_accepts_real_deliveries(program: &str, script: &str) {
         &app,
         json!({"url": format!("http://127.0.0.1:{port}/"), "events": ["*"]}),
     );
-    let mut child = std::process::Command::new(program)
-        .arg(format!(
-            "{}/docs/examples/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg(port.to_string())
-        .env("WHSEC", &secret)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(program)
+            .arg(format!(
+                "{}/docs/examples/{script}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg(port.to_string())
+            .env("WHSEC", &secret)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(Some)
+            .unwrap(),
+    );
     let (device, _) = app.register(&admin(), json!({"name": "Till"}));
     rename(&app, &device, "Till 2");
     eventually("both events delivered", || {
@@ -411,6 +427,7 @@ fn example_receiver_accepts_real_deliveries(program: &str, script: &str) {
     );
     let answer = common::raw(([127, 0, 0, 1], port).into(), forged.as_bytes());
     assert_eq!(answer.status, 400);
+    let mut child = child.0.take().expect("the receiver started");
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&output.stdout);

@@ -751,7 +751,7 @@ impl Embedded {
             .writer
             .submit(move |_, txn| webhooks::create(txn, &owned, &new, secret, now))
             .await?;
-        self.inner.bus.wake_deliveries();
+        self.inner.bus.webhooks_changed();
         Ok(hook)
     }
 
@@ -777,7 +777,7 @@ impl Embedded {
             .writer
             .submit(move |_, txn| webhooks::update(txn, &owned, &id, &patch, now))
             .await?;
-        self.inner.bus.wake_deliveries();
+        self.inner.bus.webhooks_changed();
         Ok(hook)
     }
 

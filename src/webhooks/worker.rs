@@ -46,6 +46,7 @@ type Key = (String, String);
 /// while it works, and ends once the store is gone.
 pub fn start(store: &Arc<Store>, settings: DeliverySettings) {
     let wake = store.event_bus().delivery_signal();
+    let changed = store.event_bus().webhooks_signal();
     let store = Arc::downgrade(store);
     actix_web::rt::spawn(async move {
         let busy: Rc<RefCell<HashSet<Key>>> = Rc::default();
@@ -54,29 +55,33 @@ pub fn start(store: &Arc<Store>, settings: DeliverySettings) {
         let mut read_to: HashMap<Key, String> = HashMap::new();
         loop {
             let Some(live) = store.upgrade() else { return };
-            let wait = dispatch(&live, &store, &settings, &busy, &mut read_to).await;
+            let (wait, none) = dispatch(&live, &store, &settings, &busy, &mut read_to).await;
             drop(live);
-            let _ = actix_web::rt::time::timeout(wait, wake.notified()).await;
+            // With no webhook at all, a commit has nothing to deliver: only
+            // a new or changed webhook (or the periodic look) wakes it.
+            let signal = if none { &changed } else { &wake };
+            let _ = actix_web::rt::time::timeout(wait, signal.notified()).await;
         }
     });
 }
 
 /// Starts a sender for each enabled webhook that has something due and no
-/// sender yet; returns how long to sleep at most.
+/// sender yet; returns how long to sleep at most, and whether the store
+/// has no webhook in the schedule at all.
 async fn dispatch(
     store: &Arc<Store>,
     weak: &Weak<Store>,
     settings: &DeliverySettings,
     busy: &Rc<RefCell<HashSet<Key>>>,
     read_to: &mut HashMap<Key, String>,
-) -> Duration {
+) -> (Duration, bool) {
     let now = Millis::now();
     let mut wait = LOOK_AGAIN;
     let scheduled = match store.webhook_schedule().await {
         Ok(list) => list,
         Err(e) => {
             log::warn!("webhooks: cannot read the schedule: {e}");
-            return Duration::from_secs(1);
+            return (Duration::from_secs(1), false);
         }
     };
     let live: HashSet<Key> = scheduled
@@ -84,6 +89,7 @@ async fn dispatch(
         .map(|s| (s.tenant.clone(), s.id.clone()))
         .collect();
     read_to.retain(|key, _| live.contains(key));
+    let none = scheduled.is_empty();
     for hook in scheduled {
         let key = (hook.tenant, hook.id);
         if busy.borrow().contains(&key) {
@@ -119,7 +125,7 @@ async fn dispatch(
             Err(e) => log::warn!("webhooks: cannot read webhook {}: {e}", key.1),
         }
     }
-    wait
+    (wait, none)
 }
 
 /// Sends `first`, then each next wanted event, until one fails, none is

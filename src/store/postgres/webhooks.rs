@@ -69,7 +69,7 @@ impl Postgres {
         .await
         .map_err(pg_error)?;
         txn.commit().await.map_err(pg_error)?;
-        self.bus.wake_deliveries();
+        self.bus.webhooks_changed();
         Ok(record.public(&id))
     }
 
@@ -141,7 +141,7 @@ impl Postgres {
         let hook = self
             .change_webhook(tenant, id, |record| record.patch(id, &patch, now))
             .await?;
-        self.bus.wake_deliveries();
+        self.bus.webhooks_changed();
         Ok(hook)
     }
 
