@@ -381,8 +381,10 @@ fn commit_batch(inner: &Arc<Inner>, batch: Vec<Job>) {
 
 /// Commits a batch whose writes the log carries: its record goes to the log
 /// and redb keeps its pages in memory until the next checkpoint (`wal.rs`).
-/// Without a log, when a checkpoint is due, or when the record does not fit,
-/// it is a checkpoint itself.
+/// When a checkpoint is due, the batch is one too, and its record is still
+/// written: its answers then wait for the log's sync, not the database
+/// file's, which runs beside it. A record that does not fit in the log
+/// file makes an unlogged checkpoint.
 fn commit(
     mut txn: WriteTransaction,
     durable: &Durable,
@@ -393,31 +395,43 @@ fn commit(
         return Ok(txn.commit()?);
     };
     let mut log = wal.lock().unwrap_or_else(|p| p.into_inner());
-    if ops.is_empty() && !log.checkpoint_due() {
+    let due = log.checkpoint_due();
+    if ops.is_empty() && !due {
         // Nothing was written (every job refused, or a no-op): nothing to
         // make durable either.
         txn.set_durability(Durability::None)?;
         return Ok(txn.commit()?);
     }
-    if !log.checkpoint_due() {
-        if let Some(pending) = log.append(ops, durable)? {
-            let committed = txn
-                .set_durability(Durability::None)
-                .map_err(StoreError::from)
-                .and_then(|()| Ok(txn.commit()?));
-            match committed {
-                Ok(()) => log.appended(pending),
-                Err(_) => log.discard(pending),
+    let Some(pending) = log.append(ops, durable)? else {
+        return checkpoint_locked(txn, durable, &mut log);
+    };
+    let committed = if due {
+        log.mark_checkpoint(&txn).and_then(|()| {
+            durable.set_checkpoint_logged(true);
+            let committed = txn.commit();
+            durable.set_checkpoint_logged(false);
+            Ok(committed?)
+        })
+    } else {
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::from)
+            .and_then(|()| Ok(txn.commit()?))
+    };
+    match committed {
+        Ok(()) => {
+            log.appended(pending);
+            if due {
+                log.checkpointed(durable);
             }
-            return committed;
         }
+        Err(_) => log.discard(pending),
     }
-    drop(log);
-    checkpoint(txn, durable, Some(wal))
+    committed
 }
 
 /// Commits `txn` durably, as a checkpoint of the log if there is one: the
-/// file then holds every batch logged so far.
+/// file then holds every batch logged so far. Its answers wait for the
+/// database file's sync.
 fn checkpoint(
     txn: WriteTransaction,
     durable: &Durable,
@@ -426,9 +440,17 @@ fn checkpoint(
     let Some(wal) = wal else {
         return Ok(txn.commit()?);
     };
-    let mut log = wal.lock().unwrap_or_else(|p| p.into_inner());
+    checkpoint_locked(
+        txn,
+        durable,
+        &mut wal.lock().unwrap_or_else(|p| p.into_inner()),
+    )
+}
+
+fn checkpoint_locked(txn: WriteTransaction, durable: &Durable, log: &mut Wal) -> StoreResult<()> {
     log.mark_checkpoint(&txn)?;
     txn.commit()?;
+    log.unlogged();
     log.checkpointed(durable);
     Ok(())
 }

@@ -60,8 +60,9 @@ pub(super) struct Durable {
     state: Mutex<State>,
     /// Signalled whenever `State` changes.
     changed: Condvar,
-    /// redb asked for a sync of the database file since the last one.
-    db_dirty: AtomicBool,
+    /// Set by the writer around the commit of a checkpoint whose batch is in
+    /// the log too: that commit's sync then holds up no answer (`wal.rs`).
+    checkpoint_logged: AtomicBool,
     /// The write-ahead log's files (`wal.rs`), once it is open, and whether
     /// each was written since its last sync.
     logs: OnceLock<[Arc<File>; 2]>,
@@ -70,11 +71,19 @@ pub(super) struct Durable {
 
 #[derive(Default)]
 struct State {
-    /// Syncs asked for (calls of `sync_data`) since the file was opened.
+    /// Syncs asked for (of the database file or of the log) since the file
+    /// was opened: each is an epoch.
     requested: u64,
     /// Of those, how many are done: the sync thread sets it to the
     /// `requested` it saw before its `fdatasync`.
     synced: u64,
+    /// Syncs of the database file asked for (calls of `sync_data`), and how
+    /// many of them the database sync thread has made.
+    db_requested: u64,
+    db_synced: u64,
+    /// Epochs that are done only once the database file's sync of the
+    /// ticket (a value of `db_requested`) is: commits not in the log.
+    needs_db: VecDeque<(u64, u64)>,
     /// Set for good when an `fdatasync` failed.
     failed: bool,
     /// redb closed the file: the sync thread ends once nothing is left.
@@ -92,34 +101,51 @@ impl Durable {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until every sync asked for before this call is done.
+    /// Waits until `done` holds of the state, or a sync failed.
+    fn wait_until(&self, done: impl Fn(&State) -> bool) -> io::Result<()> {
+        let mut state = self.lock();
+        while !done(&state) && !state.failed {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.failed {
+            return Err(failed_sync());
+        }
+        Ok(())
+    }
+
+    /// Waits until every sync asked for before this call is done, of the
+    /// log and of the database file.
     pub(super) fn wait_for_syncs(&self) -> io::Result<()> {
-        let mut state = self.lock();
-        let target = state.requested;
-        while state.synced < target && !state.failed {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-        if state.failed {
-            return Err(failed_sync());
-        }
-        Ok(())
+        let (epoch, ticket) = {
+            let state = self.lock();
+            (state.requested, state.db_requested)
+        };
+        self.wait_until(|s| s.synced >= epoch && s.db_synced >= ticket)
     }
 
-    /// Waits until the sync of `epoch` (a value of `requested`) is done.
-    pub(super) fn wait_for_epoch(&self, epoch: u64) -> io::Result<()> {
-        let mut state = self.lock();
-        while state.synced < epoch && !state.failed {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-        if state.failed {
-            return Err(failed_sync());
-        }
-        Ok(())
+    /// Waits until every sync of the database file asked for before this
+    /// call is done: what a write to the file waits for.
+    fn wait_for_db_syncs(&self) -> io::Result<()> {
+        let ticket = self.lock().db_requested;
+        self.wait_for_db(ticket)
     }
 
-    /// How many syncs were asked for so far: the epoch of the last one.
-    pub(super) fn requested(&self) -> u64 {
-        self.lock().requested
+    /// Waits until the database file's sync `ticket` (a value of
+    /// `db_requested`) is done.
+    pub(super) fn wait_for_db(&self, ticket: u64) -> io::Result<()> {
+        self.wait_until(|s| s.db_synced >= ticket)
+    }
+
+    /// How many syncs of the database file were asked for so far: the
+    /// ticket of the last one.
+    pub(super) fn db_requested(&self) -> u64 {
+        self.lock().db_requested
+    }
+
+    /// Around the commit of a checkpoint whose batch is also in the log:
+    /// its sync of the database file need not hold up any answer.
+    pub(super) fn set_checkpoint_logged(&self, logged: bool) {
+        self.checkpoint_logged.store(logged, Ordering::Release);
     }
 
     /// Hands the sync thread the write-ahead log's files.
@@ -138,7 +164,9 @@ impl Durable {
     /// it can see is on disk. A failed sync latches the handle, so that it
     /// is reopened on what the disk holds.
     pub(super) fn wait_visible(&self) -> StoreResult<()> {
-        self.wait_for_syncs().map_err(|_| StoreError::Latched)
+        let epoch = self.lock().requested;
+        self.wait_until(|s| s.synced >= epoch)
+            .map_err(|_| StoreError::Latched)
     }
 
     /// After a commit: `answers` get its outcome once it is on disk (at
@@ -158,6 +186,23 @@ impl Durable {
         }
     }
 
+    /// redb asks for a sync of the database file: an epoch of its own, done
+    /// once that sync is, unless the commit's batch is in the log.
+    fn request_db(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.failed {
+            return Err(failed_sync());
+        }
+        state.db_requested += 1;
+        state.requested += 1;
+        if !self.checkpoint_logged.load(Ordering::Acquire) {
+            let entry = (state.requested, state.db_requested);
+            state.needs_db.push_back(entry);
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
     /// Asks for a sync; the answer is whether the file is still sound.
     fn request(&self) -> io::Result<()> {
         let mut state = self.lock();
@@ -169,19 +214,57 @@ impl Durable {
         Ok(())
     }
 
-    /// The sync thread: one `fdatasync` for whatever was asked for by the
-    /// time it starts, then the answers it makes durable; until the file
-    /// is closed or a sync fails.
-    fn run(&self, file: &FileBackend) {
-        while self.sync_once(|| self.sync_what_was_written(file)) {}
+    /// The sync thread: one `fdatasync` of each log file written for
+    /// whatever was asked for by the time it starts, then the answers it
+    /// makes durable; until the file is closed or a sync fails.
+    fn run(&self) {
+        while self.sync_once(|| self.sync_logs()) {}
     }
 
-    /// The `fdatasync` of each file written since its last one: the
-    /// database file after a checkpoint's commit, the log after a record.
-    fn sync_what_was_written(&self, file: &FileBackend) -> io::Result<()> {
-        if self.db_dirty.swap(false, Ordering::AcqRel) {
-            file.sync_data()?;
+    /// The database sync thread: one `fdatasync` of the database file for
+    /// the syncs redb asked for by the time it starts. A checkpoint's sync
+    /// runs here, beside the log's, so it holds up only what needs it.
+    fn run_db(&self, file: &FileBackend) {
+        while self.db_sync_once(|| file.sync_data()) {}
+    }
+
+    /// Waits for a sync of the database file to be asked for and makes it.
+    /// Returns false when there is nothing more to do (closed, or failed).
+    fn db_sync_once(&self, sync: impl FnOnce() -> io::Result<()>) -> bool {
+        let ticket = {
+            let mut state = self.lock();
+            while state.db_synced == state.db_requested && !state.closed && !state.failed {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.failed || state.db_synced == state.db_requested {
+                return false;
+            }
+            state.db_requested
+        };
+        if let Err(e) = sync() {
+            self.fail(&e);
+            return false;
         }
+        self.lock().db_synced = ticket;
+        self.changed.notify_all();
+        true
+    }
+
+    /// A sync failed: every answer waiting, and every later write and read
+    /// of this handle, fails.
+    fn fail(&self, e: &io::Error) {
+        log::error!("storage: syncing the database failed: {e}");
+        let done: Vec<Answer> = {
+            let mut state = self.lock();
+            state.failed = true;
+            state.waiting.drain(..).flat_map(|(_, a)| a).collect()
+        };
+        answer_all(done, Err(sync_error()));
+        self.changed.notify_all();
+    }
+
+    /// The `fdatasync` of each log file written since its last one.
+    fn sync_logs(&self) -> io::Result<()> {
         if let Some(logs) = self.logs.get() {
             for (log, dirty) in logs.iter().zip(&self.log_dirty) {
                 if dirty.swap(false, Ordering::AcqRel) {
@@ -206,15 +289,26 @@ impl Durable {
             state.requested
         };
         if let Err(e) = sync() {
-            log::error!("storage: syncing the database file failed: {e}");
-            let done: Vec<Answer> = {
-                let mut state = self.lock();
-                state.failed = true;
-                state.waiting.drain(..).flat_map(|(_, a)| a).collect()
-            };
-            answer_all(done, Err(sync_error()));
-            self.changed.notify_all();
+            self.fail(&e);
             return false;
+        }
+        // The epochs up to the target that hold a commit not in the log
+        // are done once the database file's sync of it is.
+        {
+            let mut state = self.lock();
+            while let Some(&(epoch, ticket)) = state.needs_db.front() {
+                if epoch > target {
+                    break;
+                }
+                if state.db_synced >= ticket {
+                    state.needs_db.pop_front();
+                    continue;
+                }
+                if state.failed {
+                    return false;
+                }
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
         }
         // The answers run before `synced` moves, so that the writer's next
         // commit is not published before this one's snapshot is installed,
@@ -280,17 +374,16 @@ impl StorageBackend for SyncedFile {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        self.durable.wait_for_syncs()?;
+        self.durable.wait_for_db_syncs()?;
         self.inner.set_len(len)
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
-        self.durable.db_dirty.store(true, Ordering::Release);
-        self.durable.request()
+        self.durable.request_db()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.durable.wait_for_syncs()?;
+        self.durable.wait_for_db_syncs()?;
         self.inner.write(offset, data)
     }
 
@@ -342,10 +435,14 @@ pub(super) fn create(path: &Path) -> Result<(Database, Arc<Durable>), DatabaseEr
         .open(path)?;
     let inner = Arc::new(FileBackend::new(file)?);
     let durable = Arc::new(Durable::default());
-    let (file, shared) = (inner.clone(), durable.clone());
+    let shared = durable.clone();
     std::thread::Builder::new()
         .name("devicehub-sync".into())
-        .spawn(move || shared.run(&file))?;
+        .spawn(move || shared.run())?;
+    let (file, shared) = (inner.clone(), durable.clone());
+    std::thread::Builder::new()
+        .name("devicehub-dbsync".into())
+        .spawn(move || shared.run_db(&file))?;
     let backend = SyncedFile {
         inner,
         durable: durable.clone(),
@@ -427,6 +524,8 @@ mod tests {
             durable: durable.clone(),
         });
         backend.sync_data().unwrap();
+        // A read may begin meanwhile: the database file's sync is not the
+        // log's.
         let writer = backend.clone();
         let thread = std::thread::spawn(move || {
             writer.write(0, b"new!").unwrap();
@@ -438,7 +537,7 @@ mod tests {
             b"old!",
             "written before the sync"
         );
-        assert!(durable.sync_once(|| Ok(())));
+        assert!(durable.db_sync_once(|| Ok(())));
         thread.join().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new!\0\0\0\0");
         assert_eq!(backend.len().unwrap(), 8);
@@ -467,6 +566,54 @@ mod tests {
         assert!(rx.try_recv().unwrap().is_ok());
         assert!(rx.try_recv().unwrap().is_ok());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_database_files_sync_holds_up_only_what_the_log_does_not_hold() {
+        let durable = Arc::new(Durable::default());
+        let (tx, rx) = mpsc::channel();
+        // A checkpoint whose batch is in the log: its record, then its commit.
+        durable.request().unwrap();
+        durable.set_checkpoint_logged(true);
+        durable.request_db().unwrap();
+        durable.set_checkpoint_logged(false);
+        durable.when_synced(vec![answer_into(&tx)]);
+        assert!(durable.sync_once(|| Ok(())));
+        assert!(
+            rx.try_recv().unwrap().is_ok(),
+            "the answer waited for the database file's sync"
+        );
+        durable.wait_visible().unwrap();
+        // The next write to the file waits for that sync all the same.
+        let (gate, flag) = (durable.clone(), Arc::new(AtomicBool::new(false)));
+        let passed = flag.clone();
+        let write = std::thread::spawn(move || {
+            gate.wait_for_db_syncs().unwrap();
+            passed.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !flag.load(Ordering::SeqCst),
+            "a write went ahead of the sync"
+        );
+        assert!(durable.db_sync_once(|| Ok(())));
+        write.join().unwrap();
+
+        // A commit the log does not hold (housekeeping, a webhook): its
+        // answer waits for the database file's sync.
+        durable.request_db().unwrap();
+        durable.when_synced(vec![answer_into(&tx)]);
+        let logs = durable.clone();
+        let log_sync = std::thread::spawn(move || logs.sync_once(|| Ok(())));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "answered before the database file's sync"
+        );
+        assert!(durable.db_sync_once(|| Ok(())));
+        assert!(log_sync.join().unwrap());
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
+        durable.wait_for_syncs().unwrap();
     }
 
     #[test]

@@ -392,9 +392,9 @@ pub(super) struct Wal {
     /// The sequence number of the last checkpoint.
     checkpointed: u64,
     last_checkpoint: Instant,
-    /// The sync epoch (`Durable::requested`) of the last checkpoint: the
-    /// other file is reused only once it is reached.
-    checkpoint_epoch: u64,
+    /// The last checkpoint's sync of the database file (a ticket of
+    /// `Durable::db_requested`): the other file is reused only once it is done.
+    checkpoint_ticket: u64,
     buf: Vec<u8>,
 }
 
@@ -443,6 +443,11 @@ impl Wal {
         self.offset += pending.len;
     }
 
+    /// After the commit of a checkpoint whose batch is not in the log.
+    pub(super) fn unlogged(&mut self) {
+        self.seq += 1;
+    }
+
     /// After a failed commit of the batch whose record `append` wrote: its
     /// callers get the error, so the record is spoilt (its magic zeroed)
     /// and never applied, even by a reopen right after. The next record
@@ -467,18 +472,17 @@ impl Wal {
         Ok(())
     }
 
-    /// After a checkpoint's commit: the next records go to the other file,
-    /// once the checkpoint before this one (which holds everything in that
-    /// file) is on disk.
+    /// After a checkpoint's commit (and `appended` or `unlogged`): the next
+    /// records go to the other file, once the checkpoint before this one
+    /// (which holds everything in that file) is on disk.
     pub(super) fn checkpointed(&mut self, durable: &Durable) {
-        self.seq += 1;
         self.checkpointed = self.seq;
         self.last_checkpoint = Instant::now();
-        if durable.wait_for_epoch(self.checkpoint_epoch).is_err() {
+        if durable.wait_for_db(self.checkpoint_ticket).is_err() {
             // The file failed: nothing more is written through this handle.
             return;
         }
-        self.checkpoint_epoch = durable.requested();
+        self.checkpoint_ticket = durable.db_requested();
         self.active ^= 1;
         self.offset = 0;
     }
@@ -540,7 +544,7 @@ pub(super) fn open(path: &Path, db: &Database, durable: &Durable) -> StoreResult
         seq: 0,
         checkpointed: 0,
         last_checkpoint: Instant::now(),
-        checkpoint_epoch: durable.requested(),
+        checkpoint_ticket: durable.db_requested(),
         buf: Vec::new(),
     })
 }
