@@ -5,11 +5,14 @@
 //! returns only after it, so the writer could not apply the next batch
 //! while the disk worked: it spent about half its time waiting
 //! (`docs/PERFORMANCE.md`, "Where a PATCH's time goes"). Here `sync_data`
-//! only asks a sync thread for the `fdatasync` and returns. Three rules keep
-//! every guarantee the synchronous sync gave:
+//! only asks the database sync thread for the `fdatasync` and returns. Most
+//! batches are made durable by the write-ahead log instead (`wal.rs`): the
+//! log sync thread syncs its files. Every sync asked for, of either kind, is
+//! an epoch. Three rules keep every guarantee the synchronous sync gave:
 //!
 //! 1. **Writes wait for the sync before them.** Every `write` and `set_len`
-//!    waits until each sync asked for so far is done. On disk there is then
+//!    waits until each sync of the database file asked for so far is done.
+//!    On disk there is then
 //!    always the last synced commit whole, plus part of at most one commit
 //!    after it: what a crash during a synchronous `fdatasync` leaves, which
 //!    redb's recovery handles (it falls back to that last synced commit).
@@ -18,16 +21,21 @@
 //!    with the sync is the next batch's work in memory: decoding, checking,
 //!    building its pages.
 //! 2. **Nobody is answered before the sync** (`Durable::when_synced`): the
-//!    writer hands a committed batch's answers to the sync thread, which
-//!    sends them once the `fdatasync` returned. "2xx means on disk" holds.
+//!    writer hands a committed batch's answers to the log sync thread, which
+//!    sends them once their epoch is done: the log's `fdatasync` returned,
+//!    and, for a commit the log does not hold (a checkpoint of writes it
+//!    cannot carry), the database file's too. Epochs are done in order. A
+//!    checkpoint whose batch is in the log waits for no database sync, which
+//!    runs beside the log's. "2xx means on disk" holds.
 //! 3. **No read sees a commit before its sync** (`Durable::wait_visible`,
 //!    called by `DbHandle` after it begins every read transaction). redb
-//!    publishes a commit after its `sync_data` call, so a read that can see
-//!    a commit waits for at most that one sync. The change feed, a list or
+//!    publishes a commit after its `sync_data` call, and the writer asks for
+//!    a record's sync before the commit that the record holds, so a read
+//!    that can see a commit waits for its epoch. The change feed, a list or
 //!    a GET therefore never shows what a crash could still take back.
 //!
-//! Since a read may wait for the sync thread, the sync thread must never
-//! wait for a reader, nor for redb (whose locks the writer can hold while it
+//! Since a read may wait for the sync threads, they must never wait for a
+//! reader, nor for redb (whose locks the writer can hold while it
 //! waits under rule 1): a read begins its transaction without holding the
 //! shared snapshot's slot, which the sync thread takes to install a
 //! snapshot, and the snapshots it replaces are dropped by the writer, so

@@ -19,6 +19,10 @@
 //! once a second while writes go on, when a record would not fit in the log
 //! file, for a write the log does not carry (webhooks, housekeeping: they open
 //! tables of their own), when the writer goes idle and when the store closes.
+//! A checkpoint's batch is logged too (when the record fits), so its answers
+//! wait only for the log's sync: the database file's sync runs on a thread
+//! of its own (`file.rs`) and holds up only writes to the file and the
+//! answers of commits the log does not hold.
 //!
 //! The log is two files beside the database (`<file>.wal0`, `<file>.wal1`).
 //! After each checkpoint the next records go to the other file, from its
