@@ -239,23 +239,41 @@ impl Durable {
     /// Waits for a sync of the database file to be asked for and makes it.
     /// Returns false when there is nothing more to do (closed, or failed).
     fn db_sync_once(&self, sync: impl FnOnce() -> io::Result<()>) -> bool {
-        let ticket = {
-            let mut state = self.lock();
-            while state.db_synced == state.db_requested && !state.closed && !state.failed {
-                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            if state.failed || state.db_synced == state.db_requested {
-                return false;
-            }
-            state.db_requested
-        };
-        if let Err(e) = sync() {
-            self.fail(&e);
+        let Some(ticket) = self.sync_next(|s| (s.db_synced, s.db_requested), sync) else {
             return false;
-        }
+        };
         self.lock().db_synced = ticket;
         self.changed.notify_all();
         true
+    }
+
+    /// Waits until `counts` (made, asked for) shows a sync asked for and not
+    /// made, and makes it with `sync`. Returns how many were asked for by
+    /// then, or `None` when there is nothing more to do (closed, or failed).
+    fn sync_next(
+        &self,
+        counts: impl Fn(&State) -> (u64, u64),
+        sync: impl FnOnce() -> io::Result<()>,
+    ) -> Option<u64> {
+        let target = {
+            let mut state = self.lock();
+            let idle = |s: &State| {
+                let (made, asked) = counts(s);
+                made == asked
+            };
+            while idle(&state) && !state.closed && !state.failed {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.failed || idle(&state) {
+                return None;
+            }
+            counts(&state).1
+        };
+        if let Err(e) = sync() {
+            self.fail(&e);
+            return None;
+        }
+        Some(target)
     }
 
     /// A sync failed: every answer waiting, and every later write and read
@@ -286,20 +304,9 @@ impl Durable {
     /// Waits for a sync to be asked for and makes it with `sync`. Returns
     /// false when there is nothing more to do (closed, or failed).
     fn sync_once(&self, sync: impl FnOnce() -> io::Result<()>) -> bool {
-        let target = {
-            let mut state = self.lock();
-            while state.synced == state.requested && !state.closed && !state.failed {
-                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            if state.failed || state.synced == state.requested {
-                return false;
-            }
-            state.requested
-        };
-        if let Err(e) = sync() {
-            self.fail(&e);
+        let Some(target) = self.sync_next(|s| (s.synced, s.requested), sync) else {
             return false;
-        }
+        };
         // The epochs up to the target that hold a commit not in the log
         // are done once the database file's sync of it is.
         {

@@ -195,9 +195,7 @@ impl<K: Key + 'static, V: Value + 'static> Logged<'_, '_, K, V> {
         key: impl Borrow<K::SelfType<'k>>,
         value: impl Borrow<V::SelfType<'v>>,
     ) -> Result<Option<AccessGuard<'_, V>>, redb::StorageError> {
-        record_op(
-            &mut self.ops.borrow_mut(),
-            self.id,
+        self.note(
             K::as_bytes(key.borrow()).as_ref(),
             Some(V::as_bytes(value.borrow()).as_ref()),
         );
@@ -208,13 +206,13 @@ impl<K: Key + 'static, V: Value + 'static> Logged<'_, '_, K, V> {
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
     ) -> Result<Option<AccessGuard<'_, V>>, redb::StorageError> {
-        record_op(
-            &mut self.ops.borrow_mut(),
-            self.id,
-            K::as_bytes(key.borrow()).as_ref(),
-            None,
-        );
+        self.note(K::as_bytes(key.borrow()).as_ref(), None);
         self.table.remove(key)
+    }
+
+    /// Adds a write to the batch's record.
+    fn note(&self, key: &[u8], value: Option<&[u8]>) {
+        record_op(&mut self.ops.borrow_mut(), self.id, key, value);
     }
 }
 
