@@ -463,8 +463,7 @@ fn checkpoint_if_behind(inner: &Inner) {
     let Ok(writing) = inner.db.begin_write(write_txn) else {
         return;
     };
-    match checkpoint(writing.txn, &writing.durable, writing.wal.as_deref()) {
-        Ok(()) => {}
-        Err(e) => log::warn!("storage: a checkpoint of the write-ahead log failed: {e}"),
+    if let Err(e) = checkpoint(writing.txn, &writing.durable, writing.wal.as_deref()) {
+        log::warn!("storage: a checkpoint of the write-ahead log failed: {e}");
     }
 }
